@@ -1,0 +1,15 @@
+"""Errors raised by the devices package. One line each: what failed, on which device, and the fix."""
+
+from __future__ import annotations
+
+
+class DeviceError(RuntimeError):
+    """A device could not be reached, lacks a runtime, refused a command or returned bad output."""
+
+
+class UnreachableDevice(DeviceError):
+    """The device did not answer within its deadline (network, daemon down, emulator not booted)."""
+
+
+class IncompatibleArtifact(DeviceError):
+    """The artifact needs something the device's runtime lacks (e.g. a newer TF-Lite op version)."""

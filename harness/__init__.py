@@ -1,0 +1,1 @@
+"""Orchestration and the CLI of compleak-harness: config, data, build, collect, attack stage, report."""

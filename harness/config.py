@@ -1,0 +1,217 @@
+"""``experiment.toml``: the validated configuration of one run.
+
+Every error is a :class:`ConfigError` with one line naming the file, the key and the allowed values.
+See ``experiments/*.toml`` for complete examples and docs/configuration.md for every key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+ARCHS = ("cnn-small", "resnet18", "vgg16-bn", "mobilenetv2")
+FRAMEWORKS = ("tf", "torch")
+FORMATS = {"tf": ("tflite",), "torch": ("pte", "ptl", "onnx")}
+ATTACK_FAMILIES = ("NR", "SR", "MR")
+BASELINES = ("rmia", "lira")
+
+# one compression step; a variant is steps joined with "+", e.g. "prune-0.8+int8"
+_STEP = re.compile(r"^(original|prune-(0?\.\d+)|cluster-(\d+)|qat-int8|int8|dynamic-int8|fp16)$")
+VARIANT_HELP = "original, prune-S (0<S<1), cluster-K (K>=2), qat-int8, int8, dynamic-int8, fp16, or steps joined by '+'"
+_TF_ONLY = ("qat-int8", "fp16")
+_QUANT = ("qat-int8", "int8", "dynamic-int8", "fp16")
+
+
+class ConfigError(ValueError):
+    """A bad experiment config; the message is a single line naming file, key and fix."""
+
+
+def parse_variant(label: str) -> list[str]:
+    """Split a variant label into its steps, validating each. ``"prune-0.8+int8"`` -> ``["prune-0.8", "int8"]``."""
+    steps = label.split("+")
+    for s in steps:
+        m = _STEP.match(s)
+        if not m:
+            raise ValueError(f"unknown variant step '{s}'; allowed: {VARIANT_HELP}")
+        if m.group(2) is not None and not 0.0 < float(m.group(2)) < 1.0:
+            raise ValueError(f"sparsity in '{s}' must be between 0 and 1")
+        if m.group(3) is not None and int(m.group(3)) < 2:
+            raise ValueError(f"cluster count in '{s}' must be >= 2")
+    if "original" in steps and len(steps) > 1:
+        raise ValueError(f"'original' cannot be combined with other steps in '{label}'")
+    quant = [s for s in steps if s in _QUANT]
+    if len(quant) > 1 or (quant and steps[-1] not in _QUANT):
+        raise ValueError(f"'{label}': at most one quantization step, and it must come last")
+    return steps
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ExperimentSection(_Strict):
+    name: str = "experiment"
+    seed: int = 0
+
+
+class Preprocess(_Strict):
+    """How raw examples become model inputs (recorded so device queries are reproducible)."""
+
+    resize: list[int] | None = None  # [H, W]
+    scale: float = 1.0 / 255.0  # multiply raw pixel values by this
+    mean: list[float] | None = None  # per channel, after scaling
+    std: list[float] | None = None
+    layout: Literal["NHWC", "NCHW"] = "NHWC"  # layout of the stored query inputs; frameworks transpose as needed
+
+
+class DataSection(_Strict):
+    dataset: str = "fashion-mnist"  # fashion-mnist | cifar10 | cifar100 | digits | npz:PATH | imagefolder:PATH
+    data_dir: str | None = None
+    download: bool = False  # only fashion-mnist/cifar, and only when online
+    preprocess: Preprocess = Field(default_factory=Preprocess)
+
+    @field_validator("dataset")
+    @classmethod
+    def _dataset(cls, v: str) -> str:
+        if v in ("fashion-mnist", "cifar10", "cifar100", "digits") or v.startswith(("npz:", "imagefolder:")):
+            return v
+        raise ValueError(f"'{v}' is not a dataset; allowed: fashion-mnist, cifar10, cifar100, digits, npz:PATH, imagefolder:PATH")
+
+
+class SplitsSection(_Strict):
+    target_in: int = Field(2000, gt=0)
+    target_out: int = Field(2000, gt=0)
+    shadow_in: int = Field(2000, gt=0)
+    shadow_out: int = Field(2000, gt=0)
+    n_shadows: int = Field(1, ge=1)
+    holdout_fraction: float = Field(0.1, ge=0.0, lt=0.5)  # owner's own early-stopping hold-out, from its in-set
+
+
+class ModelSection(_Strict):
+    arch: str = "cnn-small"
+
+    @field_validator("arch")
+    @classmethod
+    def _arch(cls, v: str) -> str:
+        if v not in ARCHS:
+            raise ValueError(f"'{v}' is not a model; allowed: {', '.join(ARCHS)}")
+        return v
+
+
+class TrainSection(_Strict):
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(128, ge=1)
+    optimizer: Literal["adam", "sgd"] = "adam"
+    lr: float = Field(1e-3, gt=0)
+    lr_schedule: Literal["constant", "cosine", "step"] = "constant"
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    early_stopping_patience: int = Field(0, ge=0)  # 0: off. Uses only the owner's own hold-out.
+
+
+class CompressSection(_Strict):
+    finetune_epochs: int = Field(2, ge=0)
+    finetune_lr: float = Field(1e-4, gt=0)
+    representative_samples: int = Field(200, ge=1)  # for full-integer int8, drawn from the owner's training data
+    tf: list[str] = Field(default_factory=lambda: ["original", "prune-0.8", "cluster-8", "dynamic-int8", "int8", "fp16"])
+    torch: list[str] = Field(default_factory=lambda: ["original", "prune-0.8", "cluster-8", "int8", "dynamic-int8"])
+
+    @field_validator("tf", "torch")
+    @classmethod
+    def _variants(cls, v: list[str]) -> list[str]:
+        for label in v:
+            parse_variant(label)
+        if len(set(v)) != len(v):
+            raise ValueError("variant labels must be unique")
+        return v
+
+    @model_validator(mode="after")
+    def _torch_steps(self) -> "CompressSection":
+        for label in self.torch:
+            bad = [s for s in parse_variant(label) if s in _TF_ONLY]
+            if bad:
+                raise ValueError(f"torch variant '{label}': step '{bad[0]}' exists only for tf")
+        return self
+
+
+class ExportSection(_Strict):
+    frameworks: list[Literal["tf", "torch"]] = Field(default_factory=lambda: ["tf", "torch"])
+    torch_formats: list[Literal["pte", "ptl", "onnx"]] = Field(default_factory=lambda: ["pte", "ptl", "onnx"])
+
+
+class AttackSection(_Strict):
+    families: list[Literal["NR", "SR", "MR"]] = Field(default_factory=lambda: list(ATTACK_FAMILIES))
+    baselines: list[Literal["rmia", "lira"]] = Field(default_factory=lambda: list(BASELINES))
+    fprs: list[float] = Field(default_factory=lambda: [0.001, 0.01])
+    bootstrap: int = Field(200, ge=0)
+    seed: int = 0
+
+
+class DeviceEntry(_Strict):
+    uri: str
+    identity: str | None = None  # ssh private key path
+    known_hosts: str | None = None
+    trust_new_host: bool = False  # never silently: printed when used
+    password_env: str | None = None  # name of an env var holding a password; the password itself never in config
+    binaries: str | None = None  # folder with benchmark_model / executor_runner for adb devices
+
+
+class AuditSection(_Strict):
+    devices: list[DeviceEntry] = Field(default_factory=list)  # 'local' is always added
+
+
+class Experiment(_Strict):
+    experiment: ExperimentSection = Field(default_factory=ExperimentSection)
+    data: DataSection = Field(default_factory=DataSection)
+    splits: SplitsSection = Field(default_factory=SplitsSection)
+    model: ModelSection = Field(default_factory=ModelSection)
+    train: TrainSection = Field(default_factory=TrainSection)
+    compress: CompressSection = Field(default_factory=CompressSection)
+    export: ExportSection = Field(default_factory=ExportSection)
+    attack: AttackSection = Field(default_factory=AttackSection)
+    audit: AuditSection = Field(default_factory=AuditSection)
+
+    def section_hash(self, *sections: str, extra: Any = None) -> str:
+        """sha256 over the JSON of the named sections (and ``extra``): the cache key of a build step."""
+        payload = {s: getattr(self, s).model_dump(mode="json") for s in sections}
+        payload["_extra"] = extra
+        return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _format_error(path: Path, exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        section = err["loc"][0] if len(err["loc"]) > 1 else None
+        model: type[BaseModel] = Experiment
+        if section is not None and section in Experiment.model_fields:
+            model = Experiment.model_fields[str(section)].annotation  # type: ignore[assignment]
+        allowed = ", ".join(model.model_fields) if hasattr(model, "model_fields") else ""
+        msg = f"unknown key; allowed keys here: {allowed}"
+    elif err["type"] == "literal_error":
+        msg = msg.replace("Input should be", "must be")
+    return f"{path}: [{loc}] {msg}"
+
+
+def load_experiment(path: Path | str) -> Experiment:
+    """Read and validate an experiment TOML file; raise :class:`ConfigError` (one line) on any problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found; see experiments/ for examples")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file; expected TOML") from None
+    try:
+        return Experiment.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_error(path, exc)) from None
