@@ -133,6 +133,16 @@ class Splits:
         """Ids an artifact of this role is queried on: its members then its non-members, int64 [M]."""
         return np.concatenate([self.members(role, shadow), self.nonmembers(role, shadow)]).astype(np.int64)
 
+    def collected_ids(self, role: str, shadow: int | None = None) -> np.ndarray:
+        """Ids an artifact of this role is collected on, int64 [M].
+
+        A target artifact: its members then non-members. A shadow artifact: its own members and non-members, then
+        the target candidates ``target_in ∪ target_out`` — shadow models are the attacker's reference models and
+        RMIA / LiRA query them on the very examples under test (inputs only; no membership label is involved).
+        """
+        ids = self.query_ids(role, shadow)
+        return ids if role == "target" else np.concatenate([ids, self.query_ids("target")])
+
     def validate(self, source: str = "splits") -> "Splits":
         """Check dtypes, ranges and disjointness; raise :class:`ContractError` naming ``source``."""
         n = len(self.labels)
@@ -302,11 +312,13 @@ class OutputBatch:
         index: int64 [M], example ids into ``Splits.labels``.
         values: float32 [M, C], dequantized raw outputs.
         kind: ``"logits"`` or ``"probs"`` (the model ends in softmax).
+        source: where the batch was read from (set by :meth:`load`), used to name the file in errors.
     """
 
     index: np.ndarray
     values: np.ndarray
     kind: Literal["logits", "probs"] = "logits"
+    source: str | None = field(default=None, compare=False, repr=False)
 
     def validate(self, source: str = "outputs") -> "OutputBatch":
         if self.index.ndim != 1 or not np.issubdtype(self.index.dtype, np.integer):
@@ -347,7 +359,7 @@ class OutputBatch:
             kind, values = "probs", z["probs"]
         else:
             raise ContractError(f"{path}: needs an array 'logits' or 'probs'")
-        return cls(z["index"], values.astype(np.float32), kind).validate(str(path))  # type: ignore[arg-type]
+        return cls(z["index"], values.astype(np.float32), kind, str(path)).validate(str(path))  # type: ignore[arg-type]
 
 
 # --------------------------------------------------------------------------- results
