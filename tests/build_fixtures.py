@@ -1,0 +1,31 @@
+"""Session-scoped fixture: the tiny run of ``tests/data/tiny.toml``, built once per test session.
+
+Use it from any test module with::
+
+    from build_fixtures import tiny_run  # noqa: F401
+
+    def test_something(tiny_run):  # tiny_run is the run directory (Path)
+        ...
+
+The run is built into ``<pytest basetemp>/tiny_run``; ``build_run``'s own resume makes a second request in the same
+session a no-op, so every module shares one build. It holds digits (8x8x1) splits of 300 per set, one shadow, and
+artifacts of both frameworks: every TF variant kind as ``.tflite`` and every torch variant as ``.pte``/``.ptl``/``.onnx``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+TINY_TOML = Path(__file__).parent / "data" / "tiny.toml"
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Build (or reuse) the tiny run and return its directory."""
+    from harness.build import build_run
+
+    out = tmp_path_factory.getbasetemp() / "tiny_run"
+    return build_run(TINY_TOML, out=out, console=Console(quiet=True))
