@@ -1,0 +1,152 @@
+"""Collect-stage overhead: 20k queries through cnn-small TF-Lite on `local` and on a loopback SSH device.
+
+Prints collected outputs/s of ``collect_run`` (everything: connect, device probe, sha256 check, pushing the runner,
+model and inputs, one runner process per chunk, pulling outputs, atomic writes) against a raw in-process
+``Interpreter.invoke`` loop over the same queries with the same batch size and runtime.
+Targets: harness time <= 1.2x raw on local, <= 1.5x raw over SSH.
+
+    .venv/bin/python benchmarks/collect.py [--queries 20000] [--batch-size 512] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))  # the sshd fixture
+
+import numpy as np  # noqa: E402
+from rich.console import Console  # noqa: E402
+
+from compleak.rundir import ArtifactRecord, Manifest, RunDir, Splits, TensorSpec  # noqa: E402
+from harness.artifacts import sha256_file  # noqa: E402
+
+
+def make_run(root: Path, n: int) -> tuple[RunDir, np.ndarray]:
+    """A run with one cnn-small TF-Lite target artifact and ``n`` stored query inputs (28x28x1)."""
+    import tensorflow as tf
+
+    from devices.ondevice.compleak_runner import describe
+    from harness.tf_build import build_model
+
+    rd = RunDir(root)
+    rd.artifacts_dir.mkdir(parents=True)
+    model = build_model("cnn-small", (28, 28, 1), 10)
+    path = rd.artifacts_dir / "tf-target-original.tflite"
+    path.write_bytes(tf.lite.TFLiteConverter.from_keras_model(model).convert())
+    desc = describe(path)
+    rec = ArtifactRecord(
+        id=path.name, role="target", variant="original", framework="tf", format="tflite",
+        path=f"artifacts/{path.name}", sha256=sha256_file(path), bytes=path.stat().st_size,
+        inputs=[TensorSpec(**t) for t in desc["inputs"]], outputs=[TensorSpec(**t) for t in desc["outputs"]],
+    )
+    Manifest(artifacts=[rec]).save(rd.manifest)
+    ids = np.arange(n, dtype=np.int64)
+    Splits(np.zeros(n, np.int64), ids[: n // 2], ids[n // 2 :]).save(rd.splits)
+    x = np.random.default_rng(0).random((n, 28, 28, 1), dtype=np.float32)
+    np.savez(rd.root / "queries.npz", index=ids, x=x)
+    return rd, x
+
+
+def raw_loop(model_path: Path, x: np.ndarray, batch: int) -> tuple[float, np.ndarray]:
+    """Seconds for a plain Interpreter.invoke loop over ``x`` in batches of ``batch`` (same runtime as the runner)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    t0 = time.perf_counter()
+    it = Interpreter(model_path=str(model_path))
+    d, o = it.get_input_details()[0], it.get_output_details()[0]
+    out, size = [], None
+    for s in range(0, len(x), batch):
+        xb = x[s : s + batch]
+        if len(xb) != size:
+            it.resize_tensor_input(d["index"], list(xb.shape))
+            it.allocate_tensors()
+            size = len(xb)
+        it.set_tensor(d["index"], xb)
+        it.invoke()
+        out.append(it.get_tensor(o["index"]).copy())
+    return time.perf_counter() - t0, np.concatenate(out)
+
+
+def timed_collect(rd: RunDir, uri: str, batch: int, **kw: object) -> tuple[float, dict[str, float]]:
+    """Wall seconds of one full collect_run, and where they went (from the provenance it wrote)."""
+    import json
+
+    from harness.collect import collect_run
+
+    shutil.rmtree(rd.root / "outputs", ignore_errors=True)
+    t0 = time.perf_counter()
+    collect_run(rd.root, uri, batch_size=batch, console=Console(quiet=True), **kw)  # type: ignore[arg-type]
+    wall = time.perf_counter() - t0
+    prov_file = next((rd.root / "outputs").glob("*/*.json"))
+    chunks = json.loads(prov_file.read_text())["chunks"]
+    total = lambda key: float(sum(c.get(key) or 0.0 for c in chunks))  # noqa: E731
+    parts = {
+        "runtime invoke": total("invoke_seconds"),
+        "runner process (start, imports, model load, npz in/out)": total("command_seconds") - total("invoke_seconds"),
+        "transfers (inputs up, outputs down, runner+model up)": total("upload_seconds") + total("download_seconds"),
+    }
+    parts["host side (connect, probe, query inputs, sha256, workspace, writes)"] = wall - sum(parts.values())
+    return wall, parts
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--queries", type=int, default=20000)
+    ap.add_argument("--batch-size", type=int, default=512)
+    ap.add_argument("--repeats", type=int, default=3, help="best of N for every measurement (interleaved)")
+    args = ap.parse_args()
+    n, batch = args.queries, args.batch_size
+    console = Console()
+    with tempfile.TemporaryDirectory(prefix="compleak-bench-") as tmp:
+        rd, x = make_run(Path(tmp) / "run", n)
+        model_path = rd.artifacts_dir / "tf-target-original.tflite"
+        reference = raw_loop(model_path, x, batch)[1]  # warm-up, and the values every collect must reproduce
+
+        from sshd_fixtures import start_sshd
+
+        server = start_sshd(Path(tmp) / "sshd", netns=False)  # loopback
+        ssh_kw = dict(identity=server.identity, known_hosts=server.known_hosts)
+        raws, locals_, sshs = [], [], []
+        try:
+            for _ in range(args.repeats):  # interleaved, so a burst of load on the shared machine hits all three
+                raws.append(raw_loop(model_path, x, batch)[0])
+                locals_.append(timed_collect(rd, "local", batch))
+                got = rd.load_outputs("local", model_path.name).values
+                assert np.allclose(got, reference, atol=1e-5), "local outputs differ from the raw loop"
+                sshs.append(timed_collect(rd, server.uri, batch, **ssh_kw))
+                got = rd.load_outputs(server.device_id, model_path.name).values
+                assert np.allclose(got, reference, atol=1e-5), "ssh outputs differ from the raw loop"
+        finally:
+            server.close()
+        raw = min(raws)
+        local, local_parts = min(locals_, key=lambda r: r[0])
+        ssh, ssh_parts = min(sshs, key=lambda r: r[0])
+
+    console.print(f"[bold]collect benchmark[/]: {n} queries, cnn-small 28x28x1 TF-Lite (ai_edge_litert), "
+                  f"batch {batch}, "
+                  f"best of {args.repeats}, {os.cpu_count()} CPUs (load avg {os.getloadavg()[0]:.1f})", soft_wrap=True)
+    console.print(f"  raw Interpreter.invoke loop : {raw:7.2f} s  {n / raw:9.0f} outputs/s", soft_wrap=True)
+    for name, secs, parts, target in (("collect on local", local, local_parts, 1.2),
+                                      ("collect on ssh (loopback)", ssh, ssh_parts, 1.5)):
+        ratio = secs / raw
+        verdict = "[green]ok[/]" if ratio <= target else "[red]over target[/]"
+        console.print(f"  {name:<28}: {secs:7.2f} s  {n / secs:9.0f} outputs/s  {ratio:5.2f}x raw "
+                      f"(target <= {target}x) {verdict}", soft_wrap=True)
+        for part, value in parts.items():
+            console.print(f"      {value:6.2f} s  {part}", soft_wrap=True)
+        overhead = secs - parts["runtime invoke"]
+        norm = (raw + overhead) / raw
+        console.print(f"      harness overhead {overhead:.2f} s -> (raw + overhead) / raw = {norm:.2f}x "
+                      f"(robust to load noise in the invoke time)", soft_wrap=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,264 @@
+"""The :class:`Device` interface every transport implements (local, ssh, adb, emulator).
+
+A device runs commands with a timeout, moves files in and out, reports its properties and hands out a
+per-job workspace directory that is removed afterwards. Transports subclass :class:`Device` and implement the
+abstract methods; :meth:`Device.workspace` and :meth:`Device.properties` have shared implementations built on
+:meth:`Device.run` that a transport may override.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from abc import ABC, abstractmethod
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from devices.errors import DeviceError
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    """Outcome of one command on a device.
+
+    Attributes:
+        argv: the command as run (list of arguments).
+        returncode: exit status (``-1`` when the transport could not tell).
+        stdout / stderr: the raw bytes the command wrote.
+        seconds: wall time of the command on the host side.
+    """
+
+    argv: list[str]
+    returncode: int
+    stdout: bytes
+    stderr: bytes
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0
+
+    @property
+    def text(self) -> str:
+        """stdout decoded as UTF-8 (errors replaced)."""
+        return self.stdout.decode("utf-8", "replace")
+
+    def last_error_line(self) -> str:
+        """The last non-empty line of stderr (or stdout), for one-line error messages."""
+        for stream in (self.stderr, self.stdout):
+            lines = [ln.strip() for ln in stream.decode("utf-8", "replace").splitlines() if ln.strip()]
+            if lines:
+                return lines[-1][:300]
+        return f"exit status {self.returncode}"
+
+    def check(self, device_id: str, what: str) -> "CommandResult":
+        """Raise :class:`DeviceError` naming ``what`` unless the command succeeded."""
+        if not self.ok:
+            raise DeviceError(f"{device_id}: {what} failed (exit {self.returncode}): {self.last_error_line()}")
+        return self
+
+
+@dataclass
+class DeviceProperties:
+    """What a device is and what it can run.
+
+    ``runtimes`` maps a runtime name (``tflite_runtime``, ``ai_edge_litert``, ``tensorflow``, ``onnxruntime``,
+    ``executorch``, ``torch``) to its version string, as reported by the on-device runner's ``--probe``.
+    ``free_bytes`` is the free space (bytes) in the directory where workspaces are created.
+    """
+
+    id: str
+    arch: str | None = None  # uname -m or ro.product.cpu.abi's machine: x86_64, aarch64, armv7l ...
+    os: str | None = None  # "Linux 6.1.0 (Debian GNU/Linux 12)" or "Android 14"
+    hostname: str | None = None
+    android_api: int | None = None
+    android_abi: str | None = None
+    soc: str | None = None
+    model: str | None = None
+    python: str | None = None  # path-independent version, e.g. "3.11.2"; None when the device has no Python
+    numpy: str | None = None
+    runtimes: dict[str, str] = field(default_factory=dict)
+    free_bytes: int | None = None
+    workspace_base: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Device(ABC):
+    """One device reachable by this host. ``id`` is its URI (``local``, ``ssh://u@h:p``, ``adb://SERIAL`` ...)."""
+
+    id: str
+    #: directory under which job workspaces are created; None: ``~/.cache/compleak`` or ``/tmp/compleak-<user>``
+    base_dir: str | None = None
+    #: the device's Python interpreter for the runner; None: ``python3`` found on the device's PATH
+    python: str | None = None
+
+    # ------------------------------------------------------------------ transport primitives
+
+    @abstractmethod
+    def run(self, argv: list[str], timeout: float, stdin: bytes | None = None) -> CommandResult:
+        """Run ``argv`` on the device; return its result. Raise :class:`DeviceError` on timeout or transport loss."""
+
+    @abstractmethod
+    def put(self, local: Path, remote: str) -> None:
+        """Copy the host file ``local`` to the device path ``remote``."""
+
+    @abstractmethod
+    def get(self, remote: str, local: Path) -> None:
+        """Copy the device file ``remote`` to the host path ``local``."""
+
+    def host_path(self, remote: str) -> Path | None:
+        """The host path of a device path when the device shares this host's file system (local), else None.
+
+        Runners write inputs straight there and read outputs from there instead of copying them.
+        """
+        return None
+
+    def close(self) -> None:
+        """Release connections. Safe to call twice."""
+
+    def __enter__(self) -> "Device":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ shared behaviour
+
+    def shell(self, script: str, timeout: float) -> CommandResult:
+        """Run a POSIX shell snippet (``sh -c``). Callers must ``shlex.quote`` every path they interpolate."""
+        return self.run(["sh", "-c", script], timeout=timeout)
+
+    def python_command(self) -> list[str] | None:
+        """argv prefix that starts Python 3 on the device, or None when it has none."""
+        if self.python:
+            res = self.run([self.python, "-c", "import sys; print(sys.version_info[0])"], timeout=60)
+            if not res.ok or res.text.strip() != "3":
+                raise DeviceError(
+                    f"{self.id}: the configured Python {self.python!r} does not run: {res.last_error_line()}"
+                )
+            return [self.python]
+        res = self.run(["sh", "-c", "command -v python3 || command -v python"], timeout=30)
+        path = res.text.strip().splitlines()[0] if res.ok and res.text.strip() else ""
+        return [path] if path else None
+
+    def workspace_base(self) -> str:
+        """Directory under which per-job workspaces are created (created if missing; cached per base_dir)."""
+        cached = getattr(self, "_workspace_base_cache", None)
+        if cached and cached[0] == self.base_dir:
+            return cached[1]
+        base = self._make_workspace_base()
+        self._workspace_base_cache = (self.base_dir, base)
+        return base
+
+    def _base_script(self) -> str:
+        """POSIX shell that creates the workspace base and prints ``base=<absolute path>``."""
+        if self.base_dir:
+            q = shlex.quote(self.base_dir)
+            return f'mkdir -p -- {q} && b="$(cd -- {q} && pwd -P)" && echo "base=$b"'
+        return (
+            'b="${XDG_CACHE_HOME:-$HOME/.cache}/compleak"; '
+            'if mkdir -p "$b" 2>/dev/null && [ -w "$b" ]; then :; '
+            'else b="/tmp/compleak-$(id -un 2>/dev/null || echo user)"; mkdir -p "$b"; fi && echo "base=$b"'
+        )
+
+    def _make_workspace_base(self) -> str:
+        res = self.shell(self._base_script(), timeout=30)
+        res.check(self.id, f"creating the workspace base directory {self.base_dir or '(default)'}")
+        base = _keyed(res.text).get("base")
+        if not base:
+            raise DeviceError(f"{self.id}: could not create a workspace base directory: {res.last_error_line()}")
+        return base
+
+    @contextmanager
+    def workspace(self) -> Iterator[str]:
+        """A fresh directory on the device (``mktemp -d`` under :meth:`workspace_base`), removed on exit.
+
+        Removal is confined: only the directory ``mktemp`` created is deleted, and only if it still lies under
+        the base directory.
+        """
+        base = self.workspace_base()
+        res = self.run(["mktemp", "-d", base.rstrip("/") + "/job.XXXXXXXX"], timeout=30)
+        res.check(self.id, f"creating a workspace under {base}")
+        path = res.text.strip().splitlines()[-1]
+        if not path.startswith(base.rstrip("/") + "/job."):
+            raise DeviceError(f"{self.id}: mktemp returned {path!r}, outside the workspace base {base}")
+        try:
+            yield path
+        finally:
+            self.remove_workspace(path, base)
+
+    def remove_workspace(self, path: str, base: str) -> None:
+        """Delete a workspace created by :meth:`workspace` (never anything outside ``base``)."""
+        if not path.startswith(base.rstrip("/") + "/job.") or "/../" in path or path.endswith("/.."):
+            raise DeviceError(f"{self.id}: refusing to remove {path!r}: not a workspace under {base}")
+        try:
+            self.run(["rm", "-rf", "--", path], timeout=60)
+        except DeviceError:
+            pass  # the transport is gone; nothing more can be done and the original error matters more
+
+    def properties(self) -> DeviceProperties:
+        """Architecture, OS, Python and runtimes, free space (generic POSIX implementation, two commands)."""
+        props = DeviceProperties(id=self.id)
+        res = self.shell(
+            'echo "arch=$(uname -m)"; echo "kernel=$(uname -sr)"; echo "host=$(hostname 2>/dev/null || uname -n)"; '
+            'echo "pretty=$( (. /etc/os-release 2>/dev/null && echo "$PRETTY_NAME") )"; '
+            'echo "python=$(command -v python3 || command -v python)"; '
+            + self._base_script() + '; echo "df=$(df -Pk "$b" 2>/dev/null | tail -n 1)"',
+            timeout=30,
+        )
+        info = _keyed(res.text)
+        if not info.get("base"):
+            raise DeviceError(f"{self.id}: could not create a workspace base directory: {res.last_error_line()}")
+        props.arch, props.hostname = info.get("arch") or None, info.get("host") or None
+        props.os = info.get("kernel") or None
+        if info.get("pretty"):
+            props.os = f"{props.os} ({info['pretty']})"
+        props.workspace_base = info["base"]
+        self._workspace_base_cache = (self.base_dir, info["base"])
+        try:
+            props.free_bytes = int(info.get("df", "").split()[3]) * 1024
+        except (IndexError, ValueError):
+            pass
+        python = self.python or info.get("python")
+        if python:
+            self._fill_runtimes(props, [python])
+        return props
+
+    def _fill_runtimes(self, props: DeviceProperties, py: list[str] | None = None) -> None:
+        """Run the on-device runner's ``--probe`` (source sent on stdin) for Python, NumPy and runtime versions.
+
+        ``py`` is the interpreter argv (default: :meth:`python_command`); nothing is filled when there is none.
+        """
+        from devices.ondevice import runner_source
+
+        py = py or self.python_command()
+        if not py:
+            return
+        res = self.run(py + ["-", "--probe"], timeout=120, stdin=runner_source().encode())
+        if not res.ok:
+            props.extra["probe_error"] = f"{' '.join(py)}: {res.last_error_line()}"
+            return
+        try:
+            probe = json.loads(res.text.strip().splitlines()[-1])
+        except (json.JSONDecodeError, IndexError):
+            props.extra["probe_error"] = f"unreadable probe output: {res.text[:200]!r}"
+            return
+        props.extra["python_cmd"] = py
+        props.python = probe.get("python")
+        props.numpy = probe.get("numpy")
+        props.runtimes = {k: v for k, v in probe.get("runtimes", {}).items() if v}
+
+
+def _keyed(text: str) -> dict[str, str]:
+    """``key=value`` lines of a command's output (later lines win; other lines, e.g. login banners, ignored)."""
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep and key.isidentifier():
+            out[key] = value.strip()
+    return out

@@ -1,0 +1,717 @@
+#!/usr/bin/env python3
+"""compleak on-device runner: run one model artifact on a whole batch of queries, in one process.
+
+This single file is copied to the device and executed there, and is importable on the host. It needs only the
+Python standard library, NumPy and whichever inference runtime the device has:
+
+- TF-Lite ``.tflite``: ``tflite_runtime``, ``ai_edge_litert`` or ``tensorflow.lite``
+- ONNX ``.onnx``: ``onnxruntime``
+- ExecuTorch ``.pte``: ``executorch.runtime``
+- PyTorch Mobile ``.ptl``: ``torch`` (lite interpreter)
+
+Command line::
+
+    python3 compleak_runner.py --model M --inputs in.npz --out out.npz [--threads N] [--batch-size B]
+    python3 compleak_runner.py --probe          # JSON: python, numpy and runtime versions found
+    python3 compleak_runner.py --describe M     # JSON: format, inputs and outputs of the artifact
+
+``in.npz`` holds ``x``: float32 [N, H, W, C] (NHWC, preprocessed). ``out.npz`` holds ``values`` float32 [N, C]
+(outputs dequantized to float), ``batch_seconds`` float64 [B] (wall seconds per invocation batch),
+``batch_sizes`` int64 [B] and ``meta`` (a JSON string: runtime name/version, delegate, threads, batch size).
+Errors are printed as one line ``error: ...`` on stderr with exit status 3.
+
+On the host: ``detect_format(path)``, ``describe(path)``, ``load_model(path).predict(x)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+import zipfile
+from typing import Any, Callable
+
+import numpy as np
+
+try:  # on the host the error is the devices package's DeviceError, so the CLI prints it as one line
+    from devices.errors import DeviceError as _ErrorBase
+except ImportError:  # on a device: stand-alone
+    _ErrorBase = RuntimeError  # type: ignore[misc,assignment]
+
+
+class RunnerError(_ErrorBase):  # type: ignore[misc,valid-type]
+    """An artifact or input problem, with a one-line message naming the file and the fix."""
+
+
+FORMATS = ("tflite", "onnx", "pte", "ptl")
+TFLITE_RUNTIMES = ("tflite_runtime", "ai_edge_litert", "tensorflow")
+RUNTIMES_BY_FORMAT = {
+    "tflite": TFLITE_RUNTIMES,
+    "onnx": ("onnxruntime",),
+    "pte": ("executorch",),
+    "ptl": ("torch",),
+}
+_DISTRIBUTIONS = {
+    "tflite_runtime": "tflite-runtime",
+    "ai_edge_litert": "ai-edge-litert",
+    "tensorflow": "tensorflow",
+    "onnxruntime": "onnxruntime",
+    "executorch": "executorch",
+    "torch": "torch",
+}
+_RUNTIME_MODULES = {
+    "tflite_runtime": "tflite_runtime.interpreter",
+    "ai_edge_litert": "ai_edge_litert.interpreter",
+    "tensorflow": "tensorflow",
+    "onnxruntime": "onnxruntime",
+    "executorch": "executorch.runtime",
+    "torch": "torch",
+}
+
+
+# --------------------------------------------------------------------------- format detection
+
+
+def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
+    value, shift = 0, 0
+    while pos < len(buf) and shift < 64:
+        b = buf[pos]
+        value |= (b & 0x7F) << shift
+        pos += 1
+        if not b & 0x80:
+            return value, pos
+        shift += 7
+    raise ValueError("truncated varint")
+
+
+def _looks_like_onnx(head: bytes) -> bool:
+    """ONNX ModelProto: a protobuf starting with ir_version (field 1, varint) followed by known fields."""
+    if len(head) < 4 or head[0] != 0x08:
+        return False
+    try:
+        ir_version, pos = _read_varint(head, 1)
+        if not 1 <= ir_version <= 64 or pos >= len(head):
+            return False
+        tag, _ = _read_varint(head, pos)
+    except ValueError:
+        return False
+    field_no, wire = tag >> 3, tag & 7
+    # ModelProto fields: producer_name(2) producer_version(3) domain(4) model_version(5 varint) doc_string(6)
+    # graph(7) opset_import(8) metadata_props(14) training_info(20) functions(25)
+    return (field_no in (2, 3, 4, 6, 7, 8, 14, 20, 25) and wire == 2) or (field_no == 5 and wire == 0)
+
+
+def detect_format(path: str) -> str:
+    """The artifact format from the file's content: ``tflite`` | ``onnx`` | ``pte`` | ``ptl``.
+
+    TF-Lite is a flatbuffer with file identifier ``TFL3`` at offset 4; ExecuTorch a flatbuffer with ``ET..``
+    at offset 4; PyTorch Mobile a zip archive holding ``bytecode.pkl``; ONNX a protobuf ``ModelProto``.
+    Raises :class:`RunnerError` for anything else (truncated, text, unknown).
+    """
+    path = str(path)
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(64)
+    except OSError as exc:
+        raise RunnerError(f"{path}: cannot read model file ({exc.strerror})") from None
+    if len(head) >= 8 and head[4:8] == b"TFL3":
+        return "tflite"
+    if len(head) >= 8 and head[4:6] == b"ET" and head[6:8].isdigit():
+        return "pte"
+    if head[:4] == b"PK\x03\x04":
+        try:
+            with zipfile.ZipFile(path) as zf:
+                names = zf.namelist()
+        except zipfile.BadZipFile:
+            raise RunnerError(
+                f"{path}: a damaged zip archive, not a loadable PyTorch Mobile model; re-export it"
+            ) from None
+        if any(n.endswith(("bytecode.pkl", "constants.pkl")) for n in names):
+            return "ptl"
+        raise RunnerError(f"{path}: a zip archive without bytecode.pkl; not a PyTorch Mobile (.ptl) model")
+    if _looks_like_onnx(head):
+        return "onnx"
+    kind = "an empty file" if not head else ("a text file" if _is_text(head) else "an unknown binary file")
+    raise RunnerError(
+        f"{path}: {kind}, not a TF-Lite, ONNX, ExecuTorch or PyTorch Mobile model; "
+        "check the artifact path or rebuild it"
+    )
+
+
+def _is_text(head: bytes) -> bool:
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return all(c >= 32 or c in (9, 10, 13) for c in head)
+
+
+# --------------------------------------------------------------------------- runtime discovery
+
+
+def _version_of(name: str) -> str | None:
+    """Installed version of runtime ``name`` without importing it (fast), or None if absent."""
+    import importlib.util
+
+    top = _RUNTIME_MODULES[name].split(".")[0]
+    try:
+        if importlib.util.find_spec(top) is None:
+            return None
+    except (ImportError, ValueError):
+        return None
+    if name == "executorch":
+        try:
+            if importlib.util.find_spec("executorch.runtime") is None:
+                return None
+        except (ImportError, ValueError):
+            return None
+    try:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return version(_DISTRIBUTIONS[name])
+        except PackageNotFoundError:
+            if name == "tensorflow":
+                for dist in ("tensorflow-cpu", "tensorflow-aarch64", "tf-nightly"):
+                    try:
+                        return version(dist)
+                    except PackageNotFoundError:
+                        continue
+    except ImportError:
+        pass
+    return "unknown"
+
+
+def probe() -> dict[str, Any]:
+    """Python, NumPy, machine and every runtime this Python can import (name -> version or None)."""
+    return {
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "machine": platform.machine(),
+        "system": f"{platform.system()} {platform.release()}",
+        "runtimes": {name: _version_of(name) for name in _DISTRIBUTIONS},
+    }
+
+
+def pick_runtime(fmt: str, runtime: str | None = None) -> str:
+    """The runtime that will execute format ``fmt`` here (``runtime`` forces one)."""
+    candidates = RUNTIMES_BY_FORMAT[fmt]
+    if runtime:
+        if runtime not in candidates:
+            raise RunnerError(f"runtime '{runtime}' cannot run {fmt} models; use one of {', '.join(candidates)}")
+        if _version_of(runtime) is None:
+            raise RunnerError(f"runtime '{runtime}' is not installed here; pip install {_DISTRIBUTIONS[runtime]}")
+        return runtime
+    for name in candidates:
+        if _version_of(name) is not None:
+            return name
+    raise RunnerError(
+        f"no runtime for {fmt} models on this machine (looked for {', '.join(candidates)}); "
+        f"install one, e.g. pip install {_DISTRIBUTIONS[candidates[0]]}"
+    )
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _np_dtype_name(dtype: Any) -> str:
+    try:
+        return np.dtype(dtype).name
+    except TypeError:
+        return str(dtype)
+
+
+def _spec(name: str, shape: list[int], dtype: str, scale: float | None = None, zp: int | None = None) -> dict[str, Any]:
+    if scale is not None and not scale:
+        scale, zp = None, None
+    return {"name": name, "shape": [int(s) for s in shape], "dtype": dtype, "scale": scale, "zero_point": zp}
+
+
+def channels_first(shape: list[int], x_shape: tuple[int, ...] | None = None, layout: str = "auto") -> bool:
+    """Whether a model input of ``shape`` takes NCHW while queries are NHWC (``x_shape``, [N, H, W, C])."""
+    if layout in ("NCHW", "NHWC"):
+        return layout == "NCHW"
+    if len(shape) != 4:
+        return False
+    if x_shape is not None and len(x_shape) == 4:
+        h, w, c = x_shape[1:]
+        nchw, nhwc = [c, h, w], [h, w, c]
+        dims = list(shape[1:])
+        fits = lambda want: all(d < 0 or d == e for d, e in zip(dims, want))  # noqa: E731
+        if fits(nhwc) and not fits(nchw):
+            return False
+        if fits(nchw) and not fits(nhwc):
+            return True
+    return shape[1] in (1, 3) and shape[-1] not in (1, 3)
+
+
+def _quantize(x: np.ndarray, dtype: np.dtype, scale: float, zp: int) -> np.ndarray:
+    info = np.iinfo(dtype)
+    return np.clip(np.round(x / scale + zp), info.min, info.max).astype(dtype)
+
+
+def _dequantize(y: np.ndarray, scale: float | None, zp: int | None) -> np.ndarray:
+    if scale and np.issubdtype(y.dtype, np.integer):
+        return ((y.astype(np.float32) - np.float32(zp or 0)) * np.float32(scale)).astype(np.float32)
+    return y.astype(np.float32, copy=False)
+
+
+def _flatten_out(y: np.ndarray, n: int) -> np.ndarray:
+    return np.asarray(y).reshape(n, -1)
+
+
+# --------------------------------------------------------------------------- models
+
+
+class Model:
+    """A loaded artifact. ``predict(x)`` maps float32 [N, H, W, C] to float32 [N, C].
+
+    Attributes after each predict: ``batch_seconds`` (wall seconds per invocation) and ``batch_sizes``.
+    """
+
+    format = ""
+    runtime = ""
+    runtime_version = ""
+    delegate = "cpu"
+
+    def __init__(self, path: str, threads: int | None = None, layout: str = "auto") -> None:
+        self.path = path
+        self.threads = threads
+        self.layout = layout
+        self.batch_seconds: list[float] = []
+        self.batch_sizes: list[int] = []
+
+    def inputs(self) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    def outputs(self) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    def _invoke(self, xb: np.ndarray) -> np.ndarray:
+        """Run one batch already in the model's layout and dtype; return the first output [n, ...]."""
+        raise NotImplementedError
+
+    def max_batch(self) -> int | None:
+        """Largest batch one invocation takes (None: any)."""
+        return None
+
+    def predict(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """Outputs float32 [N, C] for queries ``x`` float32 [N, H, W, C] (NHWC)."""
+        x = np.asarray(x, dtype=np.float32)
+        spec = self.inputs()[0]
+        if x.ndim == len(spec["shape"]) and channels_first(spec["shape"], x.shape, self.layout):
+            x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+        expect = spec["shape"][1:]
+        if len(expect) != x.ndim - 1 or any(e > 0 and e != g for e, g in zip(expect, x.shape[1:])):
+            raise RunnerError(
+                f"{self.path}: model input '{spec['name']}' has shape {spec['shape']} but queries have shape "
+                f"{list(x.shape)}; check the preprocessing (resize/layout) of the run"
+            )
+        if spec["dtype"] in ("int8", "uint8", "int16") and spec["scale"]:
+            x = _quantize(x, np.dtype(spec["dtype"]), spec["scale"], spec["zero_point"] or 0)
+        out_spec = self.outputs()[0]
+        cap = self.max_batch()
+        step = max(1, min(batch_size, cap) if cap else batch_size)
+        self.batch_seconds, self.batch_sizes = [], []
+        parts = []
+        for start in range(0, len(x), step):
+            xb = x[start : start + step]
+            t0 = time.perf_counter()
+            y = self._invoke(xb)
+            self.batch_seconds.append(time.perf_counter() - t0)
+            self.batch_sizes.append(len(xb))
+            parts.append(_dequantize(_flatten_out(y, len(xb)), out_spec["scale"], out_spec["zero_point"]))
+        if not parts:
+            return np.zeros((0, int(np.prod([d for d in out_spec["shape"][1:] if d > 0]) or 0)), np.float32)
+        return np.concatenate(parts).astype(np.float32, copy=False)
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "format": self.format,
+            "runtime": self.runtime,
+            "runtime_version": self.runtime_version,
+            "delegate": self.delegate,
+            "threads": self.threads,
+        }
+
+
+class TFLiteModel(Model):
+    format = "tflite"
+    delegate = "cpu (runtime default delegates, e.g. XNNPACK)"
+
+    def __init__(self, path: str, threads: int | None = None, layout: str = "auto", runtime: str | None = None) -> None:
+        super().__init__(path, threads, layout)
+        self.runtime = pick_runtime("tflite", runtime)
+        self.runtime_version = _version_of(self.runtime) or "unknown"
+        if self.runtime == "tflite_runtime":
+            from tflite_runtime.interpreter import Interpreter  # type: ignore[import-not-found]
+        elif self.runtime == "ai_edge_litert":
+            from ai_edge_litert.interpreter import Interpreter  # type: ignore[import-not-found]
+        else:
+            import tensorflow as tf  # type: ignore[import-not-found]
+
+            Interpreter = tf.lite.Interpreter  # noqa: N806
+        try:
+            self.interp = Interpreter(model_path=path, num_threads=threads)
+            self.interp.allocate_tensors()
+        except (ValueError, RuntimeError) as exc:
+            raise RunnerError(
+                f"{path}: {self.runtime} {self.runtime_version} cannot load this TF-Lite model: {_one_line(exc)}"
+            ) from None
+        self._in = self.interp.get_input_details()[0]
+        self._out = self.interp.get_output_details()[0]
+        self._batch: int | None = int(self._in["shape"][0])
+        self._resizable = True
+
+    def _details(self, details: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        specs = []
+        for d in details:
+            sig = d.get("shape_signature")
+            shape = [int(s) for s in (sig if sig is not None and len(sig) else d["shape"])]
+            scale, zp = d.get("quantization", (0.0, 0))
+            specs.append(_spec(d["name"], shape, _np_dtype_name(d["dtype"]), float(scale), int(zp)))
+        return specs
+
+    def inputs(self) -> list[dict[str, Any]]:
+        return self._details(self.interp.get_input_details())
+
+    def outputs(self) -> list[dict[str, Any]]:
+        return self._details(self.interp.get_output_details())
+
+    def max_batch(self) -> int | None:
+        return None if self._resizable else 1
+
+    def _invoke(self, xb: np.ndarray) -> np.ndarray:
+        n = len(xb)
+        if n != self._batch:
+            if self._resizable:
+                try:
+                    self.interp.resize_tensor_input(self._in["index"], [n, *xb.shape[1:]], strict=False)
+                    self.interp.allocate_tensors()
+                    self._batch = n
+                except (ValueError, RuntimeError):
+                    self._resizable = False
+            if not self._resizable:
+                if self._batch != 1:
+                    self.interp.resize_tensor_input(self._in["index"], [1, *xb.shape[1:]], strict=False)
+                    self.interp.allocate_tensors()
+                    self._batch = 1
+                return np.concatenate([self._invoke(xb[i : i + 1]) for i in range(n)])
+        self.interp.set_tensor(self._in["index"], xb.astype(self._in["dtype"], copy=False))
+        try:
+            self.interp.invoke()
+        except (ValueError, RuntimeError) as exc:
+            raise RunnerError(f"{self.path}: {self.runtime} invoke failed: {_one_line(exc)}") from None
+        return self.interp.get_tensor(self._out["index"])
+
+
+class OnnxModel(Model):
+    format = "onnx"
+
+    _TYPES = {
+        "tensor(float)": "float32",
+        "tensor(float16)": "float16",
+        "tensor(double)": "float64",
+        "tensor(int8)": "int8",
+        "tensor(uint8)": "uint8",
+        "tensor(int64)": "int64",
+        "tensor(int32)": "int32",
+    }
+
+    def __init__(self, path: str, threads: int | None = None, layout: str = "auto", runtime: str | None = None) -> None:
+        super().__init__(path, threads, layout)
+        self.runtime = pick_runtime("onnx", runtime)
+        self.runtime_version = _version_of(self.runtime) or "unknown"
+        import onnxruntime as ort  # type: ignore[import-not-found]
+
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+        try:
+            self.sess = ort.InferenceSession(path, sess_options=opts, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
+            raise RunnerError(
+                f"{path}: onnxruntime {self.runtime_version} cannot load this model: {_one_line(exc)}"
+            ) from None
+        self.delegate = "CPUExecutionProvider"
+        self._in_name = self.sess.get_inputs()[0].name
+        declared = self.sess.get_modelmeta().custom_metadata_map.get("compleak.input_layout")
+        if self.layout == "auto" and declared in ("NHWC", "NCHW"):
+            self.layout = declared  # the exporter's own statement (metadata_props)
+
+    def _specs(self, items: list[Any]) -> list[dict[str, Any]]:
+        return [
+            _spec(i.name, [d if isinstance(d, int) else -1 for d in i.shape], self._TYPES.get(i.type, i.type))
+            for i in items
+        ]
+
+    def inputs(self) -> list[dict[str, Any]]:
+        return self._specs(self.sess.get_inputs())
+
+    def outputs(self) -> list[dict[str, Any]]:
+        return self._specs(self.sess.get_outputs())
+
+    def max_batch(self) -> int | None:
+        b = self.inputs()[0]["shape"][0]
+        return b if b > 0 else None
+
+    def _invoke(self, xb: np.ndarray) -> np.ndarray:
+        b = self.max_batch()
+        if b and len(xb) < b:  # fixed batch dimension: pad the last batch, drop the padding after
+            pad = np.zeros((b - len(xb), *xb.shape[1:]), xb.dtype)
+            return self._invoke(np.concatenate([xb, pad]))[: len(xb)]
+        try:
+            return self.sess.run(None, {self._in_name: xb})[0]
+        except Exception as exc:
+            raise RunnerError(f"{self.path}: onnxruntime run failed: {_one_line(exc)}") from None
+
+
+class ExecuTorchModel(Model):
+    format = "pte"
+
+    def __init__(self, path: str, threads: int | None = None, layout: str = "auto", runtime: str | None = None) -> None:
+        super().__init__(path, threads, layout)
+        self.runtime = pick_runtime("pte", runtime)
+        self.runtime_version = _version_of(self.runtime) or "unknown"
+        import torch  # type: ignore[import-not-found]
+        from executorch.runtime import Runtime  # type: ignore[import-not-found]
+
+        self._torch = torch
+        if threads:
+            torch.set_num_threads(threads)
+        try:
+            self.program = Runtime.get().load_program(path)
+            self.method = self.program.load_method("forward")
+        except Exception as exc:
+            raise RunnerError(
+                f"{path}: executorch {self.runtime_version} cannot load this program: {_one_line(exc)}"
+            ) from None
+        self.meta = self.method.metadata
+
+    # c10::ScalarType codes, as MethodMeta's TensorInfo.dtype() reports them
+    _SCALAR_TYPES = {0: "uint8", 1: "int8", 2: "int16", 3: "int32", 4: "int64", 5: "float16", 6: "float32",
+                     7: "float64", 11: "bool", 15: "bfloat16"}
+
+    @classmethod
+    def _dtype(cls, t: Any) -> str:
+        try:
+            return cls._SCALAR_TYPES.get(int(t), str(t))
+        except (TypeError, ValueError):
+            name = str(t).split(".")[-1].lower()
+            return {"float": "float32", "half": "float16", "double": "float64", "char": "int8", "byte": "uint8",
+                    "long": "int64", "int": "int32"}.get(name, name)
+
+    def inputs(self) -> list[dict[str, Any]]:
+        metas = [self.meta.input_tensor_meta(i) for i in range(self.meta.num_inputs())]
+        return [_spec(f"input_{i}", list(m.sizes()), self._dtype(m.dtype())) for i, m in enumerate(metas)]
+
+    def outputs(self) -> list[dict[str, Any]]:
+        metas = [self.meta.output_tensor_meta(i) for i in range(self.meta.num_outputs())]
+        return [_spec(f"output_{i}", list(m.sizes()), self._dtype(m.dtype())) for i, m in enumerate(metas)]
+
+    def max_batch(self) -> int | None:
+        return self.inputs()[0]["shape"][0] or 1
+
+    def _invoke(self, xb: np.ndarray) -> np.ndarray:
+        b = self.max_batch() or 1
+        if len(xb) < b:
+            pad = np.zeros((b - len(xb), *xb.shape[1:]), xb.dtype)
+            return self._invoke(np.concatenate([xb, pad]))[: len(xb)]
+        try:
+            out = self.method.execute([self._torch.from_numpy(np.ascontiguousarray(xb))])
+        except Exception as exc:
+            raise RunnerError(f"{self.path}: executorch execute failed: {_one_line(exc)}") from None
+        return out[0].detach().numpy()
+
+
+class TorchLiteModel(Model):
+    format = "ptl"
+
+    def __init__(self, path: str, threads: int | None = None, layout: str = "auto", runtime: str | None = None) -> None:
+        super().__init__(path, threads, layout)
+        self.runtime = pick_runtime("ptl", runtime)
+        self.runtime_version = _version_of(self.runtime) or "unknown"
+        import torch  # type: ignore[import-not-found]
+        from torch.jit.mobile import _load_for_lite_interpreter  # type: ignore[import-not-found]
+
+        self._torch = torch
+        if threads:
+            torch.set_num_threads(threads)
+        try:
+            self.module = _load_for_lite_interpreter(path)
+        except Exception as exc:
+            raise RunnerError(
+                f"{path}: torch {self.runtime_version} lite interpreter cannot load it: {_one_line(exc)}"
+            ) from None
+        self._meta = _ptl_extra(path)
+        self._loop = False
+        declared = (self._meta.get("inputs") or [{}])[0].get("layout")
+        if self.layout == "auto" and declared in ("NHWC", "NCHW"):
+            self.layout = declared  # the exporter's own statement (compleak.json extra file)
+
+    def inputs(self) -> list[dict[str, Any]]:
+        specs = self._meta.get("inputs")
+        if specs:
+            return [_spec(s.get("name", f"input_{i}"), s.get("shape", []), s.get("dtype", "float32"))
+                    for i, s in enumerate(specs)]
+        # no recorded signature: a 4-D float image input of unknown size, channels-first (torch convention)
+        return [_spec("input_0", [-1, -1, -1, -1], "float32")]
+
+    def outputs(self) -> list[dict[str, Any]]:
+        specs = self._meta.get("outputs")
+        if specs:
+            return [_spec(s.get("name", f"output_{i}"), s.get("shape", []), s.get("dtype", "float32"))
+                    for i, s in enumerate(specs)]
+        return [_spec("output_0", [-1, -1], "float32")]
+
+    def predict(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        if self.layout == "auto" and not self._meta.get("inputs"):
+            self.layout = "NCHW"  # torch artifacts take NCHW
+        return super().predict(x, batch_size)
+
+    def _invoke(self, xb: np.ndarray) -> np.ndarray:
+        t = self._torch.from_numpy(np.ascontiguousarray(xb))
+        with self._torch.no_grad():
+            if not self._loop:
+                try:
+                    return self.module(t).detach().numpy()
+                except Exception:
+                    if len(xb) == 1:
+                        raise RunnerError(
+                            f"{self.path}: the lite interpreter failed on one example; check the input shape"
+                        ) from None
+                    self._loop = True  # traced with a fixed batch: fall back to one example at a time
+            try:
+                return np.concatenate([self.module(t[i : i + 1]).detach().numpy() for i in range(len(xb))])
+            except Exception as exc:
+                raise RunnerError(f"{self.path}: the lite interpreter failed: {_one_line(exc)}") from None
+
+
+def _ptl_extra(path: str) -> dict[str, Any]:
+    """Signature recorded by the exporter in the archive's ``extra/*.json`` (best effort; {} when absent)."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for name in zf.namelist():
+                if "/extra/" in name and name.endswith(".json"):
+                    data = json.loads(zf.read(name))
+                    if isinstance(data, dict) and ("inputs" in data or "outputs" in data):
+                        return data
+    except (zipfile.BadZipFile, OSError, ValueError):
+        pass
+    return {}
+
+
+_MODELS: dict[str, Callable[..., Model]] = {
+    "tflite": TFLiteModel,
+    "onnx": OnnxModel,
+    "pte": ExecuTorchModel,
+    "ptl": TorchLiteModel,
+}
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return (text[:300] + "...") if len(text) > 300 else (text or exc.__class__.__name__)
+
+
+def load_model(path: str, runtime: str | None = None, threads: int | None = None, layout: str = "auto") -> Model:
+    """Load the artifact at ``path`` with the best runtime available here (``runtime`` forces one)."""
+    fmt = detect_format(path)
+    return _MODELS[fmt](str(path), threads=threads, layout=layout, runtime=runtime)
+
+
+def describe(path: str, runtime: str | None = None) -> dict[str, Any]:
+    """``{"format", "inputs", "outputs", "runtime"}`` of an artifact; tensors as TensorSpec-like dicts."""
+    model = load_model(path, runtime=runtime)
+    ins = model.inputs()
+    for spec in ins:
+        layout = "NCHW" if model.format == "ptl" else model.layout
+        spec["layout"] = "NCHW" if channels_first(spec["shape"], layout=layout) else "NHWC"
+    return {"format": model.format, "inputs": ins, "outputs": model.outputs(), "runtime": model.info()}
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def run_file(model_path: str, inputs: str, out: str, threads: int | None, batch_size: int, runtime: str | None,
+             layout: str) -> dict[str, Any]:
+    """Load ``inputs`` (npz with ``x``), predict, write ``out`` (npz); return the meta dict."""
+    t_start = time.time()
+    try:
+        with np.load(inputs, allow_pickle=False) as z:
+            if "x" not in z.files:
+                raise RunnerError(f"{inputs}: input archive has no array 'x'")
+            x = z["x"]
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise RunnerError(f"{inputs}: unreadable input archive ({_one_line(exc)})") from None
+    t_load = time.perf_counter()
+    model = load_model(model_path, runtime=runtime, threads=threads, layout=layout)
+    load_seconds = time.perf_counter() - t_load
+    values = model.predict(x, batch_size=batch_size)
+    if not np.all(np.isfinite(values)):
+        bad = int((~np.isfinite(values)).any(axis=1).sum())
+        raise RunnerError(f"{model_path}: the runtime produced NaN/Inf outputs for {bad} queries")
+    meta = dict(model.info())
+    meta.update(
+        batch_size=batch_size,
+        n=int(len(x)),
+        load_seconds=load_seconds,
+        invoke_seconds=float(sum(model.batch_seconds)),
+        started=t_start,
+        finished=time.time(),
+        python=platform.python_version(),
+        numpy=np.__version__,
+        machine=platform.machine(),
+        input_layout="NCHW" if channels_first(model.inputs()[0]["shape"], x.shape, model.layout) else "NHWC",
+    )
+    tmp = out + ".part.npz"
+    np.savez(
+        tmp,
+        values=values,
+        batch_seconds=np.asarray(model.batch_seconds, np.float64),
+        batch_sizes=np.asarray(model.batch_sizes, np.int64),
+        meta=np.asarray(json.dumps(meta)),
+    )
+    os.replace(tmp, out)
+    return meta
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="compleak_runner.py", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", help="artifact file (.tflite, .onnx, .pte, .ptl; detected from content)")
+    ap.add_argument("--inputs", help="npz with x: float32 [N, H, W, C]")
+    ap.add_argument("--out", help="npz to write: values float32 [N, C], batch_seconds, batch_sizes, meta")
+    ap.add_argument("--threads", type=int, default=None, help="runtime threads (default: the runtime's)")
+    ap.add_argument("--batch-size", type=int, default=256, help="examples per invocation")
+    ap.add_argument("--runtime", default=None, help="force a runtime: " + ", ".join(_DISTRIBUTIONS))
+    ap.add_argument("--layout", default="auto", choices=("auto", "NHWC", "NCHW"), help="model input layout")
+    ap.add_argument("--probe", action="store_true", help="print JSON of Python, NumPy and runtimes, then exit")
+    ap.add_argument("--describe", metavar="MODEL", help="print JSON of the artifact's inputs and outputs, then exit")
+    args = ap.parse_args(argv)
+    try:
+        if args.probe:
+            print(json.dumps(probe()))
+            return 0
+        if args.describe:
+            print(json.dumps(describe(args.describe, runtime=args.runtime)))
+            return 0
+        if not (args.model and args.inputs and args.out):
+            ap.error("--model, --inputs and --out are required (or --probe / --describe)")
+        if args.batch_size < 1:
+            raise RunnerError(f"--batch-size must be >= 1, got {args.batch_size}")
+        meta = run_file(args.model, args.inputs, args.out, args.threads, args.batch_size, args.runtime, args.layout)
+        print(json.dumps(meta))
+        return 0
+    except RunnerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
+    except MemoryError:
+        print(f"error: out of memory running {args.model}; lower --batch-size", file=sys.stderr)
+        return 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())

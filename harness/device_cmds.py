@@ -1,0 +1,124 @@
+"""``compleak devices list`` and ``compleak devices probe URI``."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from devices.errors import DeviceError
+
+
+def _human_bytes(n: int | None) -> str:
+    if n is None:
+        return "?"
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.1f} {unit}" if unit != "B" else f"{int(size)} B"
+        size /= 1024
+    return f"{n} B"
+
+
+def adb_devices(timeout: float = 15.0) -> list[dict[str, str]]:
+    """Entries of ``adb devices -l`` (serial, state and the key:value fields), [] when adb is not installed."""
+    adb = shutil.which("adb")
+    if adb is None:
+        return []
+    try:
+        res = subprocess.run([adb, "devices", "-l"], capture_output=True, text=True, timeout=timeout)
+    except (subprocess.TimeoutExpired, OSError) as exc:
+        raise DeviceError(f"adb devices did not answer ({exc.__class__.__name__}); try `adb kill-server`") from None
+    entries = []
+    for line in res.stdout.splitlines():
+        parts = line.split()
+        if len(parts) < 2 or line.startswith(("List of devices", "*")):
+            continue
+        entry = {"serial": parts[0], "state": parts[1]}
+        entry.update(p.split(":", 1) for p in parts[2:] if ":" in p)  # type: ignore[arg-type]
+        entries.append(entry)
+    return entries
+
+
+def _edge_devices() -> list[Any]:
+    try:
+        from devices.known_devices import known_devices
+    except ModuleNotFoundError:
+        return []
+    return list(known_devices())
+
+
+def list_devices(console: Console) -> None:
+    """Print the devices this tool can see: this host, adb devices, and edge containers it started."""
+    import platform
+    import sys
+
+    table = Table(title="devices", show_lines=False)
+    for col in ("device id", "kind", "state", "details"):
+        table.add_column(col)
+    table.add_row("local", "this host", "ready",
+                  f"{platform.machine()}, Python {platform.python_version()} ({sys.executable})")
+    adb_entries = adb_devices()
+    for e in adb_entries:
+        details = ", ".join(f"{k}={e[k]}" for k in ("model", "device", "product", "transport_id") if k in e)
+        kind = "android emulator" if e["serial"].startswith("emulator-") else "android (adb)"
+        table.add_row(f"adb://{e['serial']}", kind, e["state"], details)
+    for d in _edge_devices():
+        meta = getattr(d, "meta", {}) or {}
+        details = ", ".join(f"{k}={meta[k]}" for k in ("arch", "image", "engine") if k in meta)
+        table.add_row(d.uri, f"edge container {d.name}", "registered", details)
+    console.print(table)
+    if shutil.which("adb") is None:
+        console.print("[dim]adb not installed: Android devices are not listed (apt-get install adb)[/]")
+
+
+def probe_device(
+    uri: str,
+    identity: Path | str | None = None,
+    known_hosts: Path | str | None = None,
+    trust_new_host: bool = False,
+    console: Console | None = None,
+    binaries: Path | str | None = None,
+) -> dict[str, Any]:
+    """Connect to ``uri`` and print its properties as a table; return them as a dict."""
+    from devices.uri import connect
+
+    console = console or Console()
+    dev = connect(uri, identity=identity, known_hosts=known_hosts, trust_new_host=trust_new_host, binaries=binaries,
+                  log=console.print)
+    try:
+        props = dev.properties()
+    finally:
+        dev.close()
+    table = Table(title=f"{props.id}", show_header=False)
+    table.add_column("property", style="bold")
+    table.add_column("value")
+    rows: list[tuple[str, Any]] = [
+        ("architecture", props.arch),
+        ("OS", props.os),
+        ("hostname", props.hostname),
+        ("Android API level", props.android_api),
+        ("Android ABI", props.android_abi),
+        ("SoC", props.soc),
+        ("model", props.model),
+        ("Python", props.python or "none (binary runners only)"),
+        ("NumPy", props.numpy),
+    ]
+    for name, version in sorted(props.runtimes.items()):
+        rows.append((f"runtime {name}", version))
+    if props.python and not props.runtimes:
+        rows.append(("runtimes", "none found (pip install tflite-runtime / onnxruntime on the device)"))
+    rows += [("free space", _human_bytes(props.free_bytes)), ("workspace base", props.workspace_base)]
+    for key, value in sorted(props.extra.items()):
+        if key != "python_cmd":
+            rows.append((key, value if isinstance(value, str) else ", ".join(map(str, value))
+                         if isinstance(value, (list, tuple)) else str(value)))
+    for key, value in rows:
+        if value not in (None, ""):
+            table.add_row(key, str(value))
+    console.print(table)
+    return props.to_dict()
