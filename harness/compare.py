@@ -1,0 +1,317 @@
+"""Host versus device: how far a device's raw outputs are from the host's, and what that does to the attacks.
+
+For every artifact collected both on ``local`` (the host) and on a device, :func:`output_divergence` measures the
+outputs themselves (max / mean absolute difference, argmax flips, KL divergence of the posteriors, fraction
+bit-identical). :func:`leakage_deltas` subtracts the host's attack results from the device's, row by row. And
+:func:`compare_device` runs the auditor's realistic case through the attack stage: the attack is trained on HOST
+shadow outputs (what an auditor can produce without the phone) and applied to DEVICE target outputs.
+
+Everything for one device goes to ``RUN/compare/<device>.json`` (atomic); definitions are in docs/report.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+
+from compleak.rundir import (
+    ContractError,
+    OutputBatch,
+    ResultRow,
+    RunDir,
+    atomic_write_json,
+    device_dirname,
+    load_results,
+)
+from compleak.signals import log_posterior
+from harness.errors import HarnessError
+
+HOST = "local"
+COMPARE_VERSION = 1
+
+
+@dataclass
+class OutputDivergence:
+    """Divergence of one artifact's outputs on a device from the same artifact's outputs on the host.
+
+    Computed over the example ids both collections contain (``n`` of them), row-aligned by example id.
+    ``max_abs_diff`` / ``mean_abs_diff``: over every output value [n, C], in the outputs' own unit (logits or
+    probabilities, dequantized). ``argmax_flips``: examples whose predicted class differs (count) and
+    ``argmax_flip_rate`` = flips / n. ``kl_mean`` / ``kl_max``: KL(host posterior || device posterior) per example in
+    nats (posteriors from ``compleak.signals.log_posterior``: softmax of logits, or the probabilities as given,
+    floored at 1e-12 and renormalised).
+    ``frac_bit_identical``: fraction of examples whose whole output row is bit-for-bit identical;
+    ``frac_values_bit_identical``: the same over individual values.
+    """
+
+    artifact: str
+    variant: str
+    framework: str
+    format: str
+    role: str
+    n: int
+    max_abs_diff: float
+    mean_abs_diff: float
+    argmax_flips: int
+    argmax_flip_rate: float
+    kl_mean: float
+    kl_max: float
+    frac_bit_identical: float
+    frac_values_bit_identical: float
+
+
+def divergence_arrays(host: np.ndarray, device: np.ndarray, kind: str) -> dict[str, float | int]:
+    """The divergence metrics of two aligned output arrays, float32 [n, C] each (same example order)."""
+    if host.shape != device.shape:
+        raise HarnessError(f"host outputs have shape {host.shape} but device outputs {device.shape}; re-collect one")
+    n = len(host)
+    if n == 0:
+        raise HarnessError("no example ids in common between host and device outputs; re-run collect")
+    h32 = np.ascontiguousarray(host, dtype=np.float32)
+    d32 = np.ascontiguousarray(device, dtype=np.float32)
+    diff = np.abs(h32.astype(np.float64) - d32.astype(np.float64))
+    same_bits = h32.view(np.uint32) == d32.view(np.uint32)
+    flips = int(np.sum(h32.argmax(axis=1) != d32.argmax(axis=1)))
+    lp_h, lp_d = log_posterior(h32, kind, "host outputs"), log_posterior(d32, kind, "device outputs")
+    kl = np.sum(np.exp(lp_h) * (lp_h - lp_d), axis=1).clip(min=0.0)
+    return {
+        "n": n,
+        "max_abs_diff": float(diff.max()),
+        "mean_abs_diff": float(diff.mean()),
+        "argmax_flips": flips,
+        "argmax_flip_rate": flips / n,
+        "kl_mean": float(kl.mean()),
+        "kl_max": float(kl.max()),
+        "frac_bit_identical": float(np.mean(same_bits.all(axis=1))),
+        "frac_values_bit_identical": float(np.mean(same_bits)),
+    }
+
+
+def output_divergence(host: OutputBatch, device: OutputBatch, artifact: Any) -> OutputDivergence:
+    """Divergence of ``device`` from ``host`` for one ``artifact`` (an ArtifactRecord), on their common ids."""
+    if host.kind != device.kind:
+        raise HarnessError(
+            f"{artifact.id}: host stored {host.kind} but the device stored {device.kind}; re-collect one of them"
+        )
+    ids = np.intersect1d(host.index, device.index)
+    stats = divergence_arrays(host.rows(ids), device.rows(ids), host.kind)
+    return OutputDivergence(
+        artifact=artifact.id,
+        variant=artifact.variant,
+        framework=artifact.framework,
+        format=artifact.format,
+        role=artifact.role,
+        **stats,  # type: ignore[arg-type]
+    )
+
+
+def _joined(v: object) -> str:
+    return ",".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v if v is not None else "")
+
+
+def _row_key(row: ResultRow) -> tuple[str, str, str, str]:
+    """(family, method, variant(s), artifact(s)) identifies the same attack on two devices."""
+    extra = row.model_extra or {}
+    where = extra.get("artifact_id") or f"{_joined(extra.get('framework'))}/{_joined(extra.get('format'))}"
+    return row.family, row.method, _joined(row.variant), _joined(where)
+
+
+def _delta_tpr(dev: dict[str, float | None], host: dict[str, float | None]) -> dict[str, float | None]:
+    out: dict[str, float | None] = {}
+    for k in sorted(set(dev) | set(host), key=float):
+        a, b = dev.get(k), host.get(k)
+        out[k] = None if a is None or b is None else float(a) - float(b)
+    return out
+
+
+def leakage_deltas(host_rows: list[ResultRow], device_rows: list[ResultRow]) -> list[dict[str, Any]]:
+    """Each attack's figures on device outputs minus the same attack's on host outputs (rows matched by
+    family, method, variant and artifact). AUC deltas are in AUC units; TPR deltas per FPR level."""
+    host = {_row_key(r): r for r in host_rows}
+    out = []
+    for d in device_rows:
+        h = host.get(_row_key(d))
+        if h is None:
+            continue
+        extra = d.model_extra or {}
+        out.append(
+            {
+                "family": d.family,
+                "method": d.method,
+                "variant": d.variant,
+                **{k: extra[k] for k in ("artifact_id", "framework", "format") if k in extra},
+                "auc_host": h.auc,
+                "auc_device": d.auc,
+                "delta_auc": d.auc - h.auc,
+                "auc_ci_host": h.auc_ci,
+                "auc_ci_device": d.auc_ci,
+                "tpr_at_fpr_host": h.tpr_at_fpr,
+                "tpr_at_fpr_device": d.tpr_at_fpr,
+                "delta_tpr_at_fpr": _delta_tpr(d.tpr_at_fpr, h.tpr_at_fpr),
+            }
+        )
+    return out
+
+
+def host_shadow_attack(run: Path, device_id: str, console: Console | None = None) -> list[ResultRow]:
+    """The auditor's realistic case: every attack trained on the HOST's shadow outputs, applied to the DEVICE's
+    target outputs. Returns the attack stage's rows (``shadow_device`` = ``local``, ``device`` = ``device_id``).
+
+    Runs ``harness.attack_stage.attack_run`` unchanged on a view of the run (symlinks in a temporary folder) in
+    which the device holds only its target outputs: the stage then takes the shadows from ``local``, as it does for
+    any device without shadow outputs. Nothing of the run directory itself is touched.
+    """
+    import tempfile
+
+    from harness.attack_stage import attack_run
+
+    rd = RunDir(run)
+    manifest = rd.load_manifest()
+    (rd.root / "compare").mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".host-shadow-", dir=rd.root / "compare") as tmp:
+        view = RunDir(tmp)
+        for p in (rd.splits, rd.manifest, rd.experiment):
+            if p.is_file():
+                (view.root / p.name).symlink_to(p.resolve())
+        (view.root / "outputs").mkdir()
+        (view.root / "outputs" / device_dirname(HOST)).symlink_to(rd.outputs_dir(HOST).resolve())
+        dev_view = view.outputs_dir(device_id)
+        dev_view.mkdir(parents=True)
+        for a in manifest.targets():
+            for src in (rd.output_npz(device_id, a.id), rd.output_provenance(device_id, a.id)):
+                if src.is_file():
+                    (dev_view / src.name).symlink_to(src.resolve())
+        rows = attack_run(view.root, device=device_id, families=None, console=Console(quiet=True)).get(device_id, [])
+    bad = [r for r in rows if (r.model_extra or {}).get("shadow_device") not in (HOST, [HOST])]
+    if bad:
+        raise HarnessError(f"{run}: the host-shadow attack on {device_id} did not use host shadows ({bad[0].method})")
+    for r in rows:
+        (r.model_extra or {})["setting"] = "host shadows -> device targets"
+    (console or Console()).print(
+        f"compare {device_id}: {len(rows)} attacks trained on host shadows, applied to device targets"
+    )
+    return rows
+
+
+def _fingerprint(paths: list[Path]) -> str:
+    """Cheap identity of the inputs (name, size, mtime), so a finished comparison is not redone."""
+    h = hashlib.sha256()
+    for p in sorted(paths):
+        st = p.stat()
+        h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def compare_path(run: Path, device_id: str) -> Path:
+    """``RUN/compare/<device>.json``."""
+    return Path(run) / "compare" / f"{device_dirname(device_id)}.json"
+
+
+def compare_device(run: Path, device_id: str, console: Console | None = None, force: bool = False) -> Path:
+    """Compare ``device_id`` with the host for every artifact collected on both; write ``RUN/compare/<device>.json``.
+
+    Skips the work when the file exists and its inputs (outputs, results, manifest, experiment.toml) did not change.
+    """
+    console = console or Console()
+    rd = RunDir(run)
+    if device_dirname(device_id) == device_dirname(HOST):
+        raise HarnessError("compare: the device must not be 'local' (the host is the reference)")
+    host_dir, dev_dir = rd.outputs_dir(HOST), rd.outputs_dir(device_id)
+    if not host_dir.is_dir():
+        raise HarnessError(f"{host_dir}: no host outputs; run 'compleak collect {run} --device local' first")
+    if not dev_dir.is_dir():
+        raise HarnessError(f"{dev_dir}: no outputs for {device_id}; run 'compleak collect {run} --device {device_id}'")
+    manifest = rd.load_manifest()
+    common = [
+        a
+        for a in manifest.artifacts
+        if rd.output_npz(HOST, a.id).is_file() and rd.output_npz(device_id, a.id).is_file()
+    ]
+    inputs = sorted(host_dir.glob("*.npz")) + [rd.output_npz(device_id, a.id) for a in common]
+    inputs += [p for p in (rd.results(HOST), rd.results(device_id), rd.manifest, rd.experiment) if p.is_file()]
+    fp = _fingerprint(inputs)
+    out = compare_path(run, device_id)
+    if out.is_file() and not force:
+        try:
+            old = json.loads(out.read_text())
+            if old.get("fingerprint") == fp and old.get("version") == COMPARE_VERSION:
+                console.print(f"compare {device_id}: up to date ({out})")
+                return out
+        except (OSError, json.JSONDecodeError):
+            pass
+
+    divergences = []
+    for a in common:
+        host_b = rd.load_outputs(HOST, a.id)
+        dev_b = rd.load_outputs(device_id, a.id)
+        divergences.append(asdict(output_divergence(host_b, dev_b, a)))
+
+    deltas: list[dict[str, Any]] = []
+    if rd.results(HOST).is_file() and rd.results(device_id).is_file():
+        deltas = leakage_deltas(load_results(rd.results(HOST)), load_results(rd.results(device_id)))
+
+    transfer_rows: list[dict[str, Any]] = []
+    transfer_note = None
+    targets = [a for a in common if a.role == "target"]
+    if targets and any(rd.output_npz(HOST, s.id).is_file() for t in targets for s in manifest.shadows_of(t)):
+        rows = host_shadow_attack(run, device_id, console=console)
+        own = {_row_key(r): r for r in load_results(rd.results(device_id))} if rd.results(device_id).is_file() else {}
+        for r in rows:
+            d = r.model_dump(mode="json")
+            mine = own.get(_row_key(r))
+            if mine is not None:  # the same attack with shadows collected on the device itself
+                d["auc_device_shadows"] = mine.auc
+                d["delta_auc_vs_device_shadows"] = r.auc - mine.auc
+            transfer_rows.append(d)
+    else:
+        transfer_note = "no target artifact collected on both sides with host shadow outputs"
+
+    payload = {
+        "version": COMPARE_VERSION,
+        "device": device_id,
+        "host": HOST,
+        "fingerprint": fp,
+        "artifacts": divergences,
+        "leakage_deltas": deltas,
+        "host_shadow_device_target": transfer_rows,
+        "host_shadow_device_target_note": transfer_note,
+    }
+    atomic_write_json(out, payload)
+    console.print(f"compare {device_id}: {len(divergences)} artifacts, {len(deltas)} attack deltas -> {out}")
+    return out
+
+
+def compare_run(run: Path, console: Console | None = None, force: bool = False) -> list[Path]:
+    """:func:`compare_device` for every collected device other than the host. Returns the files written."""
+    rd = RunDir(run)
+    devices = [d for d, _ in rd.collected_devices() if device_dirname(d) != device_dirname(HOST)]
+    if not devices:
+        return []
+    if not rd.outputs_dir(HOST).is_dir():
+        raise HarnessError(
+            f"{run}: devices were collected but not the host; run 'compleak collect {run} --device local'"
+        )
+    return [compare_device(run, d, console=console, force=force) for d in devices]
+
+
+def load_compare(run: Path) -> dict[str, dict[str, Any]]:
+    """Every ``RUN/compare/*.json`` keyed by device id (empty when there is none)."""
+    base = Path(run) / "compare"
+    out: dict[str, dict[str, Any]] = {}
+    if not base.is_dir():
+        return out
+    for p in sorted(base.glob("*.json")):
+        try:
+            obj = json.loads(p.read_text())
+        except json.JSONDecodeError as exc:
+            raise ContractError(
+                f"{p}: invalid JSON at line {exc.lineno}: {exc.msg}; delete it and rerun compare"
+            ) from None
+        out[str(obj.get("device", p.stem))] = obj
+    return out
