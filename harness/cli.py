@@ -43,7 +43,9 @@ def friendly(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except user_errors() as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            from rich.markup import escape
+
+            err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             err_console.print("[yellow]interrupted[/]: finished work is kept; rerun the same command to resume")
@@ -88,10 +90,16 @@ def import_(
     target: list[str] = typer.Option(..., "--target", help="PATH[:VARIANT] of a shipped artifact; repeat"),
     data: str = typer.Option(..., "--data", help="dataset spec: fashion-mnist, cifar10, npz:PATH, imagefolder:PATH, ..."),
     members: Path = typer.Option(..., "--members", help="member ids (one per line) or a CSV with a membership column"),
-    nonmembers: Optional[Path] = typer.Option(None, "--nonmembers", help="non-member ids; default: the rest"),
-    shadow: list[str] = typer.Option([], "--shadow", help="PATH[:VARIANT][@K] of a user-supplied shadow artifact"),
-    shadow_arch: Optional[str] = typer.Option(None, "--shadow-arch", help="zoo arch or model file to train shadows"),
+    nonmembers: Optional[Path] = typer.Option(None, "--nonmembers", help="non-member ids; default: as many drawn at random from the rest"),
+    shadow: list[str] = typer.Option([], "--shadow", help="PATH[:VARIANT]@K: artifact of user-supplied shadow model K (default 0); repeat"),
+    shadow_arch: Optional[str] = typer.Option(None, "--shadow-arch", help="zoo arch (cnn-small, ...) to train shadow models with"),
+    shadow_members: list[Path] = typer.Option(
+        [], "--shadow-members", help="ids shadow K was trained on (id list or membership CSV); repeat, K = 0, 1, ..."
+    ),
     preprocess: Optional[Path] = typer.Option(None, "--preprocess", help="TOML with resize/scale/mean/std/layout"),
+    config: Optional[Path] = typer.Option(
+        None, "--config", help="experiment.toml whose experiment/train/compress/attack sections apply"
+    ),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir"),
 ) -> None:
     """Create or extend RUN from artifacts built outside this tool."""
@@ -108,6 +116,8 @@ def import_(
         preprocess=preprocess,
         data_dir=data_dir,
         console=console,
+        shadow_members=shadow_members,
+        config=config,
     )
 
 
@@ -150,7 +160,9 @@ def collect(
 def attack(
     run: Path = typer.Argument(..., help="run directory"),
     device: Optional[str] = typer.Option(None, "--device", "-d", help="device id (default: every collected device)"),
-    families: str = typer.Option("NR,SR,MR", "--families", help="comma-separated subset of NR,SR,MR"),
+    families: Optional[str] = typer.Option(
+        None, "--families", help="comma-separated subset of NR,SR,MR (default: [attack] families of the run's config)"
+    ),
 ) -> None:
     """Run the CompLeak attacks and baselines on collected outputs."""
     from harness.attack_stage import attack_run
@@ -285,11 +297,12 @@ def images_build(
     arch: str = typer.Option("amd64", "--arch"),
     engine: Optional[str] = typer.Option(None, "--engine"),
     force: bool = typer.Option(False, "--force"),
+    runtime: list[str] = typer.Option([], "--runtime", help="device-linux: pip requirement of a device runtime; repeat"),
 ) -> None:
     """Build one of the project's images from docker/."""
     from harness.containers import build_image
 
-    console.print(build_image(name, arch=arch, engine=engine, force=force, console=console))
+    console.print(build_image(name, arch=arch, engine=engine, force=force, console=console, runtimes=runtime or None))
 
 
 def main() -> None:  # console-script entry point
