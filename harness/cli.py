@@ -30,7 +30,8 @@ images_app = typer.Typer(help="Build container images (toolchains, emulated edge
 app.add_typer(devices_app, name="devices")
 app.add_typer(images_app, name="images")
 
-console = Console()
+# a log file or CI job gets wide tables instead of rich's 80-column fallback for non-terminals
+console = Console() if sys.stdout.isatty() else Console(width=160)
 err_console = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., object])
 
