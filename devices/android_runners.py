@@ -148,8 +148,10 @@ class BinaryRunner(Runner):
     # ------------------------------------------------------------------ per format
 
     def chunk_size(self, artifact: ArtifactRecord) -> int:
-        """Queries per binary invocation."""
-        raise NotImplementedError
+        """Queries per binary invocation: a dynamic batch dimension (-1) is resized to ``batch_size``; a fixed one
+        (e.g. an ExecuTorch program's planned batch) is kept."""
+        n = artifact.inputs[0].shape[0] if artifact.inputs[0].shape else -1
+        return self.batch_size if n is None or n <= 0 else n
 
     def prepare(self, x: np.ndarray, artifact: ArtifactRecord) -> np.ndarray:
         """NHWC float32 queries -> the model's input layout."""
@@ -288,11 +290,6 @@ class BenchmarkModelRunner(BinaryRunner):
     binary_name = "benchmark_model"
     runtime = "tflite-benchmark_model"
 
-    def chunk_size(self, artifact: ArtifactRecord) -> int:
-        """A dynamic batch dimension (-1) is resized to ``batch_size``; a fixed one is kept."""
-        n = artifact.inputs[0].shape[0] if artifact.inputs[0].shape else -1
-        return self.batch_size if n <= 0 else n
-
     @staticmethod
     def layer_name(spec: TensorSpec) -> str:
         """The input name for ``--input_layer``: benchmark_model matches inputs by position, not by name, so
@@ -334,10 +331,6 @@ class ExecutorRunner(BinaryRunner):
     name = "executor_runner"
     binary_name = "executor_runner"
     runtime = "executorch-executor_runner"
-
-    def chunk_size(self, artifact: ArtifactRecord) -> int:
-        n = artifact.inputs[0].shape[0] if artifact.inputs[0].shape else -1
-        return self.batch_size if n is None or n <= 0 else n
 
     def prepare(self, x: np.ndarray, artifact: ArtifactRecord) -> np.ndarray:
         spec = artifact.inputs[0]

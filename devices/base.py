@@ -201,16 +201,26 @@ class Device(ABC):
         except DeviceError:
             pass  # the transport is gone; nothing more can be done and the original error matters more
 
+    #: run the runtime probe in the same remote command as the system facts (one round trip instead of two);
+    #: transports where each command costs a connection round trip and a login shell (ssh) turn this on
+    fuse_probe: bool = False
+
     def properties(self) -> DeviceProperties:
-        """Architecture, OS, Python and runtimes, free space (generic POSIX implementation, two commands)."""
+        """Architecture, OS, Python and runtimes, free space (generic POSIX implementation, one or two commands)."""
+        from devices.ondevice import runner_source
+
         props = DeviceProperties(id=self.id)
-        res = self.shell(
+        script = (
             'echo "arch=$(uname -m)"; echo "kernel=$(uname -sr)"; echo "host=$(hostname 2>/dev/null || uname -n)"; '
             'echo "pretty=$( (. /etc/os-release 2>/dev/null && echo "$PRETTY_NAME") )"; '
             'echo "python=$(command -v python3 || command -v python)"; '
-            + self._base_script() + '; echo "df=$(df -Pk "$b" 2>/dev/null | tail -n 1)"',
-            timeout=30,
+            + self._base_script() + '; echo "df=$(df -Pk "$b" 2>/dev/null | tail -n 1)"'
         )
+        fused = self.fuse_probe
+        if fused:  # the runner's --probe prints one JSON line last; its source comes on stdin
+            p = shlex.quote(self.python) if self.python else '"$(command -v python3 || command -v python)"'
+            script += f'; p={p}; if [ -n "$p" ]; then "$p" - --probe || echo "probe_rc=$?"; fi'
+        res = self.run(["sh", "-c", script], timeout=120, stdin=runner_source().encode() if fused else None)
         info = _keyed(res.text)
         if not info.get("base"):
             raise DeviceError(f"{self.id}: could not create a workspace base directory: {res.last_error_line()}")
@@ -225,7 +235,9 @@ class Device(ABC):
         except (IndexError, ValueError):
             pass
         python = self.python or info.get("python")
-        if python:
+        if python and fused:
+            self._read_probe(props, [python], res)
+        elif python:
             self._fill_runtimes(props, [python])
         return props
 
@@ -239,13 +251,19 @@ class Device(ABC):
         py = py or self.python_command()
         if not py:
             return
-        res = self.run(py + ["-", "--probe"], timeout=120, stdin=runner_source().encode())
-        if not res.ok:
+        self._read_probe(props, py, self.run(py + ["-", "--probe"], timeout=120, stdin=runner_source().encode()))
+
+    @staticmethod
+    def _read_probe(props: DeviceProperties, py: list[str], res: CommandResult) -> None:
+        """Fill Python, NumPy and runtime versions from the ``--probe`` JSON line that ends ``res``'s output."""
+        lines = res.text.strip().splitlines()
+        failed = not res.ok or not lines or _keyed(lines[-1]).get("probe_rc")
+        if failed:
             props.extra["probe_error"] = f"{' '.join(py)}: {res.last_error_line()}"
             return
         try:
-            probe = json.loads(res.text.strip().splitlines()[-1])
-        except (json.JSONDecodeError, IndexError):
+            probe = json.loads(lines[-1])
+        except json.JSONDecodeError:
             props.extra["probe_error"] = f"unreadable probe output: {res.text[:200]!r}"
             return
         props.extra["python_cmd"] = py

@@ -90,6 +90,8 @@ def _stderr_log(message: str) -> None:
 class SshDevice(Device):
     """A device reached over SSH. See the module docstring for the security rules."""
 
+    fuse_probe = True  # every exec costs a channel and a login shell: probe system facts and runtimes at once
+
     def __init__(
         self,
         host: str,
