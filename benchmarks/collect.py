@@ -26,7 +26,7 @@ import numpy as np  # noqa: E402
 from rich.console import Console  # noqa: E402
 
 from compleak.rundir import ArtifactRecord, Manifest, RunDir, Splits, TensorSpec  # noqa: E402
-from harness.artifacts import sha256_file  # noqa: E402
+from compleak.rundir import sha256_file  # noqa: E402
 
 
 def make_run(root: Path, n: int) -> tuple[RunDir, np.ndarray]:

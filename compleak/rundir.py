@@ -13,6 +13,7 @@ Every validation failure raises :class:`ContractError` whose message names the f
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -30,6 +31,15 @@ class ContractError(ValueError):
 
 
 # --------------------------------------------------------------------------- atomic writes
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file's content, read in 1 MiB chunks: the key every stage uses for an artifact."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -27,7 +27,6 @@ Binaries are found (per ABI, the device's preferred ABI first) in the ``binaries
 
 from __future__ import annotations
 
-import hashlib
 import re
 import shlex
 import tempfile
@@ -38,7 +37,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from compleak.rundir import ArtifactRecord, TensorSpec
+from compleak.rundir import ArtifactRecord, TensorSpec, sha256_file
 from devices.base import Device, DeviceProperties
 from devices.errors import DeviceError
 from devices.known_devices import cache_dir
@@ -79,14 +78,6 @@ def find_binary(name: str, abis: list[str], binaries: Path | str | None = None) 
     shown = ", ".join(str(p) for p in searched[:3]) + (" ..." if len(searched) > 3 else "")
     raise DeviceError(f"no {name} for {'/'.join(abis)} (looked in {shown}): "
                       + GET_BINARIES.format(cache=binary_cache_dir()))
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _elements(shape: list[int]) -> int:
@@ -139,7 +130,7 @@ class BinaryRunner(Runner):
         self.threads = threads
         self.timeout_s = timeout_s
         self.per_query_timeout_s = per_query_timeout_s
-        self.binary_sha256 = _sha256(self.binary)
+        self.binary_sha256 = sha256_file(self.binary)
 
     def describe(self) -> dict[str, Any]:
         return {"runner": self.name, "runtime": self.runtime, "runtime_version": f"sha256:{self.binary_sha256[:16]}",

@@ -1,11 +1,14 @@
-"""Artifact files as the framework builders produce them: the record they return, ids and hashing."""
+"""Artifact files as the framework builders produce them: the record they return, ids, and build cache keys."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 
 @dataclass
@@ -30,10 +33,17 @@ def artifact_id(framework: str, tag: str, variant: str, fmt: str) -> str:
     return f"{framework}-{tag}-{variant}.{fmt}"
 
 
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file's content, read in 1 MiB chunks."""
+def content_digest(*parts: Any) -> str:
+    """sha256 over ``parts`` in order: arrays by dtype, shape and bytes; anything else as sorted JSON.
+
+    The cache key of build steps (trained models, fine-tuned stages, data and splits).
+    """
     h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
+    for p in parts:
+        if isinstance(p, np.ndarray):
+            a = np.ascontiguousarray(p)
+            h.update(f"{a.dtype}{a.shape}".encode())
+            h.update(a.tobytes())
+        else:
+            h.update(json.dumps(p, sort_keys=True, default=str).encode())
     return h.hexdigest()

@@ -14,8 +14,6 @@ builders' cached trained models.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import platform
 import shutil
 import time
@@ -28,7 +26,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from compleak.rundir import ArtifactRecord, ContractError, Manifest, RunDir, Splits, TensorSpec, atomic_write_bytes
-from harness.artifacts import artifact_id, sha256_file
+from compleak.rundir import sha256_file
+from harness.artifacts import artifact_id, content_digest
 from harness.config import Experiment, load_experiment, parse_variant
 from harness.data import Dataset, load_dataset, make_splits, owner_data, query_inputs
 from harness.errors import HarnessError
@@ -95,18 +94,6 @@ def plan(exp: Experiment) -> tuple[list[PlannedArtifact], dict[str, str]]:
     return planned, skipped
 
 
-def _digest(*parts: Any) -> str:
-    h = hashlib.sha256()
-    for p in parts:
-        if isinstance(p, np.ndarray):
-            a = np.ascontiguousarray(p)
-            h.update(f"{a.dtype}{a.shape}".encode())
-            h.update(a.tobytes())
-        else:
-            h.update(json.dumps(p, sort_keys=True, default=str).encode())
-    return h.hexdigest()
-
-
 def build_key(exp: Experiment, item: PlannedArtifact, data_digest: str, splits_digest: str) -> str:
     """Content hash of everything that determines one artifact file (not its variant list neighbours).
 
@@ -120,7 +107,7 @@ def build_key(exp: Experiment, item: PlannedArtifact, data_digest: str, splits_d
         compress.update(finetune_epochs=c.finetune_epochs, finetune_lr=c.finetune_lr)
     if steps[-1] in ("int8", "qat-int8"):
         compress["representative_samples"] = c.representative_samples
-    return _digest(
+    return content_digest(
         "build-key/1",
         item.framework,
         item.tag,
@@ -221,7 +208,7 @@ def _save_splits(run: RunDir, splits: Splits) -> None:
 
 
 def _splits_digest(splits: Splits) -> str:
-    return _digest(splits.labels, splits.target_in, splits.target_out, *splits.shadow_in, *splits.shadow_out)
+    return content_digest(splits.labels, splits.target_in, splits.target_out, *splits.shadow_in, *splits.shadow_out)
 
 
 def build_into(
@@ -247,7 +234,7 @@ def build_into(
     ds: Dataset = load_dataset(exp.data.dataset, data_dir or (Path(exp.data.data_dir) if exp.data.data_dir else None), exp.data.download)
     splits = make_splits(exp, ds.y)
     _save_splits(run, splits)
-    data_digest = _digest(ds.name.split(":")[0], ds.x, ds.y)
+    data_digest = content_digest(ds.name.split(":")[0], ds.x, ds.y)
     splits_digest = _splits_digest(splits)
     report.seconds["data"] = time.perf_counter() - t0
 

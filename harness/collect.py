@@ -38,6 +38,7 @@ from compleak.rundir import (
     Splits,
     atomic_save_npz,
     atomic_write_json,
+    sha256_file,
 )
 from harness.errors import HarnessError
 
@@ -100,12 +101,6 @@ class QueryInputs:
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _sha256(path: Path) -> str:
-    from harness.artifacts import sha256_file
-
-    return sha256_file(path)
 
 
 def _done(run: RunDir, device_id: str, rec: ArtifactRecord, ids: np.ndarray) -> bool:
@@ -249,7 +244,7 @@ def _collect_one(
     artifact_file = rd.artifact_path(rec)
     if not artifact_file.is_file():
         raise HarnessError(f"{artifact_file}: artifact file of {rec.id} is missing; rerun `compleak build`")
-    actual = _sha256(artifact_file)
+    actual = sha256_file(artifact_file)
     if actual != rec.sha256:
         raise HarnessError(
             f"{artifact_file}: sha256 {actual[:12]}… does not match the manifest ({rec.sha256[:12]}…); "

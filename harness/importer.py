@@ -34,7 +34,8 @@ from pydantic import ValidationError
 from rich.console import Console
 
 from compleak.rundir import ArtifactRecord, ContractError, Manifest, RunDir, Splits, TensorSpec, atomic_write_bytes, atomic_write_json
-from harness.artifacts import artifact_id, sha256_file
+from compleak.rundir import sha256_file
+from harness.artifacts import artifact_id
 from harness.config import ARCHS, Experiment, Preprocess, load_experiment, parse_variant
 from harness.errors import HarnessError
 

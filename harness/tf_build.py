@@ -13,9 +13,7 @@ The pipeline is the same function for the target and every shadow: only the owne
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
-import json
 import os
 import warnings
 from pathlib import Path
@@ -33,7 +31,7 @@ except ImportError:  # TF <= 2.15 (e.g. toolchain-tf:2.14.0): tf.keras is Keras 
     keras = tf.keras
 
 from compleak.rundir import atomic_write_bytes  # noqa: E402
-from harness.artifacts import BuiltArtifact, artifact_id  # noqa: E402
+from harness.artifacts import BuiltArtifact, artifact_id, content_digest  # noqa: E402
 from harness.config import Experiment, parse_variant  # noqa: E402
 from harness.data import OwnerData  # noqa: E402
 from harness.errors import HarnessError  # noqa: E402
@@ -218,20 +216,9 @@ def _fit(
 # --------------------------------------------------------------------------- caching
 
 
-def _sha(*parts: Any) -> str:
-    h = hashlib.sha256()
-    for p in parts:
-        if isinstance(p, np.ndarray):
-            h.update(str((p.dtype, p.shape)).encode())
-            h.update(np.ascontiguousarray(p).tobytes())
-        else:
-            h.update(json.dumps(p, sort_keys=True, default=str).encode())
-    return h.hexdigest()
-
-
 def original_key(exp: Experiment, owner: OwnerData) -> str:
     """Content hash of everything that determines the trained original model."""
-    return _sha(
+    return content_digest(
         "tf-original",
         exp.model.model_dump(mode="json"),
         exp.train.model_dump(mode="json"),
@@ -425,7 +412,7 @@ def build_variants(
         source, key = original_path, key0
         applied: list[str] = []
         for step in [s for s in model_steps if s != "qat-int8"] + (["qat-int8"] if quant == "qat-int8" else []):
-            key = _sha(key, step, exp.compress.finetune_epochs, exp.compress.finetune_lr, exp.train.batch_size)
+            key = content_digest(key, step, exp.compress.finetune_epochs, exp.compress.finetune_lr, exp.train.batch_size)
             suffix = ".h5" if step == "qat-int8" else ".keras"  # QAT wrappers do not reload from .keras
             source = cache / f"tf-{tag}-{'+'.join([*applied, step])}-{key[:16]}{suffix}"
             model = _cached(

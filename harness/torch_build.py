@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
 import io
 import json
 import os
@@ -50,7 +49,7 @@ from torch import nn
 from torch.nn.utils import parametrize, prune
 
 from compleak.rundir import atomic_write_bytes
-from harness.artifacts import BuiltArtifact, artifact_id
+from harness.artifacts import BuiltArtifact, artifact_id, content_digest
 from harness.config import Experiment, TrainSection, parse_variant
 from harness.data import OwnerData
 from harness.errors import HarnessError
@@ -610,13 +609,7 @@ def plan_formats(variant: str, formats: list[str]) -> tuple[list[str], dict[str,
 
 
 def _data_digest(owner: OwnerData) -> str:
-    h = hashlib.sha256()
-    for arr in (owner.x_train, owner.y_train, owner.x_holdout, owner.y_holdout):
-        a = np.ascontiguousarray(arr)
-        h.update(f"{a.dtype}{a.shape}".encode())
-        h.update(a.tobytes())
-    h.update(f"{owner.n_classes}/{owner.seed}".encode())
-    return h.hexdigest()
+    return content_digest(owner.x_train, owner.y_train, owner.x_holdout, owner.y_holdout, owner.n_classes, owner.seed)
 
 
 def _save_state(path: Path, model: nn.Module, info: dict[str, Any]) -> None:
@@ -686,9 +679,7 @@ class _Builder:
         parent, parent_info = self.fp32(steps[:-1])
         step = steps[-1]
         cc = self.exp.compress
-        key = hashlib.sha256(
-            json.dumps([self.base_key, list(steps), cc.finetune_epochs, cc.finetune_lr]).encode()
-        ).hexdigest()
+        key = content_digest(self.base_key, list(steps), cc.finetune_epochs, cc.finetune_lr)
         stage = "+".join(steps)
         path = cache_path(self.out_dir, self.tag, stage, key)
         model = self.fresh()

@@ -12,7 +12,7 @@ from rich.console import Console
 
 from build_fixtures import TINY_TOML, tiny_run  # noqa: F401
 from compleak.rundir import RunDir
-from harness.artifacts import sha256_file
+from compleak.rundir import sha256_file
 
 SMALL = """
 [experiment]

@@ -14,7 +14,7 @@ from rich.console import Console
 from compleak.rundir import ArtifactRecord, Manifest, RunDir, TensorSpec, device_dirname
 from devices.errors import DeviceError
 from devices.ondevice import compleak_runner as cr
-from harness.artifacts import sha256_file
+from compleak.rundir import sha256_file
 from harness.collect import collect_run
 from harness.errors import HarnessError
 from sshd_fixtures import SshServer, sshd_server  # noqa: F401
