@@ -1,7 +1,7 @@
 """Collect-stage overhead: 20k queries through cnn-small TF-Lite on `local` and on a loopback SSH device.
 
-Prints collected outputs/s of ``collect_run`` (everything: connect, device probe, sha256 check, pushing the runner,
-model and inputs, one runner process per chunk, pulling outputs, atomic writes) against a raw in-process
+Prints collected outputs/s of ``collect_run`` (everything: connect, device probe, sha256 check, starting the
+device's runner server, pushing the model, streaming the queries, receiving outputs, atomic writes) against a raw in-process
 ``Interpreter.invoke`` loop over the same queries with the same batch size and runtime.
 Targets: harness time <= 1.2x raw on local, <= 1.5x raw over SSH.
 
@@ -90,8 +90,12 @@ def timed_collect(rd: RunDir, uri: str, batch: int, **kw: object) -> tuple[float
     total = lambda key: float(sum(c.get(key) or 0.0 for c in chunks))  # noqa: E731
     parts = {
         "runtime invoke": total("invoke_seconds"),
-        "runner process (start, imports, model load, npz in/out)": total("command_seconds") - total("invoke_seconds"),
-        "transfers (inputs up, outputs down, runner+model up)": total("upload_seconds") + total("download_seconds"),
+        "runner start-up not hidden (interpreter, imports) + model load": total("startup_wait_seconds")
+        + total("load_seconds"),
+        "query stream and replies beyond invoke (protocol, copies)": total("command_seconds")
+        - total("invoke_seconds") - total("startup_wait_seconds") - total("load_seconds"),
+        "transfers (model up; archives in and out where files are used)": total("upload_seconds")
+        + total("download_seconds"),
     }
     parts["host side (connect, probe, query inputs, sha256, workspace, writes)"] = wall - sum(parts.values())
     return wall, parts

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import threading
 from abc import ABC, abstractmethod
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -58,6 +59,75 @@ class CommandResult:
         if not self.ok:
             raise DeviceError(f"{device_id}: {what} failed (exit {self.returncode}): {self.last_error_line()}")
         return self
+
+
+class DeviceProcess(ABC):
+    """A command running on a device with its stdin and stdout open (see :meth:`Device.spawn`).
+
+    ``send`` and ``recv_exact`` take an absolute ``time.monotonic()`` deadline and raise a one-line
+    :class:`DeviceError` when it passes, when the command exits or when the transport is lost. stderr is drained in
+    the background; its last 64 KiB are kept for error messages.
+    """
+
+    device_id: str
+    argv: list[str]
+    #: what the command is, in error messages (default: its argv[0])
+    label: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.label or self.argv[0]
+
+    @abstractmethod
+    def send(self, data: bytes, deadline: float) -> None:
+        """Write all of ``data`` to the command's stdin."""
+
+    @abstractmethod
+    def recv_exact(self, n: int, deadline: float) -> bytes:
+        """Read exactly ``n`` bytes of the command's stdout."""
+
+    @abstractmethod
+    def exit_status(self) -> int | None:
+        """The exit status once the command has ended, else None."""
+
+    @abstractmethod
+    def stderr_text(self) -> str:
+        """What the command wrote to stderr so far (the last 64 KiB)."""
+
+    @abstractmethod
+    def close(self, timeout: float = 10.0) -> int | None:
+        """Close stdin, wait up to ``timeout`` s for the command to end (then kill it); return its exit status."""
+
+    def ended_error(self, what: str) -> DeviceError:
+        """A one-line error for a command that ended (or died) while ``what`` was going on."""
+        status = self.exit_status()
+        lines = [ln.strip() for ln in self.stderr_text().splitlines() if ln.strip()]
+        own = [ln[len("error: "):] for ln in lines if ln.startswith("error: ")]
+        detail = own[-1] if own else (lines[-1][:300] if lines else "no message")
+        if status in (-11, 139):
+            detail = f"the runtime crashed (segmentation fault): {detail}"
+        elif status is not None:
+            detail = f"exited with status {status}: {detail}"
+        return DeviceError(f"{self.device_id}: {self.name} ended during {what}: {detail}")
+
+
+class StderrTail:
+    """The last ``limit`` bytes written to a stream, filled by a drain thread."""
+
+    def __init__(self, limit: int = 1 << 16) -> None:
+        self.limit = limit
+        self._buf = bytearray()
+        self._lock = threading.Lock()
+
+    def add(self, data: bytes) -> None:
+        with self._lock:
+            self._buf += data
+            if len(self._buf) > self.limit:
+                del self._buf[: len(self._buf) - self.limit]
+
+    def text(self) -> str:
+        with self._lock:
+            return self._buf.decode("utf-8", "replace")
 
 
 @dataclass
@@ -117,6 +187,25 @@ class Device(ABC):
         Runners write inputs straight there and read outputs from there instead of copying them.
         """
         return None
+
+    #: this transport implements :meth:`spawn` (a long-lived command with open pipes)
+    can_spawn: bool = False
+
+    def spawn(self, argv: list[str], label: str = "") -> "DeviceProcess":
+        """Start ``argv`` on the device with stdin and stdout left open for a conversation; return at once.
+
+        ``label`` names the command in error messages. Only transports with ``can_spawn`` implement it; others raise
+        NotImplementedError and callers fall back to :meth:`run` with files.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot keep a command running")
+
+    def default_python_argv(self) -> list[str]:
+        """argv prefix that starts the device's Python with no round trip first: the configured interpreter, else
+        ``python3`` (or ``python``) from the PATH, resolved by the device's shell when the command starts. The probe
+        resolves the same rule, so both name one interpreter."""
+        if self.python:
+            return [self.python]
+        return ["sh", "-c", 'p="$(command -v python3 || command -v python)" || exit 127; exec "$p" "$@"', "python3"]
 
     def close(self) -> None:
         """Release connections. Safe to call twice."""

@@ -9,15 +9,20 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from contextlib import contextmanager
+from typing import Iterator
 from pathlib import Path
 
-from devices.base import CommandResult, Device, DeviceProperties
+from devices.base import CommandResult, Device, DeviceProcess, DeviceProperties, StderrTail
 from devices.errors import DeviceError
 
 
 class LocalDevice(Device):
     """This host as a device. Workspaces live under ``$TMPDIR/compleak-<user>``."""
+
+    can_spawn = True
 
     def __init__(self) -> None:
         self.id = "local"
@@ -35,6 +40,14 @@ class LocalDevice(Device):
             return CommandResult(list(argv), 126, b"", f"{argv[0]}: permission denied".encode(),
                                  time.perf_counter() - t0)
         return CommandResult(list(argv), proc.returncode, proc.stdout, proc.stderr, time.perf_counter() - t0)
+
+    def spawn(self, argv: list[str], label: str = "") -> "LocalProcess":
+        proc = LocalProcess(argv)
+        proc.label = label
+        return proc
+
+    def default_python_argv(self) -> list[str]:
+        return [self.python or sys.executable]
 
     def put(self, local: Path, remote: str) -> None:
         try:
@@ -79,3 +92,95 @@ class LocalDevice(Device):
         except OSError as exc:
             raise DeviceError(f"local: cannot create workspace base {base} ({exc.strerror})") from None
         return os.path.realpath(base)
+
+
+class LocalProcess(DeviceProcess):
+    """A subprocess with open pipes. Blocking reads and writes are bounded by a watchdog that kills the process at
+    the deadline (its pipes then close and the blocked call returns)."""
+
+    def __init__(self, argv: list[str]) -> None:
+        self.device_id, self.argv = "local", list(argv)
+        try:
+            self._proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        except OSError as exc:
+            raise DeviceError(f"local: cannot start {argv[0]} ({exc.strerror or exc})") from None
+        self._tail = StderrTail()
+        self._expired = False
+        self._drain = threading.Thread(target=self._pump_stderr, daemon=True)
+        self._drain.start()
+
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
+    def _pump_stderr(self) -> None:
+        assert self._proc.stderr is not None
+        for chunk in iter(lambda: self._proc.stderr.read1(1 << 16), b""):  # type: ignore[union-attr]
+            self._tail.add(chunk)
+
+    @contextmanager
+    def _watchdog(self, deadline: float) -> Iterator[None]:
+        timer = threading.Timer(max(0.0, deadline - time.monotonic()), self._expire)
+        timer.daemon = True
+        timer.start()
+        try:
+            yield
+        finally:
+            timer.cancel()
+
+    def _expire(self) -> None:
+        self._expired = True
+        self._proc.kill()
+
+    def _failure(self, what: str, started: float, deadline: float) -> DeviceError:
+        try:
+            self._proc.wait(timeout=5)  # killed at the deadline, or ended on its own: reap it
+        except subprocess.TimeoutExpired:
+            pass
+        if self._expired:
+            return DeviceError(f"local: {self.name} gave no answer within {deadline - started:.0f}s during "
+                               f"{what}; raise the timeout or use a smaller batch")
+        self._drain.join(timeout=2)
+        return self.ended_error(what)
+
+    def send(self, data: bytes, deadline: float) -> None:
+        started = time.monotonic()
+        try:
+            with self._watchdog(deadline):
+                assert self._proc.stdin is not None
+                self._proc.stdin.write(data)
+                self._proc.stdin.flush()
+        except (BrokenPipeError, OSError, ValueError):
+            raise self._failure("sending", started, deadline) from None
+
+    def recv_exact(self, n: int, deadline: float) -> bytes:
+        started = time.monotonic()
+        with self._watchdog(deadline):
+            assert self._proc.stdout is not None
+            data = self._proc.stdout.read(n)
+        if len(data) < n:
+            raise self._failure("receiving", started, deadline)
+        return data
+
+    def exit_status(self) -> int | None:
+        return self._proc.poll()
+
+    def stderr_text(self) -> str:
+        return self._tail.text()
+
+    def close(self, timeout: float = 10.0) -> int | None:
+        try:
+            if self._proc.stdin and not self._proc.stdin.closed:
+                self._proc.stdin.close()
+        except OSError:
+            pass
+        try:
+            status = self._proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            status = self._proc.wait()
+        self._drain.join(timeout=2)
+        for stream in (self._proc.stdout, self._proc.stderr):
+            if stream:
+                stream.close()
+        return status

@@ -1,9 +1,12 @@
 """Runners: how one artifact format executes on one kind of device.
 
-:class:`PythonRunner` pushes the single-file on-device runner (``devices/ondevice/compleak_runner.py``), the
-artifact and ONE input archive into a fresh workspace, runs the whole query batch in one process, and pulls ONE
-output archive back. Devices without Python (Android phones) get the binary runners of
-``devices.android_runners`` (``benchmark_model``, ``executor_runner``), chosen by :func:`choose_runner`.
+:class:`PythonRunner` runs the single-file on-device runner (``devices/ondevice/compleak_runner.py``) with the
+device's Python. Where the transport can keep a command running (local, ssh: ``Device.can_spawn``) it talks to one
+``--serve`` process (``devices.runner_server``; shared by a whole collection through a :class:`RunnerServerPool`):
+queries stream in over stdin and are inferred while the rest is in transit. Elsewhere (adb) it pushes the artifact
+and ONE input archive into a fresh workspace, runs the whole query batch in one process and pulls ONE output archive
+back. Devices without Python (Android phones) get the binary runners of ``devices.android_runners``
+(``benchmark_model``, ``executor_runner``), chosen by :func:`choose_runner`.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 import json
 import tempfile
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -23,6 +26,7 @@ from devices.base import Device, DeviceProperties
 from devices.errors import DeviceError
 from devices.ondevice import RUNNER_FILENAME, runner_path
 from devices.ondevice.compleak_runner import RUNTIMES_BY_FORMAT
+from devices.runner_server import RunnerServer, RunnerServerPool
 
 #: pip package that provides a runtime for each format, for error messages
 INSTALL_HINT = {
@@ -79,7 +83,9 @@ class PythonRunner(Runner):
         threads: int | None = None,
         timeout_s: float = 600.0,
         per_query_timeout_s: float = 0.05,
+        pool: RunnerServerPool | None = None,
     ) -> None:
+        self.pool = pool
         self.python = python
         self.runtime = runtime
         self.runtime_version = runtime_version
@@ -105,6 +111,14 @@ class PythonRunner(Runner):
         layout = str(getattr(artifact.inputs[0], "layout", None) or "auto") if artifact.inputs else "auto"
         if layout not in ("NHWC", "NCHW"):
             layout = "auto"
+        if device.can_spawn:
+            with ExitStack() as stack:
+                if self.pool is not None:
+                    server = self.pool.get(self.python, [self.runtime])
+                else:
+                    server = stack.enter_context(RunnerServer(device, self.python, [self.runtime]))
+                yield from self._served(device, server, Path(artifact_file), artifact, layout, notes)
+            return
         with tempfile.TemporaryDirectory(prefix="compleak-io-") as tmp, device.workspace() as ws:
             t0 = time.perf_counter()
             remote_runner = f"{ws}/{RUNNER_FILENAME}"
@@ -120,6 +134,59 @@ class PythonRunner(Runner):
                                    notes, upload_model_s if calls[0] == 1 else 0.0)
 
             yield infer
+
+    def _served(self, device: Device, server: RunnerServer, artifact_file: Path, artifact: ArtifactRecord,
+                layout: str, notes: list[str]) -> Iterator[Infer]:
+        """The body of :meth:`session` on a runner server: load once, one ``infer`` request per call."""
+        where = f"{device.id}: {artifact.id} on {self.runtime} {self.runtime_version}"
+        try:
+            loaded = server.load(artifact_file, artifact.format, self.runtime, self.threads, layout, self.timeout_s)
+        except DeviceError as exc:
+            raise DeviceError(f"{where}: {_detail(exc, device.id)}") from None
+        calls = [0]
+
+        def infer(inputs: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
+            x = np.ascontiguousarray(inputs, dtype=np.float32)
+            if x.ndim != 4:
+                raise DeviceError(f"{artifact.id}: query inputs must be float32 [M, H, W, C], got {list(x.shape)}")
+            calls[0] += 1
+            first = calls[0] == 1
+            started = utc_now()
+            t0 = time.perf_counter()
+            try:
+                values, reply = server.infer(x, self.batch_size, self.timeout_s + self.per_query_timeout_s * len(x))
+            except DeviceError as exc:
+                raise DeviceError(f"{where}: {_detail(exc, device.id)}") from None
+            wall = time.perf_counter() - t0
+            meta = reply.get("meta", {})
+            hello = server.hello or {}
+            prov = {
+                "runner": self.name,
+                "runtime": meta.get("runtime", self.runtime),
+                "runtime_version": meta.get("runtime_version", self.runtime_version),
+                "delegate": meta.get("delegate"),
+                "threads": meta.get("threads"),
+                "batch_size": self.batch_size,
+                "batch_seconds": reply.get("batch_seconds", []),
+                "batch_sizes": reply.get("batch_sizes", []),
+                "load_seconds": loaded.get("load_seconds") if first else 0.0,
+                "invoke_seconds": meta.get("invoke_seconds"),
+                "startup_wait_seconds": server.startup_wait_seconds if first else 0.0,
+                "upload_seconds": loaded.get("upload_seconds", 0.0) if first else 0.0,
+                "download_seconds": 0.0,
+                "command_seconds": wall,
+                "wall_seconds": wall + (loaded.get("upload_seconds", 0.0) if first else 0.0),
+                "transfer": "runner server (queries streamed over stdin, outputs over stdout)",
+                "input_layout": meta.get("input_layout"),
+                "device_python": hello.get("python"),
+                "device_numpy": hello.get("numpy"),
+                "started": started,
+                "finished": utc_now(),
+                "compat_notes": notes,
+            }
+            return values, prov
+
+        yield infer  # the model stays loaded: the next artifact's load replaces it and deletes its file
 
     def _infer(
         self,
@@ -166,7 +233,7 @@ class PythonRunner(Runner):
                 batch_seconds = z["batch_seconds"].tolist()
                 batch_sizes = z["batch_sizes"].tolist()
                 meta = json.loads(str(z["meta"]))
-        except (OSError, KeyError, ValueError) as exc:
+        except (OSError, KeyError, ValueError, EOFError) as exc:
             raise DeviceError(f"{device.id}: {artifact.id}: unreadable runner output ({exc}); rerun collect") from None
         if values.ndim != 2 or len(values) != len(x):
             raise DeviceError(
@@ -188,6 +255,7 @@ class PythonRunner(Runner):
             "command_seconds": res.seconds,
             "wall_seconds": time.perf_counter() - t0 + upload_model_s,
             "input_layout": meta.get("input_layout"),
+            "transfer": "archive files",
             "device_python": meta.get("python"),
             "device_numpy": meta.get("numpy"),
             "started": started,
@@ -195,6 +263,12 @@ class PythonRunner(Runner):
             "compat_notes": notes,
         }
         return values, prov
+
+
+def _detail(exc: DeviceError, device_id: str) -> str:
+    """An error's message without its leading ``<device id>: `` (the caller puts the artifact there)."""
+    text = str(exc)
+    return text[len(device_id) + 2:] if text.startswith(f"{device_id}: ") else text
 
 
 def _runner_error(res: Any) -> str:
@@ -216,6 +290,7 @@ def choose_runner(
     props: DeviceProperties | None = None,
     batch_size: int = 256,
     threads: int | None = None,
+    pool: RunnerServerPool | None = None,
 ) -> Runner:
     """The runner for ``artifact`` on ``device``: the Python runner when the device has Python and a runtime for the
     format, else a binary runner (``benchmark_model`` / ``executor_runner``) for Android devices.
@@ -224,13 +299,13 @@ def choose_runner(
     """
     props = props or device.properties()
     fmt = artifact.format
-    if props.python:
+    if props.python and props.numpy:
         for runtime in RUNTIMES_BY_FORMAT[fmt]:
             version = props.runtimes.get(runtime)
             if version:
                 py = props.extra.get("python_cmd") or device.python_command()
                 if py:
-                    return PythonRunner(py, runtime, version, batch_size=batch_size, threads=threads)
+                    return PythonRunner(py, runtime, version, batch_size=batch_size, threads=threads, pool=pool)
     if props.android_api is not None:
         try:
             from devices import android_runners
@@ -241,6 +316,8 @@ def choose_runner(
         if android_runners is not None:
             return android_runners.choose_android_runner(device, artifact, binaries, props)
     where = "its Python" if props.python else "the device (no usable Python found)"
+    if props.python and not props.numpy:
+        where += " (which has no NumPy, needed by the runner: pip install numpy)"
     if props.extra.get("probe_error"):
         where += f"; probing Python failed: {props.extra['probe_error']}"
     raise DeviceError(

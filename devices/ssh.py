@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from devices.base import CommandResult, Device
+from devices.base import CommandResult, Device, DeviceProcess, StderrTail
 from devices.errors import DeviceError, UnreachableDevice
 
 try:
@@ -90,6 +90,7 @@ def _stderr_log(message: str) -> None:
 class SshDevice(Device):
     """A device reached over SSH. See the module docstring for the security rules."""
 
+    can_spawn = True
     fuse_probe = True  # every exec costs a channel and a login shell: probe system facts and runtimes at once
 
     def __init__(
@@ -231,35 +232,28 @@ class SshDevice(Device):
         err: list[bytes] = []
         try:
             chan.exec_command(command)
-            if stdin:
-                chan.sendall(stdin)
-            chan.shutdown_write()
-            # read stdout and stderr concurrently (stderr on a thread) so neither pipe fills up and blocks the command
+            # stdout and stderr are read on threads from the start, so neither fills its window and blocks the
+            # command while stdin is still being sent (a runner answers queries while the rest stream in)
             chan.settimeout(0.25)
             stop = threading.Event()
-            pump = threading.Thread(target=_drain, args=(chan.recv_stderr, err, stop), daemon=True)
-            pump.start()
+            pumps = [threading.Thread(target=_drain, args=(recv, sink, stop), daemon=True)
+                     for recv, sink in ((chan.recv, out), (chan.recv_stderr, err))]
+            for pump in pumps:
+                pump.start()
             try:
-                while True:
-                    try:
-                        data = chan.recv(1 << 16)
-                    except socket.timeout:
-                        if not self._transport().is_active():
-                            raise DeviceError(
-                                f"{self.id}: ssh connection lost while running {argv[0]}; rerun to resume"
-                            )
-                        if time.monotonic() > deadline:
-                            raise DeviceError(
-                                f"{self.id}: '{argv[0]}' did not finish within {timeout:.0f}s; raise the timeout or "
-                                f"use a smaller batch"
-                            ) from None
-                        continue
-                    if not data:
-                        break
-                    out.append(data)
+                if stdin:  # a command that exits early takes less; its status and stderr tell why
+                    self._send(chan, stdin, deadline, argv[0], timeout)
+                chan.shutdown_write()
+                while not chan.exit_status_ready() and any(p.is_alive() for p in pumps):
+                    chan.status_event.wait(0.25)  # both streams closed: the exit status follows, or never comes
+                    if not chan.exit_status_ready():
+                        self._check_alive(deadline, argv[0], timeout)
+                for pump in pumps:  # the streams end with the command; take what is still in flight
+                    pump.join(timeout=max(0.0, min(30.0, deadline - time.monotonic())))
             finally:
                 stop.set()
-                pump.join(timeout=5)
+                for pump in pumps:
+                    pump.join(timeout=5)
             if not chan.exit_status_ready():
                 chan.status_event.wait(max(0.0, min(30.0, deadline - time.monotonic())))
             if not chan.exit_status_ready():
@@ -276,6 +270,44 @@ class SshDevice(Device):
         finally:
             chan.close()
         return CommandResult(list(map(str, argv)), status, b"".join(out), b"".join(err), time.perf_counter() - t0)
+
+    def _check_alive(self, deadline: float, what: str, timeout: float, late: str = "did not finish") -> None:
+        """Raise a one-line DeviceError when the connection dropped or the command ran past its deadline."""
+        transport = self._client.get_transport() if self._client else None
+        if not (transport and transport.is_active()):
+            raise DeviceError(f"{self.id}: ssh connection lost while running {what}; rerun to resume")
+        if time.monotonic() > deadline:
+            raise DeviceError(
+                f"{self.id}: '{what}' {late} within {timeout:.0f}s; raise the timeout or use a smaller batch"
+            )
+
+    def _send(self, chan: Any, data: bytes, deadline: float, what: str, timeout: float,
+              late: str = "did not finish") -> bool:
+        """Send ``data`` to the command's stdin, waiting on flow control without passing the deadline.
+
+        Returns False when the command ended before taking all of it (its exit status and stderr tell why).
+        """
+        view = memoryview(data)
+        sent = 0
+        while sent < len(view):
+            if chan.exit_status_ready() or chan.closed:
+                return False
+            try:
+                sent += chan.send(view[sent : sent + (1 << 18)].tobytes())
+            except socket.timeout:
+                self._check_alive(deadline, what, timeout, late)
+        return True
+
+    def spawn(self, argv: list[str], label: str = "") -> "SshProcess":
+        command = " ".join(shlex.quote(str(a)) for a in argv)
+        try:
+            chan = self._transport().open_session(timeout=30.0)
+            chan.exec_command(command)
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise DeviceError(f"{self.id}: ssh connection lost ({_one_line(exc)}); rerun to resume") from None
+        proc = SshProcess(self, chan, [str(a) for a in argv])
+        proc.label = label
+        return proc
 
     # ------------------------------------------------------------------ workspace (over SFTP: no shell involved)
 
@@ -344,7 +376,97 @@ class SshDevice(Device):
             raise DeviceError(f"{self.id}: download of {remote} failed ({_one_line(exc)})") from None
 
 
-def _drain(recv: Callable[[int], bytes], sink: list[bytes], stop: threading.Event) -> None:
+class SshProcess(DeviceProcess):
+    """A command on an exec channel, its stdin and stdout open (see :meth:`SshDevice.spawn`)."""
+
+    def __init__(self, device: SshDevice, chan: Any, argv: list[str]) -> None:
+        self.device_id, self.argv = device.id, argv
+        self._dev, self._chan = device, chan
+        self._abandoned = False
+        self._tail = StderrTail()
+        chan.settimeout(0.25)
+        self._stop = threading.Event()
+        self._pump = threading.Thread(target=_drain, args=(chan.recv_stderr, self._tail, self._stop), daemon=True)
+        self._pump.start()
+
+    def _ended(self, what: str) -> DeviceError:
+        self._chan.status_event.wait(5)
+        self._pump.join(timeout=2)
+        if not self._chan.exit_status_ready():
+            transport = self._dev._client.get_transport() if self._dev._client else None
+            if not (transport and transport.is_active()):
+                return DeviceError(f"{self.device_id}: ssh connection lost during {what}; rerun to resume")
+        return self.ended_error(what)
+
+    def send(self, data: bytes, deadline: float) -> None:
+        try:
+            if not self._dev._send(self._chan, data, deadline, self.name, deadline - time.monotonic(),
+                                   late="gave no answer"):
+                raise self._ended("sending")
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            self._abandon()
+            raise DeviceError(f"{self.device_id}: ssh connection lost while sending ({_one_line(exc)}); "
+                              f"rerun to resume") from None
+        except DeviceError:
+            self._abandon()
+            raise
+
+    def recv_exact(self, n: int, deadline: float) -> bytes:
+        parts: list[bytes] = []
+        got = 0
+        timeout = deadline - time.monotonic()
+        try:
+            while got < n:
+                try:
+                    data = self._chan.recv(min(n - got, 1 << 20))
+                except socket.timeout:
+                    self._dev._check_alive(deadline, self.name, timeout, late="gave no answer")
+                    continue
+                if not data:
+                    raise self._ended("receiving")
+                parts.append(data)
+                got += len(data)
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            self._abandon()
+            raise DeviceError(f"{self.device_id}: ssh connection lost while receiving ({_one_line(exc)}); "
+                              f"rerun to resume") from None
+        except DeviceError:
+            self._abandon()
+            raise
+        return b"".join(parts)
+
+    def _abandon(self) -> None:
+        """Give up on the command (past its deadline, or its stream broke): close the channel, so sshd hangs up on
+        it and it ends at its next write; it no longer counts as running."""
+        self._abandoned = True
+        try:
+            self._chan.close()
+        except (paramiko.SSHException, OSError, EOFError):
+            pass
+
+    def exit_status(self) -> int | None:
+        if self._chan.exit_status_ready():
+            return self._chan.recv_exit_status()
+        return -1 if self._abandoned or self._chan.closed else None
+
+    def stderr_text(self) -> str:
+        return self._tail.text()
+
+    def close(self, timeout: float = 10.0) -> int | None:
+        if not (self._abandoned or self._chan.closed):
+            try:
+                self._chan.shutdown_write()  # EOF on stdin: the command ends
+                self._chan.status_event.wait(timeout)
+            except (paramiko.SSHException, OSError, EOFError):
+                pass
+        status = self.exit_status()
+        self._stop.set()
+        self._pump.join(timeout=2)
+        self._chan.close()
+        return status
+
+
+def _drain(recv: Callable[[int], bytes], sink: "list[bytes] | StderrTail", stop: threading.Event) -> None:
     """Read a channel stream until EOF (or until ``stop`` is set and the stream is idle)."""
     while True:
         try:
@@ -357,7 +479,10 @@ def _drain(recv: Callable[[int], bytes], sink: list[bytes], stop: threading.Even
             return
         if not data:
             return
-        sink.append(data)
+        if isinstance(sink, list):
+            sink.append(data)
+        else:
+            sink.add(data)
 
 
 def _one_line(exc: BaseException) -> str:

@@ -23,6 +23,8 @@ import json
 import shutil
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -40,6 +42,7 @@ from compleak.rundir import (
     atomic_write_json,
     sha256_file,
 )
+from devices.errors import DeviceError
 from harness.errors import HarnessError
 
 DEFAULT_CHUNK = 32768
@@ -167,8 +170,9 @@ def collect_run(
         batch_size: examples per runtime invocation on the device.
         chunk_size: examples per device round trip; the unit of resumption.
     """
+    from devices.runner_server import RunnerServerPool
     from devices.runners import choose_runner
-    from devices.uri import connect
+    from devices.uri import connect, parse_device_uri
 
     console = console or Console()
     if batch_size < 1 or chunk_size < 1:
@@ -193,22 +197,37 @@ def collect_run(
             raise ContractError(f"{rd.manifest}: {rec.id} is shadow {rec.shadow} but splits.npz has {splits.n_shadows}")
         ids_of[rec.id] = splits.collected_ids(rec.role, rec.shadow)
 
-    dev = connect(device, identity=identity, known_hosts=known_hosts, trust_new_host=trust_new_host,
-                  binaries=binaries, password_env=password_env, workspace=workspace, log=console.print)
+    device_id = parse_device_uri(device).canonical  # == the connected device's id, so finished work is known first
     written: dict[str, Path] = {}
-    try:
-        device_id = dev.id
-        todo = [r for r in records if not _done(rd, device_id, r, ids_of[r.id])]
-        for rec in records:
-            if rec not in todo:
-                written[rec.id] = rd.output_npz(device_id, rec.id)
-        if not todo:
-            console.print(f"[green]all {len(records)} artifact(s) already collected on {device_id}[/]")
-            return written
-        console.print(f"collecting {len(todo)} artifact(s) on [bold]{device_id}[/] "
-                      f"({len(records) - len(todo)} already done)")
+    todo = [r for r in records if not _done(rd, device_id, r, ids_of[r.id])]
+    for rec in records:
+        if rec not in todo:
+            written[rec.id] = rd.output_npz(device_id, rec.id)
+    if not todo:
+        console.print(f"[green]all {len(records)} artifact(s) already collected on {device_id}[/]")
+        return written
+    console.print(f"collecting {len(todo)} artifact(s) on [bold]{device_id}[/] "
+                  f"({len(records) - len(todo)} already done)")
+    with ExitStack() as stack:
+        # the query inputs are prepared on a thread while the device connects, is probed and starts its runner
+        executor = stack.enter_context(ThreadPoolExecutor(max_workers=1, thread_name_prefix="compleak-inputs"))
+        pending_inputs = executor.submit(QueryInputs, rd, np.concatenate([ids_of[r.id] for r in todo]))
+        dev = stack.enter_context(connect(device, identity=identity, known_hosts=known_hosts,
+                                          trust_new_host=trust_new_host, binaries=binaries, password_env=password_env,
+                                          workspace=workspace, log=console.print))
+        pool = stack.enter_context(RunnerServerPool(dev))
+        if dev.can_spawn:  # the runner's start-up (interpreter, runtime imports) overlaps with the probe
+            pool.start_default(preload=sorted({r.format for r in todo}))
         props = dev.properties()
-        inputs = QueryInputs(rd, np.concatenate([ids_of[r.id] for r in todo]))
+        if dev.can_spawn and props.extra.get("python_cmd"):
+            pool.adopt_default(props.extra["python_cmd"])  # the probe's name for that same interpreter
+        runners: dict[str, Any] = {}
+        for rec in todo:  # an artifact nothing here can run fails when its turn comes, after the others
+            try:
+                runners[rec.id] = choose_runner(dev, rec, binaries, props=props, batch_size=batch_size, pool=pool)
+            except DeviceError:
+                pass
+        inputs = pending_inputs.result()
         total = int(sum(len(ids_of[r.id]) for r in todo))
         with Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("queries"),
@@ -216,29 +235,26 @@ def collect_run(
         ) as progress:
             overall = progress.add_task(f"{device_id}", total=total)
             for rec in todo:
-                written[rec.id] = _collect_one(
-                    rd, dev, props, rec, ids_of[rec.id], inputs, binaries, batch_size, chunk_size, progress, overall,
-                    choose_runner,
-                )
+                runner = runners.get(rec.id) or choose_runner(dev, rec, binaries, props=props, batch_size=batch_size,
+                                                              pool=pool)  # raises: nothing runs it here
+                written[rec.id] = _collect_one(rd, dev, runner, props, rec, ids_of[rec.id], inputs, batch_size,
+                                               chunk_size, progress, overall)
         console.print(f"outputs of {len(records)} artifact(s) on {device_id}: {rd.outputs_dir(device_id)}")
         return written
-    finally:
-        dev.close()
 
 
 def _collect_one(
     rd: RunDir,
     dev: Any,
+    runner: Any,
     props: Any,
     rec: ArtifactRecord,
     ids: np.ndarray,
     inputs: QueryInputs,
-    binaries: Path | str | None,
     batch_size: int,
     chunk_size: int,
     progress: Progress,
     overall: Any,
-    choose_runner: Any,
 ) -> Path:
     device_id = dev.id
     artifact_file = rd.artifact_path(rec)
@@ -262,7 +278,6 @@ def _collect_one(
     task = progress.add_task(f"  {rec.id}", total=len(ids), completed=sum(b - a for a, b in stored))
     missing = [s for s in spans if s not in stored]
     if missing:
-        runner = choose_runner(dev, rec, binaries, props=props, batch_size=batch_size)
         with runner.session(dev, artifact_file, rec) as infer:
             for a, b in missing:
                 values, meta = infer(inputs.rows(ids[a:b]))

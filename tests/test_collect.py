@@ -163,30 +163,30 @@ def test_queries_npz_is_used_when_present(run: RunDir) -> None:
 
 
 @pytest.mark.ssh
-def test_sshd_killed_mid_collection_then_rerun_completes(run: RunDir, sshd_server: SshServer, tmp_path: Path) -> None:
+def test_sshd_killed_mid_collection_then_rerun_completes(
+    run: RunDir, sshd_server: SshServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import harness.collect as collect_mod
+
     dev_dir = run.outputs_dir(sshd_server.device_id)
     assert dev_dir.name == device_dirname(sshd_server.device_id)
     second = "tf-target-int8.tflite"
     partial = dev_dir / ".partial" / second
     killed = threading.Event()
+    store = collect_mod.atomic_write_json
 
-    def kill_after_first_chunk_of_second_artifact() -> None:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not killed.is_set():
-            if partial.is_dir() and any(partial.rglob("*.json")):
-                sshd_server.kill()
-                killed.set()
-                return
-            time.sleep(0.02)
+    def store_then_kill(path: Path, obj: object) -> None:  # sshd dies right after the second artifact's 1st chunk
+        store(path, obj)
+        if not killed.is_set() and Path(path).parent.parent.name == second:
+            sshd_server.kill()
+            killed.set()
 
-    watcher = threading.Thread(target=kill_after_first_chunk_of_second_artifact, daemon=True)
-    watcher.start()
+    monkeypatch.setattr(collect_mod, "atomic_write_json", store_then_kill)
     remote_ws = tmp_path / "remote workspace"  # private: a killed session cannot remove its job directory
     opts = dict(identity=sshd_server.identity, known_hosts=sshd_server.known_hosts, batch_size=16, chunk_size=30,
                 console=quiet(), workspace=str(remote_ws))
     with pytest.raises(DeviceError) as exc:
         collect_run(run.root, sshd_server.uri, **opts)
-    watcher.join()
     assert killed.is_set() and "\n" not in str(exc.value) and sshd_server.device_id in str(exc.value)
     assert run.output_npz(sshd_server.device_id, "tf-target-original.tflite").is_file()  # finished one stays
     assert not run.output_npz(sshd_server.device_id, second).exists()

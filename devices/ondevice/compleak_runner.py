@@ -12,13 +12,17 @@ Python standard library, NumPy and whichever inference runtime the device has:
 Command line::
 
     python3 compleak_runner.py --model M --inputs in.npz --out out.npz [--threads N] [--batch-size B]
+    python3 compleak_runner.py --serve [--preload ai_edge_litert,onnxruntime]   # framed requests on stdin
     python3 compleak_runner.py --probe          # JSON: python, numpy and runtime versions found
     python3 compleak_runner.py --describe M     # JSON: format, inputs and outputs of the artifact
 
 ``in.npz`` holds ``x``: float32 [N, H, W, C] (NHWC, preprocessed). ``out.npz`` holds ``values`` float32 [N, C]
 (outputs dequantized to float), ``batch_seconds`` float64 [B] (wall seconds per invocation batch),
 ``batch_sizes`` int64 [B] and ``meta`` (a JSON string: runtime name/version, delegate, threads, batch size).
-Errors are printed as one line ``error: ...`` on stderr with exit status 3.
+With ``--serve`` one process answers a whole collection: framed ``load`` / ``infer`` / ``unload`` requests arrive
+on stdin, queries are inferred batch by batch while the rest is still in transit, and replies go to stdout
+(runtime libraries that print to stdout are redirected to stderr); see :func:`serve`. Errors are printed as one
+line ``error: ...`` on stderr with exit status 3.
 
 On the host: ``detect_format(path)``, ``describe(path)``, ``load_model(path).predict(x)``.
 """
@@ -32,9 +36,7 @@ import platform
 import sys
 import time
 import zipfile
-from typing import Any, Callable
-
-import numpy as np
+from typing import Any, BinaryIO, Callable, Iterable, Iterator, Sequence
 
 try:  # on the host the error is the devices package's DeviceError, so the CLI prints it as one line
     from devices.errors import DeviceError as _ErrorBase
@@ -185,11 +187,28 @@ def _version_of(name: str) -> str | None:
     return "unknown"
 
 
+def _numpy_version() -> str | None:
+    """NumPy's version without importing it, or None when this Python has none."""
+    import importlib.util
+
+    try:
+        if importlib.util.find_spec("numpy") is None:
+            return None
+        from importlib.metadata import version
+
+        return version("numpy")
+    except Exception:  # noqa: BLE001 - a vendored NumPy without metadata still imports
+        return "unknown"
+
+
 def probe() -> dict[str, Any]:
-    """Python, NumPy, machine and every runtime this Python can import (name -> version or None)."""
+    """Python, NumPy, machine and every runtime this Python can import (name -> version or None).
+
+    Uses package metadata only (imports nothing heavy), so a device probe costs one interpreter start.
+    """
     return {
         "python": platform.python_version(),
-        "numpy": np.__version__,
+        "numpy": _numpy_version(),
         "machine": platform.machine(),
         "system": f"{platform.system()} {platform.release()}",
         "runtimes": {name: _version_of(name) for name in _DISTRIBUTIONS},
@@ -213,6 +232,14 @@ def pick_runtime(fmt: str, runtime: str | None = None) -> str:
         f"install one, e.g. pip install {_DISTRIBUTIONS[candidates[0]]}"
     )
 
+
+# ``--probe`` is answered before NumPy is imported (about 0.1 s of every device probe): the code above this line
+# uses the standard library only.
+if __name__ == "__main__" and sys.argv[1:] == ["--probe"]:
+    print(json.dumps(probe()))
+    sys.exit(0)
+
+import numpy as np  # noqa: E402
 
 # --------------------------------------------------------------------------- helpers
 
@@ -298,27 +325,39 @@ class Model:
         """Largest batch one invocation takes (None: any)."""
         return None
 
+    def batch_step(self, batch_size: int) -> int:
+        """Examples per invocation: ``batch_size`` capped by what the model takes."""
+        cap = self.max_batch()
+        return max(1, min(batch_size, cap) if cap else batch_size)
+
     def predict(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """Outputs float32 [N, C] for queries ``x`` float32 [N, H, W, C] (NHWC)."""
         x = np.asarray(x, dtype=np.float32)
+        step = self.batch_step(batch_size)
+        return self.predict_batches(x[start : start + step] for start in range(0, len(x), step))
+
+    def predict_batches(self, batches: Iterable[np.ndarray]) -> np.ndarray:
+        """Outputs float32 [N, C] for a stream of query batches, each float32 [n, H, W, C] (NHWC).
+
+        Each batch is one invocation (callers size them with :meth:`batch_step`); batches are consumed as they
+        arrive, so inputs still in transit overlap with inference.
+        """
         spec = self.inputs()[0]
-        if x.ndim == len(spec["shape"]) and channels_first(spec["shape"], x.shape, self.layout):
-            x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
-        expect = spec["shape"][1:]
-        if len(expect) != x.ndim - 1 or any(e > 0 and e != g for e, g in zip(expect, x.shape[1:])):
-            raise RunnerError(
-                f"{self.path}: model input '{spec['name']}' has shape {spec['shape']} but queries have shape "
-                f"{list(x.shape)}; check the preprocessing (resize/layout) of the run"
-            )
-        if spec["dtype"] in ("int8", "uint8", "int16") and spec["scale"]:
-            x = _quantize(x, np.dtype(spec["dtype"]), spec["scale"], spec["zero_point"] or 0)
         out_spec = self.outputs()[0]
-        cap = self.max_batch()
-        step = max(1, min(batch_size, cap) if cap else batch_size)
+        expect = spec["shape"][1:]
         self.batch_seconds, self.batch_sizes = [], []
         parts = []
-        for start in range(0, len(x), step):
-            xb = x[start : start + step]
+        for xb in batches:
+            xb = np.asarray(xb, dtype=np.float32)
+            if xb.ndim == len(spec["shape"]) and channels_first(spec["shape"], xb.shape, self.layout):
+                xb = np.ascontiguousarray(xb.transpose(0, 3, 1, 2))
+            if len(expect) != xb.ndim - 1 or any(e > 0 and e != g for e, g in zip(expect, xb.shape[1:])):
+                raise RunnerError(
+                    f"{self.path}: model input '{spec['name']}' has shape {spec['shape']} but queries have shape "
+                    f"{list(xb.shape)}; check the preprocessing (resize/layout) of the run"
+                )
+            if spec["dtype"] in ("int8", "uint8", "int16") and spec["scale"]:
+                xb = _quantize(xb, np.dtype(spec["dtype"]), spec["scale"], spec["zero_point"] or 0)
             t0 = time.perf_counter()
             y = self._invoke(xb)
             self.batch_seconds.append(time.perf_counter() - t0)
@@ -567,10 +606,10 @@ class TorchLiteModel(Model):
                     for i, s in enumerate(specs)]
         return [_spec("output_0", [-1, -1], "float32")]
 
-    def predict(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    def predict_batches(self, batches: Iterable[np.ndarray]) -> np.ndarray:
         if self.layout == "auto" and not self._meta.get("inputs"):
             self.layout = "NCHW"  # torch artifacts take NCHW
-        return super().predict(x, batch_size)
+        return super().predict_batches(batches)
 
     def _invoke(self, xb: np.ndarray) -> np.ndarray:
         t = self._torch.from_numpy(np.ascontiguousarray(xb))
@@ -651,22 +690,7 @@ def run_file(model_path: str, inputs: str, out: str, threads: int | None, batch_
     model = load_model(model_path, runtime=runtime, threads=threads, layout=layout)
     load_seconds = time.perf_counter() - t_load
     values = model.predict(x, batch_size=batch_size)
-    if not np.all(np.isfinite(values)):
-        bad = int((~np.isfinite(values)).any(axis=1).sum())
-        raise RunnerError(f"{model_path}: the runtime produced NaN/Inf outputs for {bad} queries")
-    meta = dict(model.info())
-    meta.update(
-        batch_size=batch_size,
-        n=int(len(x)),
-        load_seconds=load_seconds,
-        invoke_seconds=float(sum(model.batch_seconds)),
-        started=t_start,
-        finished=time.time(),
-        python=platform.python_version(),
-        numpy=np.__version__,
-        machine=platform.machine(),
-        input_layout="NCHW" if channels_first(model.inputs()[0]["shape"], x.shape, model.layout) else "NHWC",
-    )
+    meta = _answer_meta(model, model_path, values, x.shape, batch_size, load_seconds, t_start)
     tmp = out + ".part.npz"
     np.savez(
         tmp,
@@ -679,6 +703,188 @@ def run_file(model_path: str, inputs: str, out: str, threads: int | None, batch_
     return meta
 
 
+def _answer_meta(model: Model, model_path: str, values: np.ndarray, shape: Sequence[int], batch_size: int,
+                 load_seconds: float, t_start: float) -> dict[str, Any]:
+    """Provenance of one answered query batch; raises RunnerError when the runtime produced NaN/Inf."""
+    if not np.all(np.isfinite(values)):
+        bad = int((~np.isfinite(values)).any(axis=1).sum())
+        raise RunnerError(f"{model_path}: the runtime produced NaN/Inf outputs for {bad} queries")
+    meta = dict(model.info())
+    meta.update(
+        batch_size=batch_size,
+        n=int(shape[0]),
+        load_seconds=load_seconds,
+        invoke_seconds=float(sum(model.batch_seconds)),
+        started=t_start,
+        finished=time.time(),
+        python=platform.python_version(),
+        numpy=np.__version__,
+        machine=platform.machine(),
+        input_layout="NCHW" if channels_first(model.inputs()[0]["shape"], tuple(shape), model.layout) else "NHWC",
+    )
+    return meta
+
+
+# --------------------------------------------------------------------------- server mode
+
+#: version of the ``--serve`` protocol; the host refuses a runner that speaks another
+PROTOCOL = 1
+
+#: ``python -c BOOTSTRAP --serve ...`` runs this file without it being on the device's disk: stdin starts with the
+#: source's length in bytes on one line and then the source; what follows on stdin is the protocol
+BOOTSTRAP = (
+    "import sys;f=sys.stdin.buffer;n=int(f.readline());g={'__name__':'compleak_runner'};"
+    "exec(compile(f.read(n),'compleak_runner.py','exec'),g);sys.exit(g['main'](sys.argv[1:]))"
+)
+
+
+def read_message(f: BinaryIO) -> dict[str, Any] | None:
+    """One message header: 4-byte big-endian length, then that many bytes of JSON. None at a clean end of stream.
+
+    A message may be followed by a payload of ``header["bytes"]`` raw bytes, which the caller reads.
+    """
+    head = _read_exact(f, 4, allow_eof=True)
+    if head is None:
+        return None
+    size = int.from_bytes(head, "big")
+    if size > 1 << 24:
+        raise RunnerError(f"protocol error: a {size}-byte message header (out of sync?)")
+    return json.loads(_read_exact(f, size).decode("utf-8"))
+
+
+def frame(header: dict[str, Any]) -> bytes:
+    """``header`` as a framed message (length + JSON), to be followed by ``header.get("bytes", 0)`` payload bytes."""
+    body = json.dumps(header).encode("utf-8")
+    return len(body).to_bytes(4, "big") + body
+
+
+def _read_exact(f: BinaryIO, n: int, allow_eof: bool = False) -> bytes | None:
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        k = f.readinto(view[got:])  # type: ignore[attr-defined]
+        if not k:
+            if allow_eof and got == 0:
+                return None
+            raise RunnerError(f"protocol error: the stream ended {got} bytes into a {n}-byte read")
+        got += k
+    return bytes(buf)
+
+
+def _payload_batches(f: BinaryIO, shape: Sequence[int], step: int, consumed: list[int]) -> Iterator[np.ndarray]:
+    """Rows of a float32 C-order payload of ``shape`` [N, H, W, C] in batches of ``step``, read as they arrive.
+
+    ``consumed[0]`` counts payload bytes read, so a failed request can skip the rest and stay in sync.
+    """
+    n, row = int(shape[0]), tuple(int(d) for d in shape[1:])
+    for start in range(0, n, step):
+        xb = np.empty((min(step, n - start), *row), np.float32)
+        view = memoryview(xb).cast("B")
+        got = 0
+        while got < len(view):
+            k = f.readinto(view[got:])  # type: ignore[attr-defined]
+            if not k:
+                raise RunnerError(f"protocol error: the query payload ended after {consumed[0] + got} bytes")
+            got += k
+        consumed[0] += got
+        yield xb
+
+
+def _skip(f: BinaryIO, n: int) -> None:
+    while n > 0:
+        chunk = f.read(min(n, 1 << 20))
+        if not chunk:
+            return
+        n -= len(chunk)
+
+
+def _remove_in(path: str, workspace: str | None) -> None:
+    """Delete the file ``path`` only when it lies directly in ``workspace`` (never anything else)."""
+    if workspace and os.path.dirname(os.path.realpath(path)) == os.path.realpath(workspace):
+        try:
+            os.remove(path)
+        except FileNotFoundError:
+            pass
+
+
+def serve(stdin: BinaryIO, stdout: BinaryIO, preload: Sequence[str] = ()) -> int:
+    """Answer framed requests on ``stdin`` until it ends (``--serve``); one process for a whole collection.
+
+    Requests (header, then payload): ``{"op": "load", "model", "runtime", "threads", "layout", "workspace",
+    "remove_previous"}`` (replaces the loaded model; the previous file is deleted when it lies in ``workspace``);
+    ``{"op": "infer", "shape": [N, H, W, C], "bytes", "batch_size"}`` + float32 C-order rows, inferred batch by
+    batch while they arrive; ``{"op": "unload", "remove": bool, "workspace": dir}`` (the model file is deleted only
+    when it lies directly in ``dir``, the job workspace). Every reply is ``{"ok": true, ...}`` or
+    ``{"ok": false, "error": "..."}``; an infer reply carries float32 [N, C] outputs as its payload.
+    The first message, sent once the ``preload`` runtimes (or formats) are imported, is a hello with the protocol
+    version and the interpreter.
+    """
+    for name in preload:  # a runtime name, or a format: the runtime load_model would pick for it
+        try:
+            name = pick_runtime(name) if name in RUNTIMES_BY_FORMAT else name
+            if name in _RUNTIME_MODULES and _version_of(name):
+                __import__(_RUNTIME_MODULES[name])
+        except Exception:  # noqa: BLE001 - a missing or broken runtime reports itself at load, with its own message
+            pass
+    stdout.write(frame({"ok": True, "hello": "compleak-runner", "protocol": PROTOCOL,
+                        "python": platform.python_version(), "numpy": np.__version__,
+                        "machine": platform.machine(), "executable": sys.executable}))
+    stdout.flush()
+    model: Model | None = None
+    model_path = ""
+    load_seconds = 0.0
+    while True:
+        req = read_message(stdin)
+        if req is None or req.get("op") == "exit":
+            return 0
+        op, payload, consumed = req.get("op"), int(req.get("bytes") or 0), [0]
+        reply: dict[str, Any] = {"ok": True}
+        out = b""
+        try:
+            if op == "load":  # replaces the loaded model; its file goes too when it lies in the given workspace
+                model = None
+                if model_path and req.get("remove_previous"):
+                    _remove_in(model_path, req.get("workspace"))
+                t0 = time.perf_counter()
+                model_path = str(req["model"])
+                model = load_model(model_path, runtime=req.get("runtime"), threads=req.get("threads"),
+                                   layout=req.get("layout") or "auto")
+                load_seconds = time.perf_counter() - t0
+                reply.update(info=model.info(), load_seconds=load_seconds)
+            elif op == "infer":
+                if model is None:
+                    raise RunnerError("protocol error: infer before load")
+                shape = [int(d) for d in req["shape"]]
+                if len(shape) != 4 or payload != 4 * int(np.prod(shape)):
+                    raise RunnerError(f"protocol error: {payload} payload bytes for float32 {shape}")
+                t_start = time.time()
+                batch_size = int(req.get("batch_size") or 256)
+                values = model.predict_batches(_payload_batches(stdin, shape, model.batch_step(batch_size),
+                                                                consumed))
+                meta = _answer_meta(model, model_path, values, shape, batch_size, load_seconds, t_start)
+                out = np.ascontiguousarray(values, dtype=np.float32).tobytes()
+                reply.update(shape=list(values.shape), bytes=len(out), meta=meta,
+                             batch_seconds=list(model.batch_seconds), batch_sizes=list(model.batch_sizes))
+            elif op == "unload":
+                model = None
+                if model_path and req.get("remove"):
+                    _remove_in(model_path, req.get("workspace"))
+                model_path = ""
+            else:
+                raise RunnerError(f"protocol error: unknown request {op!r}")
+        except RunnerError as exc:
+            reply = {"ok": False, "error": str(exc)}
+        except MemoryError:
+            reply = {"ok": False, "error": f"out of memory running {model_path}; lower --batch-size"}
+        except (KeyError, TypeError, ValueError, OSError) as exc:
+            reply = {"ok": False, "error": f"{op}: {_one_line(exc)}"}
+        if payload > consumed[0]:
+            _skip(stdin, payload - consumed[0])  # a failed request: drop the rest of its payload, stay in sync
+        stdout.write(frame(reply) + out)
+        stdout.flush()
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="compleak_runner.py", description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", help="artifact file (.tflite, .onnx, .pte, .ptl; detected from content)")
@@ -688,6 +894,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=256, help="examples per invocation")
     ap.add_argument("--runtime", default=None, help="force a runtime: " + ", ".join(_DISTRIBUTIONS))
     ap.add_argument("--layout", default="auto", choices=("auto", "NHWC", "NCHW"), help="model input layout")
+    ap.add_argument("--serve", action="store_true", help="answer framed load/infer requests on stdin (see serve())")
+    ap.add_argument("--preload", default="",
+                    help="with --serve: runtimes (or formats) to import before the hello, comma-separated")
     ap.add_argument("--probe", action="store_true", help="print JSON of Python, NumPy and runtimes, then exit")
     ap.add_argument("--describe", metavar="MODEL", help="print JSON of the artifact's inputs and outputs, then exit")
     args = ap.parse_args(argv)
@@ -695,6 +904,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.probe:
             print(json.dumps(probe()))
             return 0
+        if args.serve:  # the protocol owns the real stdout; native libraries printing to fd 1 go to stderr
+            sys.stdout.flush()
+            proto_out = os.fdopen(os.dup(1), "wb")
+            os.dup2(2, 1)
+            return serve(sys.stdin.buffer, proto_out, [r for r in (args.preload or "").split(",") if r])
         if args.describe:
             print(json.dumps(describe(args.describe, runtime=args.runtime)))
             return 0
