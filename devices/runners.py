@@ -135,6 +135,31 @@ class PythonRunner(Runner):
 
             yield infer
 
+    def _provenance(self, meta: dict[str, Any], batch_seconds: list[float], batch_sizes: list[int],
+                    python: str | None, numpy: str | None, transfer: str, started: str, notes: list[str],
+                    **seconds: float | None) -> dict[str, Any]:
+        """Provenance of one answered chunk: what ran it (from the runner's ``meta``), per-batch timings and the
+        ``seconds`` of each phase (``load_seconds``, ``upload_seconds``, ``command_seconds`` ...)."""
+        return {
+            "runner": self.name,
+            "runtime": meta.get("runtime", self.runtime),
+            "runtime_version": meta.get("runtime_version", self.runtime_version),
+            "delegate": meta.get("delegate"),
+            "threads": meta.get("threads"),
+            "batch_size": self.batch_size,
+            "batch_seconds": batch_seconds,
+            "batch_sizes": batch_sizes,
+            "invoke_seconds": meta.get("invoke_seconds"),
+            **seconds,
+            "transfer": transfer,
+            "input_layout": meta.get("input_layout"),
+            "device_python": python,
+            "device_numpy": numpy,
+            "started": started,
+            "finished": utc_now(),
+            "compat_notes": notes,
+        }
+
     def _served(self, device: Device, server: RunnerServer, artifact_file: Path, artifact: ArtifactRecord,
                 layout: str, notes: list[str]) -> Iterator[Infer]:
         """The body of :meth:`session` on a runner server: load once, one ``infer`` request per call."""
@@ -160,30 +185,14 @@ class PythonRunner(Runner):
             wall = time.perf_counter() - t0
             meta = reply.get("meta", {})
             hello = server.hello or {}
-            prov = {
-                "runner": self.name,
-                "runtime": meta.get("runtime", self.runtime),
-                "runtime_version": meta.get("runtime_version", self.runtime_version),
-                "delegate": meta.get("delegate"),
-                "threads": meta.get("threads"),
-                "batch_size": self.batch_size,
-                "batch_seconds": reply.get("batch_seconds", []),
-                "batch_sizes": reply.get("batch_sizes", []),
-                "load_seconds": loaded.get("load_seconds") if first else 0.0,
-                "invoke_seconds": meta.get("invoke_seconds"),
-                "startup_wait_seconds": server.startup_wait_seconds if first else 0.0,
-                "upload_seconds": loaded.get("upload_seconds", 0.0) if first else 0.0,
-                "download_seconds": 0.0,
-                "command_seconds": wall,
-                "wall_seconds": wall + (loaded.get("upload_seconds", 0.0) if first else 0.0),
-                "transfer": "runner server (queries streamed over stdin, outputs over stdout)",
-                "input_layout": meta.get("input_layout"),
-                "device_python": hello.get("python"),
-                "device_numpy": hello.get("numpy"),
-                "started": started,
-                "finished": utc_now(),
-                "compat_notes": notes,
-            }
+            upload = loaded.get("upload_seconds", 0.0) if first else 0.0
+            prov = self._provenance(
+                meta, reply.get("batch_seconds", []), reply.get("batch_sizes", []), hello.get("python"),
+                hello.get("numpy"), "runner server (queries streamed over stdin, outputs over stdout)", started, notes,
+                load_seconds=loaded.get("load_seconds") if first else 0.0,
+                startup_wait_seconds=server.startup_wait_seconds if first else 0.0,
+                upload_seconds=upload, download_seconds=0.0, command_seconds=wall, wall_seconds=wall + upload,
+            )
             return values, prov
 
         yield infer  # the model stays loaded: the next artifact's load replaces it and deletes its file
@@ -239,29 +248,11 @@ class PythonRunner(Runner):
             raise DeviceError(
                 f"{device.id}: {artifact.id}: runner returned shape {list(values.shape)} for {len(x)} queries"
             )
-        prov = {
-            "runner": self.name,
-            "runtime": meta.get("runtime", self.runtime),
-            "runtime_version": meta.get("runtime_version", self.runtime_version),
-            "delegate": meta.get("delegate"),
-            "threads": meta.get("threads"),
-            "batch_size": self.batch_size,
-            "batch_seconds": batch_seconds,
-            "batch_sizes": batch_sizes,
-            "load_seconds": meta.get("load_seconds"),
-            "invoke_seconds": meta.get("invoke_seconds"),
-            "upload_seconds": upload_model_s + t_up,
-            "download_seconds": t_down,
-            "command_seconds": res.seconds,
-            "wall_seconds": time.perf_counter() - t0 + upload_model_s,
-            "input_layout": meta.get("input_layout"),
-            "transfer": "archive files",
-            "device_python": meta.get("python"),
-            "device_numpy": meta.get("numpy"),
-            "started": started,
-            "finished": utc_now(),
-            "compat_notes": notes,
-        }
+        prov = self._provenance(
+            meta, batch_seconds, batch_sizes, meta.get("python"), meta.get("numpy"), "archive files", started, notes,
+            load_seconds=meta.get("load_seconds"), upload_seconds=upload_model_s + t_up, download_seconds=t_down,
+            command_seconds=res.seconds, wall_seconds=time.perf_counter() - t0 + upload_model_s,
+        )
         return values, prov
 
 

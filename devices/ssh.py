@@ -398,24 +398,31 @@ class SshProcess(DeviceProcess):
                 return DeviceError(f"{self.device_id}: ssh connection lost during {what}; rerun to resume")
         return self.ended_error(what)
 
-    def send(self, data: bytes, deadline: float) -> None:
+    @contextmanager
+    def _abandoned_on_failure(self, what: str) -> Iterator[None]:
+        """Any failure during ``what`` (deadline, lost connection, the command ended) abandons the command and is
+        raised as one line."""
         try:
-            if not self._dev._send(self._chan, data, deadline, self.name, deadline - time.monotonic(),
-                                   late="gave no answer"):
-                raise self._ended("sending")
+            yield
         except (paramiko.SSHException, OSError, EOFError) as exc:
             self._abandon()
-            raise DeviceError(f"{self.device_id}: ssh connection lost while sending ({_one_line(exc)}); "
+            raise DeviceError(f"{self.device_id}: ssh connection lost while {what} ({_one_line(exc)}); "
                               f"rerun to resume") from None
         except DeviceError:
             self._abandon()
             raise
 
+    def send(self, data: bytes, deadline: float) -> None:
+        with self._abandoned_on_failure("sending"):
+            if not self._dev._send(self._chan, data, deadline, self.name, deadline - time.monotonic(),
+                                   late="gave no answer"):
+                raise self._ended("sending")
+
     def recv_exact(self, n: int, deadline: float) -> bytes:
         parts: list[bytes] = []
         got = 0
         timeout = deadline - time.monotonic()
-        try:
+        with self._abandoned_on_failure("receiving"):
             while got < n:
                 try:
                     data = self._chan.recv(min(n - got, 1 << 20))
@@ -426,13 +433,6 @@ class SshProcess(DeviceProcess):
                     raise self._ended("receiving")
                 parts.append(data)
                 got += len(data)
-        except (paramiko.SSHException, OSError, EOFError) as exc:
-            self._abandon()
-            raise DeviceError(f"{self.device_id}: ssh connection lost while receiving ({_one_line(exc)}); "
-                              f"rerun to resume") from None
-        except DeviceError:
-            self._abandon()
-            raise
         return b"".join(parts)
 
     def _abandon(self) -> None:
