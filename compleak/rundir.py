@@ -17,7 +17,8 @@ import hashlib
 import json
 import os
 import re
-import tempfile
+import secrets
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Literal
@@ -42,21 +43,46 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temp file in the same folder, fsync, rename)."""
+@contextmanager
+def atomic_path(path: Path | str, mode: int | None = None, *, keep_suffix: bool = False) -> Iterator[Path]:
+    """Yield a temp path in ``path``'s folder (hidden name, same file system); on normal exit fsync it and
+    ``os.replace`` it onto ``path`` (chmod to ``mode`` first when given); on an exception remove the temp file
+    and re-raise.
+
+    The folder is created when missing. The temp file exists (empty) when the block starts, created like any new
+    file (0666 less the umask) unless ``mode`` is given; write it by name (``open(tmp, "wb")``, a saver given
+    ``str(tmp)``). The temp name is ``.<name>.<random>.tmp``; ``keep_suffix=True`` makes it end with ``path``'s
+    suffix (``.<name>.<random>.tmp.h5``) for savers that pick the format from the file name.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    suffix = f".tmp{path.suffix}" if keep_suffix else ".tmp"
+    while True:
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}{suffix}"
+        try:  # O_EXCL: never an existing file or a planted symlink; mode 0o600 until the block is done if asked
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if mode is not None else 0o666))
+            break
+        except FileExistsError:
+            continue
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+        yield tmp
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if mode is not None:
+            os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        tmp.unlink(missing_ok=True)
         raise
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (temp file in the same folder, fsync, rename)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        fh.write(data)
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
@@ -164,7 +190,9 @@ class Splits:
             raise ContractError(f"{source}: labels must be >= 0")
         named = {"target_in": self.target_in, "target_out": self.target_out}
         if len(self.shadow_in) != len(self.shadow_out):
-            raise ContractError(f"{source}: {len(self.shadow_in)} shadow_in arrays but {len(self.shadow_out)} shadow_out")
+            raise ContractError(
+                f"{source}: {len(self.shadow_in)} shadow_in arrays but {len(self.shadow_out)} shadow_out"
+            )
         for k, (a, b) in enumerate(zip(self.shadow_in, self.shadow_out)):
             named[f"shadow_in_{k}"] = a
             named[f"shadow_out_{k}"] = b
@@ -332,7 +360,9 @@ class OutputBatch:
 
     def validate(self, source: str = "outputs") -> "OutputBatch":
         if self.index.ndim != 1 or not np.issubdtype(self.index.dtype, np.integer):
-            raise ContractError(f"{source}: index must be a 1-D integer array, got {self.index.dtype} {self.index.shape}")
+            raise ContractError(
+                f"{source}: index must be a 1-D integer array, got {self.index.dtype} {self.index.shape}"
+            )
         if self.values.ndim != 2:
             raise ContractError(f"{source}: {self.kind} must be 2-D [M, C], got shape {self.values.shape}")
         if len(self.index) != len(self.values):

@@ -133,7 +133,9 @@ class AdbDevice(Device):
             raise DeviceError(f"{self.id}: {what} timed out after {timeout:g} s (is the device responsive? "
                               f"`adb -s {self.serial} get-state`)") from None
         except OSError as exc:
-            raise DeviceError(f"{self.id}: cannot run the adb client {self.adb}: {exc.strerror}; {INSTALL_HINT}") from None
+            raise DeviceError(
+                f"{self.id}: cannot run the adb client {self.adb}: {exc.strerror}; {INSTALL_HINT}"
+            ) from None
         if cp.returncode != 0:
             err = cp.stderr.decode("utf-8", "replace")
             raise adb_error(self.id, self.serial, what, err + "\n" + cp.stdout.decode("utf-8", "replace"), err)
@@ -174,14 +176,17 @@ class AdbDevice(Device):
                                 timeout=timeout)
         except subprocess.TimeoutExpired:
             try:  # best effort: the scratch files of the abandoned command
-                subprocess.run(self.adb_argv("shell", "-n", shlex.join(["rm", "-f", err, *([src] if stdin is not None else [])])),
+                scratch = [err, *([src] if stdin is not None else [])]
+                subprocess.run(self.adb_argv("shell", "-n", shlex.join(["rm", "-f", *scratch])),
                                stdin=subprocess.DEVNULL, capture_output=True, timeout=10)
             except (OSError, subprocess.TimeoutExpired):
                 pass
             raise DeviceError(f"{self.id}: `{_short(command)}` timed out after {timeout:g} s; "
                               f"raise the timeout or check the device") from None
         except OSError as exc:
-            raise DeviceError(f"{self.id}: cannot run the adb client {self.adb}: {exc.strerror}; {INSTALL_HINT}") from None
+            raise DeviceError(
+                f"{self.id}: cannot run the adb client {self.adb}: {exc.strerror}; {INSTALL_HINT}"
+            ) from None
         seconds = time.monotonic() - start
         out = cp.stdout
         pos = out.rfind(b"\n" + marker.encode())

@@ -344,7 +344,8 @@ class ExecutorRunner(BinaryRunner):
     @staticmethod
     def parse_times(log: str) -> list[float]:
         """``Model executed successfully 1 time(s) in T ms.`` -> [T seconds] per run."""
-        return [float(m.group(1)) / 1e3 for m in re.finditer(r"executed successfully \d+ time\(s\) in ([0-9.]+) ms", log)]
+        pattern = r"executed successfully \d+ time\(s\) in ([0-9.]+) ms"
+        return [float(m.group(1)) / 1e3 for m in re.finditer(pattern, log)]
 
 
 def choose_android_runner(device: Device, artifact: ArtifactRecord, binaries: Path | str | None,

@@ -40,7 +40,9 @@ def find_emulator(emulator_path: str | os.PathLike[str] | None = None) -> str:
     for cand in candidates:
         if cand and os.path.isfile(cand) and os.access(cand, os.X_OK):
             return cand
-    where = f"'{emulator_path}' is not an executable file" if emulator_path else "not in $ANDROID_HOME/emulator nor on PATH"
+    where = (
+        f"'{emulator_path}' is not an executable file" if emulator_path else "not in $ANDROID_HOME/emulator nor on PATH"
+    )
     raise DeviceError(f"Android emulator not found ({where}): {EMULATOR_HINT}")
 
 
@@ -136,8 +138,8 @@ class EmulatorDevice(AdbDevice):
             except subprocess.TimeoutExpired:
                 pass
             time.sleep(2)
-        raise UnreachableDevice(f"emulator://{self.avd}: not booted after {boot_timeout:g} s (sys.boot_completed != 1); "
-                                f"raise boot_timeout or check the log {self._log.name}")
+        raise UnreachableDevice(f"emulator://{self.avd}: not booted after {boot_timeout:g} s "
+                                f"(sys.boot_completed != 1); raise boot_timeout or check the log {self._log.name}")
 
     def _stop(self, adb: str, serial: str) -> None:
         proc, self._proc = self._proc, None

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from compleak.rundir import atomic_path
 from devices.errors import DeviceError
 
 
@@ -58,22 +58,15 @@ def _read(path: Path) -> list[KnownDevice]:
         return [KnownDevice(**d) for d in raw.get("devices", [])]
     except (OSError, ValueError, TypeError) as exc:
         raise DeviceError(
-            f"{path}: unreadable device registry ({exc.__class__.__name__}); delete it and run `compleak devices up` again"
+            f"{path}: unreadable device registry ({exc.__class__.__name__}); "
+            f"delete it and run `compleak devices up` again"
         ) from None
 
 
 def _write(path: Path, devices: list[KnownDevice]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump({"devices": [asdict(d) for d in devices]}, fh, indent=2)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "w") as fh:
+        json.dump({"devices": [asdict(d) for d in devices]}, fh, indent=2)
+        fh.write("\n")
 
 
 def known_devices(path: Path | None = None) -> list[KnownDevice]:

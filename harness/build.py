@@ -138,7 +138,9 @@ def _describe(path: Path) -> dict[str, Any]:
     return describe(str(path))
 
 
-def _host_accuracy(path: Path, x_in: np.ndarray, y_in: np.ndarray, x_out: np.ndarray, y_out: np.ndarray) -> dict[str, float]:
+def _host_accuracy(
+    path: Path, x_in: np.ndarray, y_in: np.ndarray, x_out: np.ndarray, y_out: np.ndarray
+) -> dict[str, float]:
     """Accuracy of the artifact file run by the host runtime on the owner's members (train) and non-members (test)."""
     from devices.ondevice.compleak_runner import load_model
 
@@ -198,7 +200,10 @@ def _save_splits(run: RunDir, splits: Splits) -> None:
                 and np.array_equal(old.target_in, splits.target_in)
                 and np.array_equal(old.target_out, splits.target_out)
                 and old.n_shadows == splits.n_shadows
-                and all(np.array_equal(a, b) for a, b in zip(old.shadow_in + old.shadow_out, splits.shadow_in + splits.shadow_out))
+                and all(
+                    np.array_equal(a, b)
+                    for a, b in zip(old.shadow_in + old.shadow_out, splits.shadow_in + splits.shadow_out)
+                )
             )
             if same:
                 return
@@ -231,7 +236,9 @@ def build_into(
     _write_if_changed(run.experiment, config_bytes)
 
     t0 = time.perf_counter()
-    ds: Dataset = load_dataset(exp.data.dataset, data_dir or (Path(exp.data.data_dir) if exp.data.data_dir else None), exp.data.download)
+    ds: Dataset = load_dataset(
+        exp.data.dataset, data_dir or (Path(exp.data.data_dir) if exp.data.data_dir else None), exp.data.download
+    )
     splits = make_splits(exp, ds.y)
     _save_splits(run, splits)
     data_digest = content_digest(ds.name.split(":")[0], ds.x, ds.y)
@@ -272,14 +279,22 @@ def build_into(
 
     owners: dict[tuple[str, int | None], Any] = {}
     evals: dict[tuple[str, int | None], tuple[np.ndarray, ...]] = {}
-    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    columns = (
+        SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()
+    )
     with Progress(*columns, console=console, transient=False) as bar:
         task = bar.add_task("build", total=len(todo))
         for (fw, role, shadow, variant), items in groups.items():
             key_o = (role, shadow)
             if key_o not in owners:
                 owners[key_o] = owner_data(
-                    ds, splits, exp.data.preprocess, role, shadow, exp.splits.holdout_fraction, _owner_seed(exp, role, shadow)
+                    ds,
+                    splits,
+                    exp.data.preprocess,
+                    role,
+                    shadow,
+                    exp.splits.holdout_fraction,
+                    _owner_seed(exp, role, shadow),
                 )
                 ids_in, ids_out = splits.members(role, shadow), splits.nonmembers(role, shadow)
                 evals[key_o] = (

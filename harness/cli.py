@@ -77,7 +77,9 @@ def build(
     """Train, compress and export every artifact of EXPERIMENT into a run directory."""
     from harness.build import build_run
 
-    run = build_run(experiment, out=out, data_dir=data_dir, force=force, container=container, engine=engine, console=console)
+    run = build_run(
+        experiment, out=out, data_dir=data_dir, force=force, container=container, engine=engine, console=console
+    )
     console.print(f"run directory: [bold]{run}[/]")
 
 
@@ -89,11 +91,19 @@ def build(
 def import_(
     run: Path = typer.Argument(..., help="run directory to create or extend"),
     target: list[str] = typer.Option(..., "--target", help="PATH[:VARIANT] of a shipped artifact; repeat"),
-    data: str = typer.Option(..., "--data", help="dataset spec: fashion-mnist, cifar10, npz:PATH, imagefolder:PATH, ..."),
+    data: str = typer.Option(
+        ..., "--data", help="dataset spec: fashion-mnist, cifar10, npz:PATH, imagefolder:PATH, ..."
+    ),
     members: Path = typer.Option(..., "--members", help="member ids (one per line) or a CSV with a membership column"),
-    nonmembers: Optional[Path] = typer.Option(None, "--nonmembers", help="non-member ids; default: as many drawn at random from the rest"),
-    shadow: list[str] = typer.Option([], "--shadow", help="PATH[:VARIANT]@K: artifact of user-supplied shadow model K (default 0); repeat"),
-    shadow_arch: Optional[str] = typer.Option(None, "--shadow-arch", help="zoo arch (cnn-small, ...) to train shadow models with"),
+    nonmembers: Optional[Path] = typer.Option(
+        None, "--nonmembers", help="non-member ids; default: as many drawn at random from the rest"
+    ),
+    shadow: list[str] = typer.Option(
+        [], "--shadow", help="PATH[:VARIANT]@K: artifact of user-supplied shadow model K (default 0); repeat"
+    ),
+    shadow_arch: Optional[str] = typer.Option(
+        None, "--shadow-arch", help="zoo arch (cnn-small, ...) to train shadow models with"
+    ),
     shadow_members: list[Path] = typer.Option(
         [], "--shadow-members", help="ids shadow K was trained on (id list or membership CSV); repeat, K = 0, 1, ..."
     ),
@@ -132,7 +142,9 @@ def collect(
     device: str = typer.Option("local", "--device", "-d", help="local | ssh://user@host:port | adb://SERIAL | emulator://AVD"),
     artifacts: Optional[str] = typer.Option(None, "--artifacts", help="comma-separated artifact ids (default all)"),
     identity: Optional[Path] = typer.Option(None, "--identity", help="ssh private key"),
-    known_hosts: Optional[Path] = typer.Option(None, "--known-hosts", help="known_hosts file (default ~/.ssh/known_hosts)"),
+    known_hosts: Optional[Path] = typer.Option(
+        None, "--known-hosts", help="known_hosts file (default ~/.ssh/known_hosts)"
+    ),
     trust_new_host: bool = typer.Option(False, "--trust-new-host", help="accept and record an unknown ssh host key"),
     binaries: Optional[Path] = typer.Option(None, "--binaries", help="folder with benchmark_model / executor_runner"),
     batch_size: int = typer.Option(512, "--batch-size", help="examples per device invocation"),
@@ -298,7 +310,9 @@ def images_build(
     arch: str = typer.Option("amd64", "--arch"),
     engine: Optional[str] = typer.Option(None, "--engine"),
     force: bool = typer.Option(False, "--force"),
-    runtime: list[str] = typer.Option([], "--runtime", help="device-linux: pip requirement of a device runtime; repeat"),
+    runtime: list[str] = typer.Option(
+        [], "--runtime", help="device-linux: pip requirement of a device runtime; repeat"
+    ),
 ) -> None:
     """Build one of the project's images from docker/."""
     from harness.containers import build_image

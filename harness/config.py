@@ -81,7 +81,9 @@ class DataSection(_Strict):
     def _dataset(cls, v: str) -> str:
         if v in ("fashion-mnist", "cifar10", "cifar100", "digits") or v.startswith(("npz:", "imagefolder:")):
             return v
-        raise ValueError(f"'{v}' is not a dataset; allowed: fashion-mnist, cifar10, cifar100, digits, npz:PATH, imagefolder:PATH")
+        raise ValueError(
+            f"'{v}' is not a dataset; allowed: fashion-mnist, cifar10, cifar100, digits, npz:PATH, imagefolder:PATH"
+        )
 
 
 class SplitsSection(_Strict):
@@ -119,7 +121,9 @@ class CompressSection(_Strict):
     finetune_epochs: int = Field(2, ge=0)
     finetune_lr: float = Field(1e-4, gt=0)
     representative_samples: int = Field(200, ge=1)  # for full-integer int8, drawn from the owner's training data
-    tf: list[str] = Field(default_factory=lambda: ["original", "prune-0.8", "cluster-8", "dynamic-int8", "int8", "fp16"])
+    tf: list[str] = Field(
+        default_factory=lambda: ["original", "prune-0.8", "cluster-8", "dynamic-int8", "int8", "fp16"]
+    )
     torch: list[str] = Field(default_factory=lambda: ["original", "prune-0.8", "cluster-8", "int8", "dynamic-int8"])
 
     @field_validator("tf", "torch")

@@ -32,7 +32,7 @@ from typing import Iterable
 from rich.console import Console
 from rich.markup import escape
 
-from compleak.rundir import RunDir
+from compleak.rundir import RunDir, atomic_path
 from harness.errors import HarnessError
 
 SUITE = "bookworm"
@@ -152,7 +152,9 @@ class Engine:
             return ["--ulimit", "nofile=4096:4096", "--ulimit", "nproc=4096:4096"]
         return []
 
-    def call(self, args: list[str], what: str, timeout: float | None = 600, check: bool = True) -> subprocess.CompletedProcess[str]:
+    def call(
+        self, args: list[str], what: str, timeout: float | None = 600, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
         """Run ``ENGINE args`` and capture its output; on failure raise a one-line error about ``what``."""
         try:
             res = subprocess.run(self.base_cmd() + args, capture_output=True, text=True, timeout=timeout)
@@ -161,7 +163,8 @@ class Engine:
         except OSError as exc:
             raise HarnessError(f"cannot run {self.exe} ({exc.strerror}); check the --engine path") from None
         if check and res.returncode != 0:
-            raise HarnessError(f"{what} failed: {_last_line(res.stderr or res.stdout) or f'{self.name} exit {res.returncode}'}")
+            reason = _last_line(res.stderr or res.stdout) or f"{self.name} exit {res.returncode}"
+            raise HarnessError(f"{what} failed: {reason}")
         return res
 
     def stream(self, args: list[str], what: str, console: Console | None, echo: bool = False) -> None:
@@ -191,7 +194,9 @@ class Engine:
 
     def container_state(self, name: str) -> str | None:
         """``running``, ``exited``, ... or None when no container ``name`` exists."""
-        res = self.call(["container", "inspect", "--format", "{{.State.Status}}", name], f"inspecting {name}", check=False)
+        res = self.call(
+            ["container", "inspect", "--format", "{{.State.Status}}", name], f"inspecting {name}", check=False
+        )
         return res.stdout.strip() or None if res.returncode == 0 else None
 
     def require_image(self, ref: str, build_hint: str) -> None:
@@ -251,7 +256,8 @@ def _stream(argv: list[str], what: str, console: Console | None, env: dict[str, 
 
 
 def detect_engine(engine: str | None = None) -> Engine:
-    """The container engine to use: ``engine`` (``podman``, ``docker`` or a path to either), else Podman, else Docker."""
+    """The container engine to use: ``engine`` (``podman``, ``docker`` or a path to either), else Podman, else
+    Docker."""
     if engine:
         exe = shutil.which(engine)
         name = Path(engine).name
@@ -264,7 +270,9 @@ def detect_engine(engine: str | None = None) -> Engine:
         exe = shutil.which(name)
         if exe:
             return Engine(name, exe)
-    raise HarnessError("no container engine found (podman or docker); install podman (e.g. apt-get install podman runc)")
+    raise HarnessError(
+        "no container engine found (podman or docker); install podman (e.g. apt-get install podman runc)"
+    )
 
 
 # --------------------------------------------------------------------------- binfmt (cross-architecture)
@@ -294,11 +302,14 @@ def ensure_binfmt(arch: str, binfmt_dir: Path = BINFMT_DIR, conf_dir: Path = BIN
         raise HarnessError(f"cannot emulate {arch}: {conf} not found; install qemu-user-static and binfmt-support")
     register = binfmt_dir / "register"
     if not register.exists():
-        res = subprocess.run(["mount", "-t", "binfmt_misc", "binfmt_misc", str(binfmt_dir)], capture_output=True, text=True)
+        res = subprocess.run(
+            ["mount", "-t", "binfmt_misc", "binfmt_misc", str(binfmt_dir)], capture_output=True, text=True
+        )
         if res.returncode != 0 or not register.exists():
             raise HarnessError(
                 f"cannot emulate {arch}: binfmt_misc is not mounted at {binfmt_dir} and mounting it failed "
-                f"({_last_line(res.stderr) or 'no register file'}); run as root: mount -t binfmt_misc binfmt_misc {binfmt_dir}"
+                f"({_last_line(res.stderr) or 'no register file'}); "
+                f"run as root: mount -t binfmt_misc binfmt_misc {binfmt_dir}"
             )
     line = next((ln for ln in conf.read_text().splitlines() if ln.strip() and not ln.startswith("#")), "")
     try:
@@ -321,7 +332,11 @@ _PEM = re.compile(rb"-----BEGIN CERTIFICATE-----[A-Za-z0-9+/=\s]+?-----END CERTI
 
 def host_ca_bundle() -> Path | None:
     """The CA bundle this host's TLS clients use (``$SSL_CERT_FILE`` or Debian's), if any."""
-    for p in (os.environ.get("SSL_CERT_FILE"), "/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt"):
+    for p in (
+        os.environ.get("SSL_CERT_FILE"),
+        "/etc/ssl/certs/ca-certificates.crt",
+        "/etc/pki/tls/certs/ca-bundle.crt",
+    ):
         if p and Path(p).is_file():
             return Path(p)
     return None
@@ -379,7 +394,14 @@ def rootfs_tarball(arch: str, force: bool = False, console: Console | None = Non
     t0 = time.monotonic()
     try:
         _stream(
-            ["debootstrap", "--variant=minbase", f"--arch={arch}", f"--include={','.join(BASE_PACKAGES)}", SUITE, str(work)],
+            [
+                "debootstrap",
+                "--variant=minbase",
+                f"--arch={arch}",
+                f"--include={','.join(BASE_PACKAGES)}",
+                SUITE,
+                str(work),
+            ],
             f"debootstrap {SUITE} {arch}",
             console,
         )
@@ -390,9 +412,9 @@ def rootfs_tarball(arch: str, force: bool = False, console: Console | None = Non
         for junk in list((work / "var/lib/apt/lists").glob("*")) + list((work / "etc/ssh").glob("ssh_host_*")):
             if junk.is_file():
                 junk.unlink()
-        part = tar.with_suffix(".tar.part")
-        _stream(["tar", "--numeric-owner", "-C", str(work), "-cf", str(part), "."], f"packing rootfs {arch}", console)
-        os.replace(part, tar)
+        with atomic_path(tar, mode=0o644) as part:  # readable by a non-root engine importing a root-built rootfs
+            argv = ["tar", "--numeric-owner", "-C", str(work), "-cf", str(part), "."]
+            _stream(argv, f"packing rootfs {arch}", console)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     _say(console, f"rootfs {arch}: built {tar} in {time.monotonic() - t0:.0f} s")
@@ -458,7 +480,8 @@ def tf_pins(version: str) -> TfPins:
 
 
 def image_spec(name: str, arch: str = "amd64", runtimes: Iterable[str] | None = None) -> ImageSpec:
-    """Resolve ``toolchain-tf[:TF]``, ``toolchain-torch``, ``device-linux`` or ``android-runner`` to an :class:`ImageSpec`."""
+    """Resolve ``toolchain-tf[:TF]``, ``toolchain-torch``, ``device-linux`` or ``android-runner`` to an
+    :class:`ImageSpec`."""
     _check_arch(arch)
     base, _, version = name.partition(":")
     suffix = "" if arch == "amd64" else f"-{arch}"
@@ -476,19 +499,25 @@ def image_spec(name: str, arch: str = "amd64", runtimes: Iterable[str] | None = 
         raise HarnessError(f"image '{name}': only toolchain-tf takes a version (toolchain-tf:2.14.0)")
     if base == "toolchain-torch":
         args = {"TORCH_VERSION": TORCH_VERSION, "EXECUTORCH_VERSION": EXECUTORCH_VERSION}
-        return ImageSpec(base, f"localhost/compleak-toolchain-torch:{TORCH_VERSION}-et{EXECUTORCH_VERSION}{suffix}", arch, args)
+        return ImageSpec(
+            base, f"localhost/compleak-toolchain-torch:{TORCH_VERSION}-et{EXECUTORCH_VERSION}{suffix}", arch, args
+        )
     if base == "device-linux":
         reqs = sorted(runtimes or DEFAULT_DEVICE_RUNTIMES)
         if not reqs:
             reqs = sorted(DEFAULT_DEVICE_RUNTIMES)
         for r in reqs:
-            if not re.fullmatch(r"[A-Za-z0-9_.\-]+(\[[A-Za-z0-9_,\-]+\])?((==|>=|<=|~=|!=|<|>)[A-Za-z0-9_.*+!\-]+)?", r):
+            if not re.fullmatch(
+                r"[A-Za-z0-9_.\-]+(\[[A-Za-z0-9_,\-]+\])?((==|>=|<=|~=|!=|<|>)[A-Za-z0-9_.*+!\-]+)?", r
+            ):
                 raise HarnessError(f"--runtime '{r}': not a pip requirement like tflite-runtime==2.14.0")
         tag = f"{arch}-" + "-".join(_slug(r.replace("==", "-")) for r in reqs)
         return ImageSpec(base, f"localhost/compleak-device-linux:{tag}", arch, {"RUNTIMES": " ".join(reqs)})
     if base == "android-runner":
         return ImageSpec(base, "localhost/compleak-android-runner:latest", arch, {})
-    raise HarnessError(f"unknown image '{name}'; use toolchain-tf[:TF_VERSION], toolchain-torch, device-linux or android-runner")
+    raise HarnessError(
+        f"unknown image '{name}'; use toolchain-tf[:TF_VERSION], toolchain-torch, device-linux or android-runner"
+    )
 
 
 def build_image(name: str, arch: str = "amd64", engine: str | None = None, force: bool = False,
@@ -521,7 +550,11 @@ def build_image(name: str, arch: str = "amd64", engine: str | None = None, force
     try:
         eng.stream(argv, f"building {spec.ref}", console)
     except HarnessError as exc:
-        hint = "" if local_base else f" (no local base {base}; on hosts without a registry run: compleak images base --arch {arch})"
+        hint = (
+            ""
+            if local_base
+            else f" (no local base {base}; on hosts without a registry run: compleak images base --arch {arch})"
+        )
         raise HarnessError(f"{exc}{hint}") from None
     _say(console, f"{spec.ref}: built in {time.monotonic() - t0:.0f} s")
     return spec.ref
@@ -631,7 +664,9 @@ def _stamp_manifest(rundir: RunDir, before: dict[str, str], started: float, spec
         "image": spec.ref,
         "image_id": eng.image_id(spec.ref),
         "engine": eng.name,
-        "versions": {k.removeprefix("io.compleak."): v for k, v in labels.items() if k.startswith("io.compleak.") and v},
+        "versions": {
+            k.removeprefix("io.compleak."): v for k, v in labels.items() if k.startswith("io.compleak.") and v
+        },
     }
     changed = False
     for rec in manifest.artifacts:
@@ -662,17 +697,15 @@ def check_port_free(port: int) -> None:
             s.bind(("127.0.0.1", port))
         except OSError as exc:
             raise HarnessError(
-                f"port {port} on 127.0.0.1 is not available ({exc.strerror}); pass another --port or omit it to pick a free one"
+                f"port {port} on 127.0.0.1 is not available ({exc.strerror}); "
+                f"pass another --port or omit it to pick a free one"
             ) from None
 
 
 def _write_private(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
+    """Write ``data`` to ``path`` atomically, readable by its owner only (0600)."""
+    with atomic_path(path, mode=0o600) as tmp, open(tmp, "wb") as fh:
         fh.write(data)
-    os.replace(tmp, path)
 
 
 @dataclass(frozen=True)
@@ -740,7 +773,9 @@ def _wait_for_sshd(eng: Engine, cname: str, port: int, deadline_s: float = 120.0
         state = eng.container_state(cname)
         if state not in ("running", "created", "configured"):
             logs = eng.call(["logs", "--tail", "5", cname], f"reading logs of {cname}", check=False)
-            raise HarnessError(f"edge device {cname} stopped ({state}): {_last_line(logs.stderr + logs.stdout) or 'no output'}")
+            raise HarnessError(
+                f"edge device {cname} stopped ({state}): {_last_line(logs.stderr + logs.stdout) or 'no output'}"
+            )
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=3) as s:
                 s.settimeout(10)

@@ -15,7 +15,6 @@ import pickle
 import shutil
 import struct
 import tarfile
-import tempfile
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from compleak.rundir import Splits
+from compleak.rundir import Splits, atomic_path
 from harness.errors import HarnessError
 
 if TYPE_CHECKING:
@@ -103,18 +102,15 @@ def _search_dirs(name: str, data_dir: Path | None) -> list[Path]:
 
 def _download(url: str, dest: Path) -> None:
     """Fetch ``url`` into ``dest`` atomically; HarnessError (one line) when offline."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh, urllib.request.urlopen(url, timeout=60) as resp:
-            shutil.copyfileobj(resp, fh)
-        os.replace(tmp, dest)
-    except (urllib.error.URLError, OSError, TimeoutError) as exc:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise HarnessError(
-            f"could not download {url} ({exc.__class__.__name__}: {exc}); put the files in a folder and pass --data-dir"
-        ) from None
+    with atomic_path(dest) as tmp:
+        try:
+            with open(tmp, "wb") as fh, urllib.request.urlopen(url, timeout=60) as resp:
+                shutil.copyfileobj(resp, fh)
+        except (urllib.error.URLError, OSError, TimeoutError) as exc:
+            raise HarnessError(
+                f"could not download {url} ({exc.__class__.__name__}: {exc}); "
+                f"put the files in a folder and pass --data-dir"
+            ) from None
 
 
 def _read_idx(path: Path) -> np.ndarray:
@@ -131,7 +127,9 @@ def _read_idx(path: Path) -> np.ndarray:
         arr = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
         return arr.reshape(shape)
     except (OSError, ValueError, EOFError, struct.error) as exc:
-        raise HarnessError(f"{path}: not a readable IDX file ({exc}); re-download Fashion-MNIST into that folder") from None
+        raise HarnessError(
+            f"{path}: not a readable IDX file ({exc}); re-download Fashion-MNIST into that folder"
+        ) from None
 
 
 def _find_fashion(d: Path) -> dict[str, Path] | None:
@@ -161,7 +159,9 @@ def _load_fashion(data_dir: Path | None, download: bool) -> Dataset:
     x = np.concatenate([_read_idx(files["train-images-idx3-ubyte"]), _read_idx(files["t10k-images-idx3-ubyte"])])
     y = np.concatenate([_read_idx(files["train-labels-idx1-ubyte"]), _read_idx(files["t10k-labels-idx1-ubyte"])])
     if x.ndim != 3 or len(x) != len(y):
-        raise HarnessError(f"{files['train-images-idx3-ubyte'].parent}: image and label files do not match; re-download them")
+        raise HarnessError(
+            f"{files['train-images-idx3-ubyte'].parent}: image and label files do not match; re-download them"
+        )
     return Dataset("fashion-mnist", x[..., None], y.astype(np.int64), 10)
 
 
@@ -177,7 +177,9 @@ def _unpickle(path: Path) -> dict:
         with open(path, "rb") as fh:
             return pickle.load(fh, encoding="bytes")
     except (OSError, pickle.UnpicklingError, EOFError, ValueError) as exc:
-        raise HarnessError(f"{path}: not a CIFAR python-pickle batch ({exc}); re-extract the official archive") from None
+        raise HarnessError(
+            f"{path}: not a CIFAR python-pickle batch ({exc}); re-extract the official archive"
+        ) from None
 
 
 def _load_cifar(name: str, data_dir: Path | None, download: bool) -> Dataset:
@@ -240,7 +242,9 @@ def _load_npz(path: Path) -> Dataset:
     except HarnessError:
         raise
     except Exception as exc:
-        raise HarnessError(f"{path}: not a readable .npz file ({exc.__class__.__name__}); save it with numpy.savez") from None
+        raise HarnessError(
+            f"{path}: not a readable .npz file ({exc.__class__.__name__}); save it with numpy.savez"
+        ) from None
     if x.ndim == 3:
         x = x[..., None]
     if x.ndim != 4 or len(x) != len(y):
@@ -257,7 +261,12 @@ def _load_imagefolder(root: Path) -> Dataset:
     if not root.is_dir():
         raise HarnessError(f"{root}: image folder not found; give imagefolder:PATH to a folder of class sub-folders")
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    files = [(f, c) for c, name in enumerate(classes) for f in sorted((root / name).iterdir()) if f.suffix.lower() in _IMAGE_EXT]
+    files = [
+        (f, c)
+        for c, name in enumerate(classes)
+        for f in sorted((root / name).iterdir())
+        if f.suffix.lower() in _IMAGE_EXT
+    ]
     if not files:
         raise HarnessError(f"{root}: no images found; expected {root}/CLASS_NAME/IMAGE.png")
     images: list[np.ndarray] = []
@@ -272,7 +281,8 @@ def _load_imagefolder(root: Path) -> Dataset:
             raise HarnessError(f"{f}: not a readable image ({exc.__class__.__name__}); remove or replace it") from None
         if images and arr.shape != images[0].shape:
             raise HarnessError(
-                f"{f}: size {arr.shape[:2]} differs from {images[0].shape[:2]}; all images must have one size (resize them first)"
+                f"{f}: size {arr.shape[:2]} differs from {images[0].shape[:2]}; "
+                f"all images must have one size (resize them first)"
             )
         images.append(arr)
     x = np.stack(images)

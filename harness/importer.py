@@ -21,9 +21,7 @@ import csv
 import io
 import json
 import math
-import os
 import shutil
-import tempfile
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,8 +31,18 @@ import numpy as np
 from pydantic import ValidationError
 from rich.console import Console
 
-from compleak.rundir import ArtifactRecord, ContractError, Manifest, RunDir, Splits, TensorSpec, atomic_write_bytes, atomic_write_json
-from compleak.rundir import sha256_file
+from compleak.rundir import (
+    ArtifactRecord,
+    ContractError,
+    Manifest,
+    RunDir,
+    Splits,
+    TensorSpec,
+    atomic_path,
+    atomic_write_bytes,
+    atomic_write_json,
+    sha256_file,
+)
 from harness.artifacts import artifact_id
 from harness.config import ARCHS, Experiment, Preprocess, load_experiment, parse_variant
 from harness.errors import HarnessError
@@ -74,7 +82,9 @@ def parse_artifact_arg(value: str, option: str) -> ArtifactArg:
         if k.isdigit():
             text, shadow = head, int(k)
         elif "/" not in k:
-            raise HarnessError(f"{option} {value}: '@{k}' is not a shadow index; use PATH[:VARIANT][@K] with K = 0, 1, ...")
+            raise HarnessError(
+                f"{option} {value}: '@{k}' is not a shadow index; use PATH[:VARIANT][@K] with K = 0, 1, ..."
+            )
     variant: str | None = None
     head, sep, tail = text.rpartition(":")
     if sep and head and "/" not in tail and "\\" not in tail:
@@ -175,7 +185,9 @@ def read_membership(path: Path, n: int) -> tuple[np.ndarray, np.ndarray | None]:
             elif flag in _FALSE:
                 non.append(i)
             else:
-                raise HarnessError(f"{path} line {k}: membership '{flag}' is not one of 1/0, true/false, member/nonmember, in/out")
+                raise HarnessError(
+                    f"{path} line {k}: membership '{flag}' is not one of 1/0, true/false, member/nonmember, in/out"
+                )
         members, nonmembers = np.asarray(mem, dtype=np.int64), np.asarray(non, dtype=np.int64)
     for name, ids in (("members", members), ("non-members", nonmembers)):
         if ids is None:
@@ -236,7 +248,10 @@ def resolve_membership(
     source = f"{members_file}"
     if nonmembers_file is not None:
         if nonmembers is not None:
-            raise HarnessError(f"{members_file}: already lists non-members; drop --nonmembers {nonmembers_file} or the CSV's non-member rows")
+            raise HarnessError(
+                f"{members_file}: already lists non-members; "
+                f"drop --nonmembers {nonmembers_file} or the CSV's non-member rows"
+            )
         listed, extra = read_membership(nonmembers_file, n)
         if extra is not None:
             raise HarnessError(f"{nonmembers_file}: give non-members as a plain id list (one per line), not a CSV")
@@ -360,7 +375,9 @@ def describe_artifact(path: Path) -> Inspected:
     )
 
 
-def check_input_shape(art: Inspected, sample: np.ndarray, pre: Preprocess, layout_explicit: bool, preprocess_file: Path | None) -> str:
+def check_input_shape(
+    art: Inspected, sample: np.ndarray, pre: Preprocess, layout_explicit: bool, preprocess_file: Path | None
+) -> str:
     """Check that query inputs (float32 NHWC ``sample`` [M, H, W, C]) fill the artifact's single input.
 
     Returns the layout the artifact takes (``NHWC`` or ``NCHW``; stated in the preprocessing file, or inferred
@@ -411,9 +428,13 @@ def probe_artifact(art: Inspected, x: np.ndarray, y: np.ndarray, n_members: int,
     except Exception as exc:
         raise HarnessError(f"{art.path}: the host runtime cannot run it ({_first_line(exc)})") from None
     if out.ndim != 2 or out.shape[0] != len(x):
-        raise HarnessError(f"{art.path}: produced outputs of shape {list(out.shape)} for {len(x)} inputs; expected [N, C]")
+        raise HarnessError(
+            f"{art.path}: produced outputs of shape {list(out.shape)} for {len(x)} inputs; expected [N, C]"
+        )
     if not np.isfinite(out).all():
-        raise HarnessError(f"{art.path}: produced NaN or Inf on valid inputs; check the preprocessing (scale, mean, std)")
+        raise HarnessError(
+            f"{art.path}: produced NaN or Inf on valid inputs; check the preprocessing (scale, mean, std)"
+        )
     probs = bool((out >= -1e-6).all() and np.allclose(out.sum(axis=1), 1.0, atol=0.05))
     art.output_kind = "probs" if probs else "logits"
     pred = out.argmax(axis=1)
@@ -437,16 +458,10 @@ def _copy_into(src: Path, dest: Path, sha256: str) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     if dest.is_file() and sha256_file(dest) == sha256:
         return
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    os.close(fd)
-    try:
+    with atomic_path(dest) as tmp:
         shutil.copyfile(src, tmp)
-        if sha256_file(Path(tmp)) != sha256:
+        if sha256_file(tmp) != sha256:
             raise HarnessError(f"{src}: changed while being copied into {dest.parent}; retry")
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _record(
@@ -649,7 +664,9 @@ def import_run(
     except (HarnessError, ContractError) as exc:
         raise HarnessError(f"{preprocess or 'default preprocessing'}: {exc}") from None
     except Exception as exc:
-        raise HarnessError(f"{preprocess or 'default preprocessing'}: cannot preprocess {data} ({_first_line(exc)})") from None
+        raise HarnessError(
+            f"{preprocess or 'default preprocessing'}: cannot preprocess {data} ({_first_line(exc)})"
+        ) from None
 
     # ---- an existing run must hold the same target membership
     existing: Splits | None = rd.load_splits() if rd.splits.is_file() else None
@@ -671,13 +688,14 @@ def import_run(
     if len(classes) > 1:
         a, b = inspected[0][1], next(x for _, x in inspected if x.n_classes != inspected[0][1].n_classes)
         raise HarnessError(
-            f"{b.path}: has {b.n_classes} classes but {a.path} has {a.n_classes}; the variants of one target must share "
-            f"the output classes"
+            f"{b.path}: has {b.n_classes} classes but {a.path} has {a.n_classes}; "
+            f"the variants of one target must share the output classes"
         )
     n_classes = classes.pop()
     if n_classes < int(labels.max()) + 1:
         raise HarnessError(
-            f"{inspected[0][1].path}: outputs {n_classes} classes but dataset {data} has labels up to {int(labels.max())}"
+            f"{inspected[0][1].path}: outputs {n_classes} classes "
+            f"but dataset {data} has labels up to {int(labels.max())}"
         )
 
     records: list[ArtifactRecord] = []
@@ -688,9 +706,13 @@ def import_run(
         probe_artifact(art, probe_x, labels[probe_ids], len(m_probe), layout)
         variant = arg.variant or _default_variant(art, {v for v, f in taken if f == art.format}, arg)
         if variant == "original" and art.inputs[0].dtype in _QUANT_DTYPES:
-            raise HarnessError(f"{art.path}: declared 'original' but its input is {art.inputs[0].dtype}-quantized; label it :int8")
+            raise HarnessError(
+                f"{art.path}: declared 'original' but its input is {art.inputs[0].dtype}-quantized; label it :int8"
+            )
         if (variant, art.format) in taken:
-            raise HarnessError(f"{art.path}: variant '{variant}' ({art.format}) is already given by {taken[(variant, art.format)]}")
+            raise HarnessError(
+                f"{art.path}: variant '{variant}' ({art.format}) is already given by {taken[(variant, art.format)]}"
+            )
         taken[(variant, art.format)] = art.path
         variants.append((variant, art.format))
         rec = _record(
@@ -716,7 +738,10 @@ def import_run(
     for a in old.targets():
         if a.framework == FRAMEWORK and (a.variant, a.format) not in variants:
             if int(a.outputs[0].shape[-1]) != n_classes:
-                raise HarnessError(f"{rd.manifest}: holds target {a.id} with {a.outputs[0].shape[-1]} classes, the new ones have {n_classes}")
+                raise HarnessError(
+                    f"{rd.manifest}: holds target {a.id} with {a.outputs[0].shape[-1]} classes, "
+                    f"the new ones have {n_classes}"
+                )
             variants.append((a.variant, a.format))
     shadow_in: list[np.ndarray] = []
     shadow_out: list[np.ndarray] = []
@@ -732,8 +757,8 @@ def import_run(
         shadow_in, shadow_out = _shadow_splits(shadow_members, k_total, n, target_ids, len(ms.members), seed, console)
         exp_for_build = _experiment(base, spec, ddir, pre, ms, shadow_in, shadow_out, shadow_arch, variants, run)
         shadow_records, threat_shadow = _trained_shadows(
-            exp_for_build, ds, Splits(labels, ms.members, ms.nonmembers, shadow_in, shadow_out), variants, n_classes, rd, pre, layout_explicit, preprocess,
-            labels, query_inputs, console,
+            exp_for_build, ds, Splits(labels, ms.members, ms.nonmembers, shadow_in, shadow_out), variants, n_classes,
+            rd, pre, layout_explicit, preprocess, labels, query_inputs, console,
         )
     elif existing is not None and existing.n_shadows and all(
         any(a.role == "shadow" and a.variant == v and a.format == f for a in old.artifacts) for v, f in variants
@@ -762,7 +787,9 @@ def import_run(
     for rec, src in [(r, Path(r.source_path)) for r in records + shadow_records if getattr(r, "source_path", None)]:  # type: ignore[attr-defined]
         _copy_into(src, rd.artifact_path(rec), rec.sha256)
     exp = _experiment(base, spec, ddir, pre, ms, shadow_in, shadow_out, shadow_arch or base.model.arch, variants, run)
-    atomic_write_bytes(rd.experiment, experiment_toml(exp, f"written by 'compleak import' for run {rd.root.name}").encode())
+    atomic_write_bytes(
+        rd.experiment, experiment_toml(exp, f"written by 'compleak import' for run {rd.root.name}").encode()
+    )
     splits.save(rd.splits)
     manifest = old
     if shadow_args or shadow_arch:  # a new shadow side replaces the old one
@@ -770,7 +797,9 @@ def import_run(
     for rec in records + shadow_records:
         manifest.upsert(rec)
     manifest.save(rd.manifest)
-    threat = _threat_model(data, spec, pre, members, nonmembers, ms, lowest_fpr, manifest.targets(), threat_shadow, splits)
+    threat = _threat_model(
+        data, spec, pre, members, nonmembers, ms, lowest_fpr, manifest.targets(), threat_shadow, splits
+    )
     atomic_write_json(rd.root / "threat_model.json", threat)
     console.print(
         f"imported {len(records)} target and {len(shadow_records)} shadow artifacts into [bold]{rd.root}[/]: "
@@ -802,7 +831,9 @@ def _shadow_splits(
     pool = np.setdiff1d(np.arange(n, dtype=np.int64), target_ids)
     for k in range(k_total):
         if k < len(shadow_members):
-            sm = resolve_membership(shadow_members[k], None, n, 0.0, seed + 1 + k, exclude=target_ids, what=f"shadow {k}")
+            sm = resolve_membership(
+                shadow_members[k], None, n, 0.0, seed + 1 + k, exclude=target_ids, what=f"shadow {k}"
+            )
             ins.append(sm.members)
             outs.append(sm.nonmembers)
             continue
@@ -868,12 +899,16 @@ def _supplied_shadows(
                 f"({', '.join(f'{v} ({f})' for v, f in variants)})"
             )
         if (k, variant, art.format) in seen:
-            raise HarnessError(f"{art.path}: shadow {k} variant '{variant}' is already given by {seen[(k, variant, art.format)]}")
+            raise HarnessError(
+                f"{art.path}: shadow {k} variant '{variant}' is already given by {seen[(k, variant, art.format)]}"
+            )
         seen[(k, variant, art.format)] = art.path
         records.append(
             _record(
                 art, "shadow", variant, k, layout,
-                compression={"steps": parse_variant(variant), "declared_by": "user", "quantization": _quantization(art)},
+                compression={
+                    "steps": parse_variant(variant), "declared_by": "user", "quantization": _quantization(art)
+                },
                 toolchain={"built_by": "external", "host_runtime": art.runtime},
                 source_path=str(art.path.resolve()),
             )
@@ -881,7 +916,9 @@ def _supplied_shadows(
     for k in range(k_total):
         for v, f in variants:
             if (k, v, f) not in seen:
-                raise HarnessError(f"shadow {k} has no artifact for target variant '{v}' ({f}); add --shadow PATH:{v}@{k}")
+                raise HarnessError(
+                    f"shadow {k} has no artifact for target variant '{v}' ({f}); add --shadow PATH:{v}@{k}"
+                )
     return ins, outs, records, {
         "mode": "supplied",
         "n_shadows": k_total,
@@ -926,7 +963,9 @@ def _trained_shadows(
                     continue
                 art = describe_artifact(Path(ba.path))
                 if art.n_classes != n_classes:
-                    raise HarnessError(f"{ba.path}: the trained shadow has {art.n_classes} classes, the targets {n_classes}")
+                    raise HarnessError(
+                        f"{ba.path}: the trained shadow has {art.n_classes} classes, the targets {n_classes}"
+                    )
                 ids = np.concatenate([a[:_ACCURACY_SAMPLE], b[:_ACCURACY_SAMPLE]])
                 x = query_inputs(ds, pre, ids)
                 layout = check_input_shape(art, x, pre, layout_explicit, preprocess)
@@ -1020,16 +1059,16 @@ def _threat_model(
     mode = shadow.get("mode", "unknown")
     how = {
         "supplied": "shadow models supplied by the auditor (trained like the targets)",
-        "trained": f"shadow models trained by this tool with {shadow.get('arch')} and compressed as each variant declares "
-        f"(an approximation of the target's training)",
+        "trained": f"shadow models trained by this tool with {shadow.get('arch')} and compressed as each variant "
+        f"declares (an approximation of the target's training)",
     }.get(mode, str(shadow.get("note", mode)))
     variants = sorted({r.variant for r in records})
     knowledge = {
         "supplied": "Shadow data from the same distribution, disjoint from the target's members and non-members, and "
         "shadow models the auditor supplied for every variant, trained and compressed like the targets.",
-        "trained": f"Shadow data from the same distribution, disjoint from the target's members and non-members; NOT the "
-        f"target's architecture or training recipe: shadow models are {shadow.get('arch')} trained by this tool and "
-        f"compressed as each variant's label declares, so the shadow side approximates the real pipeline.",
+        "trained": f"Shadow data from the same distribution, disjoint from the target's members and non-members; "
+        f"NOT the target's architecture or training recipe: shadow models are {shadow.get('arch')} trained by this "
+        f"tool and compressed as each variant's label declares, so the shadow side approximates the real pipeline.",
     }.get(mode, str(shadow.get("note", mode)))
     return {
         "source": "compleak import (artifacts built outside this tool)",
@@ -1061,5 +1100,7 @@ def _threat_model(
             for r in records
         ],
         "data": {"dataset": data, "resolved": spec, "preprocess": pre.model_dump(mode="json"),
-                 "shadow_split_sizes": [[int(len(a)), int(len(b))] for a, b in zip(splits.shadow_in, splits.shadow_out)]},
+                 "shadow_split_sizes": [
+                     [int(len(a)), int(len(b))] for a, b in zip(splits.shadow_in, splits.shadow_out)
+                 ]},
     }

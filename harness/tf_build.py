@@ -30,7 +30,7 @@ try:
 except ImportError:  # TF <= 2.15 (e.g. toolchain-tf:2.14.0): tf.keras is Keras 2 itself, and tfmot uses it
     keras = tf.keras
 
-from compleak.rundir import atomic_write_bytes  # noqa: E402
+from compleak.rundir import atomic_path, atomic_write_bytes  # noqa: E402
 from harness.artifacts import BuiltArtifact, artifact_id, content_digest  # noqa: E402
 from harness.config import Experiment, parse_variant  # noqa: E402
 from harness.data import OwnerData  # noqa: E402
@@ -113,7 +113,8 @@ def _mobilenetv2(x: Any, n_classes: int, reg: Any) -> Any:
     def relu6(y: Any) -> Any:
         return keras.layers.ReLU(6.0)(y)
 
-    x = keras.layers.Conv2D(32, 3, strides=1, padding="same", use_bias=False, kernel_regularizer=reg)(x)  # stride 1 for 32x32
+    # stride 1 for 32x32
+    x = keras.layers.Conv2D(32, 3, strides=1, padding="same", use_bias=False, kernel_regularizer=reg)(x)
     x = relu6(keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5)(x))
     c_in = 32
     for t, c, n, s in _MBV2:
@@ -175,7 +176,9 @@ class _EpochProgress(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         if self.progress is not None:
             acc = (logs or {}).get("accuracy")
-            self.progress(f"{self.label} epoch {epoch + 1}/{self.epochs}" + (f" acc {acc:.3f}" if acc is not None else ""))
+            self.progress(
+                f"{self.label} epoch {epoch + 1}/{self.epochs}" + (f" acc {acc:.3f}" if acc is not None else "")
+            )
 
 
 def _fit(
@@ -200,7 +203,9 @@ def _fit(
     val = None
     if t.early_stopping_patience > 0 and len(owner.x_holdout):
         val = (owner.x_holdout, owner.y_holdout)
-        cbs.append(keras.callbacks.EarlyStopping("val_loss", patience=t.early_stopping_patience, restore_best_weights=True))
+        cbs.append(
+            keras.callbacks.EarlyStopping("val_loss", patience=t.early_stopping_patience, restore_best_weights=True)
+        )
     model.fit(
         owner.x_train,
         owner.y_train,
@@ -239,12 +244,10 @@ def load_keras(path: Path) -> keras.Model:
 
 
 def _save_keras(model: keras.Model, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    with warnings.catch_warnings():  # HDF5 is "legacy" but the one format tfmot's QAT wrappers round-trip through
+    with atomic_path(path, keep_suffix=True) as tmp, warnings.catch_warnings():
+        # HDF5 is "legacy" but the one format tfmot's QAT wrappers round-trip through
         warnings.simplefilter("ignore", UserWarning)
         model.save(tmp)
-    os.replace(tmp, path)
 
 
 def _cached(path: Path, make: Callable[[], keras.Model]) -> keras.Model:
@@ -262,7 +265,9 @@ def _finetune_epochs(exp: Experiment) -> int:
     return max(1, exp.compress.finetune_epochs)  # pruning/clustering masks are applied during at least one epoch
 
 
-def _prune(model: keras.Model, sparsity: float, exp: Experiment, owner: OwnerData, label: str, progress: Progress | None) -> keras.Model:
+def _prune(
+    model: keras.Model, sparsity: float, exp: Experiment, owner: OwnerData, label: str, progress: Progress | None
+) -> keras.Model:
     """Magnitude pruning to ``sparsity`` per weight tensor: polynomial schedule over the fine-tuning, then strip."""
     epochs = _finetune_epochs(exp)
     steps = int(np.ceil(len(owner.x_train) / exp.train.batch_size)) * epochs
@@ -273,12 +278,19 @@ def _prune(model: keras.Model, sparsity: float, exp: Experiment, owner: OwnerDat
     else:
         schedule = tfmot.sparsity.keras.ConstantSparsity(sparsity, begin_step=0, frequency=1)
     pruned = tfmot.sparsity.keras.prune_low_magnitude(model, pruning_schedule=schedule)
-    _fit(pruned, exp, owner, epochs, exp.compress.finetune_lr, label, progress, [tfmot.sparsity.keras.UpdatePruningStep()])
+    callbacks = [tfmot.sparsity.keras.UpdatePruningStep()]
+    _fit(pruned, exp, owner, epochs, exp.compress.finetune_lr, label, progress, callbacks)
     return tfmot.sparsity.keras.strip_pruning(pruned)
 
 
 def _cluster(
-    model: keras.Model, k: int, preserve_sparsity: bool, exp: Experiment, owner: OwnerData, label: str, progress: Progress | None
+    model: keras.Model,
+    k: int,
+    preserve_sparsity: bool,
+    exp: Experiment,
+    owner: OwnerData,
+    label: str,
+    progress: Progress | None,
 ) -> keras.Model:
     """Weight clustering to ``k`` centroids per weight tensor (k-means++ init), fine-tuned, then stripped."""
     from tensorflow_model_optimization.python.core.clustering.keras.experimental import cluster as exp_cluster
@@ -312,7 +324,10 @@ def _representative(owner: OwnerData, n: int, seed: int) -> Callable[[], Any]:
 
 
 def convert(model: keras.Model, quant: str | None, owner: OwnerData, exp: Experiment) -> bytes:
-    """TF-Lite flatbuffer of ``model``. ``quant``: None (float32), ``dynamic-int8``, ``fp16``, ``int8`` or ``qat-int8``."""
+    """TF-Lite flatbuffer of ``model``.
+
+    ``quant``: None (float32), ``dynamic-int8``, ``fp16``, ``int8`` or ``qat-int8``.
+    """
     conv = tf.lite.TFLiteConverter.from_keras_model(model)
     if quant is not None:
         conv.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -342,7 +357,9 @@ def _steps_of(variant: str) -> tuple[list[str], str | None]:
     return model_steps, quant
 
 
-def train_model(exp: Experiment, owner: OwnerData, tag: str = "target", progress: Progress | None = None) -> keras.Model:
+def train_model(
+    exp: Experiment, owner: OwnerData, tag: str = "target", progress: Progress | None = None
+) -> keras.Model:
     """Build the zoo model for ``owner``'s input shape and train it with the experiment's recipe (seeded by owner)."""
     keras.utils.set_random_seed(owner.seed)
     input_shape = tuple(int(d) for d in owner.x_train.shape[1:])
@@ -412,11 +429,16 @@ def build_variants(
         source, key = original_path, key0
         applied: list[str] = []
         for step in [s for s in model_steps if s != "qat-int8"] + (["qat-int8"] if quant == "qat-int8" else []):
-            key = content_digest(key, step, exp.compress.finetune_epochs, exp.compress.finetune_lr, exp.train.batch_size)
+            key = content_digest(
+                key, step, exp.compress.finetune_epochs, exp.compress.finetune_lr, exp.train.batch_size
+            )
             suffix = ".h5" if step == "qat-int8" else ".keras"  # QAT wrappers do not reload from .keras
             source = cache / f"tf-{tag}-{'+'.join([*applied, step])}-{key[:16]}{suffix}"
             model = _cached(
-                source, lambda prev=model, step=step, done=list(applied): apply_step(prev, step, done, exp, owner, tag, progress)
+                source,
+                lambda prev=model, step=step, done=list(applied): apply_step(
+                    prev, step, done, exp, owner, tag, progress
+                ),
             )
             applied.append(step)
         say(f"tf {tag} {variant}: converting to TF-Lite")
@@ -439,7 +461,12 @@ def build_variants(
             compression["finetune_lr"] = exp.compress.finetune_lr
         built.append(
             BuiltArtifact(
-                variant=variant, format="tflite", path=path, compression=compression, toolchain=toolchain(), output_kind="logits"
+                variant=variant,
+                format="tflite",
+                path=path,
+                compression=compression,
+                toolchain=toolchain(),
+                output_kind="logits",
             )
         )
     return built

@@ -34,8 +34,6 @@ import contextlib
 import copy
 import io
 import json
-import os
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -48,7 +46,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize, prune
 
-from compleak.rundir import atomic_write_bytes
+from compleak.rundir import atomic_path, atomic_write_bytes
 from harness.artifacts import BuiltArtifact, artifact_id, content_digest
 from harness.config import Experiment, TrainSection, parse_variant
 from harness.data import OwnerData
@@ -167,7 +165,9 @@ class InvertedResidual(nn.Module):
 class MobileNetV2(nn.Module):
     """MobileNetV2 (width 1.0) for small images: the stem conv has stride 1; otherwise the standard settings."""
 
-    _SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
+    _SETTINGS = (
+        (1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)
+    )
 
     def __init__(self, in_ch: int, n_classes: int) -> None:
         super().__init__()
@@ -192,7 +192,9 @@ def build_model(arch: str, input_shape: tuple[int, int, int], n_classes: int) ->
     c, h, w = input_shape
     if arch == "cnn-small":
         if h < 4 or w < 4:
-            raise HarnessError(f"model.arch cnn-small needs inputs of at least 4x4 pixels, got {h}x{w}; resize in data.preprocess")
+            raise HarnessError(
+                f"model.arch cnn-small needs inputs of at least 4x4 pixels, got {h}x{w}; resize in data.preprocess"
+            )
         return CnnSmall(c, n_classes, (h, w))
     if arch == "resnet18":
         return ResNet18(c, n_classes)
@@ -266,13 +268,17 @@ def _check_owner(owner: OwnerData) -> tuple[int, int, int]:
     """Validate the owner's arrays; return the model input shape (C, H, W)."""
     x = owner.x_train
     if not isinstance(x, np.ndarray) or x.ndim != 4:
-        raise HarnessError(f"torch build: owner x_train must be a 4-D NHWC array [N, H, W, C], got shape {getattr(x, 'shape', None)}")
+        raise HarnessError(
+            f"torch build: owner x_train must be a 4-D NHWC array [N, H, W, C], got shape {getattr(x, 'shape', None)}"
+        )
     if len(x) == 0:
         raise HarnessError("torch build: the owner has no training examples; increase splits.target_in/shadow_in")
     if len(owner.y_train) != len(x):
         raise HarnessError(f"torch build: x_train has {len(x)} rows but y_train has {len(owner.y_train)}")
     if owner.x_holdout.size and owner.x_holdout.shape[1:] != x.shape[1:]:
-        raise HarnessError(f"torch build: x_holdout shape {owner.x_holdout.shape[1:]} differs from x_train {x.shape[1:]}")
+        raise HarnessError(
+            f"torch build: x_holdout shape {owner.x_holdout.shape[1:]} differs from x_train {x.shape[1:]}"
+        )
     y = np.asarray(owner.y_train)
     if y.min() < 0 or y.max() >= owner.n_classes:
         raise HarnessError(f"torch build: labels must lie in [0, {owner.n_classes}), got [{y.min()}, {y.max()}]")
@@ -357,7 +363,10 @@ def train_model(
         if len(xh):
             row["holdout_loss"], row["holdout_accuracy"] = _holdout_loss(model, xh, yh, 512)
         history.append(row)
-        say(f"epoch {epoch}/{epochs} loss {row['train_loss']:.4f}" + (f" hold-out acc {row['holdout_accuracy']:.3f}" if len(xh) else ""))
+        say(
+            f"epoch {epoch}/{epochs} loss {row['train_loss']:.4f}"
+            + (f" hold-out acc {row['holdout_accuracy']:.3f}" if len(xh) else "")
+        )
         if patience:
             if row["holdout_loss"] < best_loss:
                 best_loss, best_epoch, waited = row["holdout_loss"], epoch, 0
@@ -422,7 +431,9 @@ def apply_clustering(model: nn.Module, clusters: int, seed: int) -> None:
         fit_on = w if len(w) <= _KMEANS_MAX_POINTS else w[rng.choice(len(w), _KMEANS_MAX_POINTS, replace=False)]
         km = KMeans(n_clusters=k, init="k-means++", n_init=1, random_state=seed).fit(fit_on)
         assignment = km.predict(w).reshape(m.weight.shape)
-        parametrize.register_parametrization(m, "weight", ClusteredWeight(km.cluster_centers_.ravel(), assignment), unsafe=True)
+        parametrize.register_parametrization(
+            m, "weight", ClusteredWeight(km.cluster_centers_.ravel(), assignment), unsafe=True
+        )
         m.parametrizations.weight.original.requires_grad_(False)
 
 
@@ -463,20 +474,6 @@ def _io_spec(input_shape: tuple[int, int, int], n_classes: int) -> dict[str, Any
     }
 
 
-@contextlib.contextmanager
-def _atomic_path(path: Path) -> Iterator[Path]:
-    """A temporary path beside ``path``; renamed onto ``path`` when the block succeeds, removed otherwise."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def _batch_dim() -> dict[int, Any]:
     return {0: torch.export.Dim("batch", min=1, max=PTE_MAX_BATCH)}
 
@@ -496,7 +493,10 @@ def _check_pte_bound(buffer: bytes, path: Path) -> None:
 
     sizes = list(Runtime.get().load_program(buffer).metadata("forward").input_tensor_meta(0).sizes())
     if sizes[0] != PTE_MAX_BATCH:
-        raise HarnessError(f"{path.name}: ExecuTorch lowering recorded batch bound {sizes[0]} instead of {PTE_MAX_BATCH}; report this toolchain bug")
+        raise HarnessError(
+            f"{path.name}: ExecuTorch lowering recorded batch bound {sizes[0]} instead of {PTE_MAX_BATCH}; "
+            f"report this toolchain bug"
+        )
 
 
 def export_pte_fp32(model: nn.Module, example: torch.Tensor, path: Path) -> None:
@@ -540,7 +540,7 @@ def export_ptl(model: nn.Module, example: torch.Tensor, path: Path, io_spec: dic
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         traced = torch.jit.trace(model.eval(), example)
-        with _atomic_path(path) as tmp:
+        with atomic_path(path, keep_suffix=True) as tmp:
             traced._save_for_lite_interpreter(str(tmp), _extra_files={"compleak.json": json.dumps(io_spec)})
 
 
@@ -581,7 +581,7 @@ def quantize_onnx_dynamic(fp32_path: Path, path: Path) -> list[str]:
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    with _atomic_path(path) as tmp:
+    with atomic_path(path, keep_suffix=True) as tmp:
         quantize_dynamic(str(fp32_path), str(tmp), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
         proto = onnx.load(str(tmp))
         onnx.helper.set_model_props(proto, {"compleak.input_layout": "NCHW", "compleak.output_kind": "logits"})
@@ -639,7 +639,9 @@ class _Builder:
     def __init__(self, exp: Experiment, owner: OwnerData, out_dir: Path, tag: str, say: Callable[[str], None]) -> None:
         self.exp, self.owner, self.out_dir, self.tag, self.say = exp, owner, Path(out_dir), tag, say
         self.input_shape = _check_owner(owner)
-        self.base_key = exp.section_hash("model", "train", extra={"data": _data_digest(owner), "torch": torch.__version__})
+        self.base_key = exp.section_hash(
+            "model", "train", extra={"data": _data_digest(owner), "torch": torch.__version__}
+        )
         self._models: dict[tuple[str, ...], tuple[nn.Module, dict[str, Any]]] = {}
 
     def fresh(self) -> nn.Module:
@@ -692,15 +694,19 @@ class _Builder:
             if step.startswith("prune-"):
                 self.say(f"{stage}: global L1 pruning, fine-tuning {cc.finetune_epochs} epochs")
                 apply_pruning(model, float(step.split("-", 1)[1]))
-                res = train_model(model, self.owner, self.exp.train, epochs=cc.finetune_epochs, lr=cc.finetune_lr,
-                                  seed=seed, schedule="constant", say=self.say) if cc.finetune_epochs else None  # fmt: skip
+                res = None
+                if cc.finetune_epochs:
+                    res = train_model(model, self.owner, self.exp.train, epochs=cc.finetune_epochs, lr=cc.finetune_lr,
+                                      seed=seed, schedule="constant", say=self.say)  # fmt: skip
                 make_pruning_permanent(model)
             else:
                 k = int(step.split("-", 1)[1])
                 self.say(f"{stage}: k-means weight sharing (K={k}), fine-tuning centroids {cc.finetune_epochs} epochs")
                 apply_clustering(model, k, seed)
-                res = train_model(model, self.owner, self.exp.train, epochs=cc.finetune_epochs, lr=cc.finetune_lr,
-                                  seed=seed, schedule="constant", say=self.say) if cc.finetune_epochs else None  # fmt: skip
+                res = None
+                if cc.finetune_epochs:
+                    res = train_model(model, self.owner, self.exp.train, epochs=cc.finetune_epochs, lr=cc.finetune_lr,
+                                      seed=seed, schedule="constant", say=self.say)  # fmt: skip
                 make_clustering_permanent(model)
             info["finetune_epochs_run"] = res.epochs_run if res else 0
             for old in path.parent.glob(f"{self.tag}-{stage}-*.pt"):
@@ -772,7 +778,10 @@ def build_variants(
             raise HarnessError(f"torch build: variant '{v}': {exc}") from None
         tf_only = [s for s in steps if s in ("fp16", "qat-int8")]
         if tf_only:
-            raise HarnessError(f"torch build: variant '{v}': step '{tf_only[0]}' exists only on the TF path; remove it from compress.torch")
+            raise HarnessError(
+                f"torch build: variant '{v}': step '{tf_only[0]}' exists only on the TF path; "
+                f"remove it from compress.torch"
+            )
         plans.append((v, steps, plan_formats(v, formats)[0]))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -795,7 +804,9 @@ def build_variants(
                 comp = _compression(steps, model, exp)
                 if "finetune_epochs_run" in info:
                     comp["finetune_epochs_run"] = info["finetune_epochs_run"]
-                comp["train"] = {"epochs_run": b.original()[1].get("epochs_run"), "best_epoch": b.original()[1].get("best_epoch")}
+                comp["train"] = {
+                    "epochs_run": b.original()[1].get("epochs_run"), "best_epoch": b.original()[1].get("best_epoch")
+                }
                 comp["input_layout"] = "NCHW"
                 for f in fmts:
                     path = out_dir / artifact_id(FRAMEWORK, tag, v, f)
@@ -805,18 +816,24 @@ def build_variants(
                         n = min(exp.compress.representative_samples, len(owner.x_train))
                         pick = np.random.default_rng(owner.seed).choice(len(owner.x_train), n, replace=False)
                         export_pte_int8(model, example, _nchw(owner.x_train[np.sort(pick)]), path)
-                        c.update(quantization="int8", quantizer="PT2E XNNPACKQuantizer, per-channel symmetric int8 weights, "
-                                 "static int8 activations", calibration_samples=n, calibration_data="owner training data")  # fmt: skip
+                        c.update(quantization="int8",
+                                 quantizer="PT2E XNNPACKQuantizer, per-channel symmetric int8 weights, "
+                                 "static int8 activations",
+                                 calibration_samples=n, calibration_data="owner training data")  # fmt: skip
                     elif quant == "dynamic-int8" and f == "ptl":
-                        qmodel = torch.ao.quantization.quantize_dynamic(copy.deepcopy(model), {nn.Linear}, dtype=torch.qint8)
+                        qmodel = torch.ao.quantization.quantize_dynamic(
+                            copy.deepcopy(model), {nn.Linear}, dtype=torch.qint8
+                        )
                         export_ptl(qmodel, example, path, spec)
-                        c.update(quantization="dynamic-int8", quantizer="torch.ao quantize_dynamic, Linear layers, qint8 weights")
+                        c.update(quantization="dynamic-int8",
+                                 quantizer="torch.ao quantize_dynamic, Linear layers, qint8 weights")  # fmt: skip
                     elif quant == "dynamic-int8":
                         fp32 = out_dir / CACHE_DIR / f"{tag}-{v}-fp32.onnx"
                         export_onnx(model, example, fp32)
                         qnames = quantize_onnx_dynamic(fp32, path)
                         fp32.unlink(missing_ok=True)
-                        c.update(quantization="dynamic-int8", quantizer="onnxruntime quantize_dynamic, MatMul/Gemm, QInt8 weights",
+                        c.update(quantization="dynamic-int8",
+                                 quantizer="onnxruntime quantize_dynamic, MatMul/Gemm, QInt8 weights",
                                  quantized_weights=qnames)  # fmt: skip
                     elif f == "pte":
                         export_pte_fp32(model, example, path)
