@@ -5,7 +5,7 @@ device's runner server, pushing the model, streaming the queries, receiving outp
 ``Interpreter.invoke`` loop over the same queries with the same batch size and runtime.
 Targets: harness time <= 1.2x raw on local, <= 1.5x raw over SSH.
 
-    .venv/bin/python benchmarks/collect.py [--queries 20000] [--batch-size 512] [--repeats 3]
+    .venv/bin/python benchmarks/collect.py [--queries 20000] [--batch-size 512] [--repeats 5]
 """
 
 from __future__ import annotations
@@ -101,11 +101,17 @@ def timed_collect(rd: RunDir, uri: str, batch: int, **kw: object) -> tuple[float
     return wall, parts
 
 
+def _median_run(runs: list[tuple[float, dict[str, float]]]) -> tuple[float, dict[str, float]]:
+    """The run with the median wall time (the lower middle one for an even count), with its breakdown."""
+    ordered = sorted(runs, key=lambda r: r[0])
+    return ordered[(len(ordered) - 1) // 2]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--queries", type=int, default=20000)
     ap.add_argument("--batch-size", type=int, default=512)
-    ap.add_argument("--repeats", type=int, default=3, help="best of N for every measurement (interleaved)")
+    ap.add_argument("--repeats", type=int, default=5, help="median of N for every measurement (interleaved)")
     args = ap.parse_args()
     n, batch = args.queries, args.batch_size
     console = Console()
@@ -130,13 +136,13 @@ def main() -> None:
                 assert np.allclose(got, reference, atol=1e-5), "ssh outputs differ from the raw loop"
         finally:
             server.close()
-        raw = min(raws)
-        local, local_parts = min(locals_, key=lambda r: r[0])
-        ssh, ssh_parts = min(sshs, key=lambda r: r[0])
+        raw = float(np.median(raws))
+        local, local_parts = _median_run(locals_)
+        ssh, ssh_parts = _median_run(sshs)
 
     console.print(f"[bold]collect benchmark[/]: {n} queries, cnn-small 28x28x1 TF-Lite (ai_edge_litert), "
                   f"batch {batch}, "
-                  f"best of {args.repeats}, {os.cpu_count()} CPUs (load avg {os.getloadavg()[0]:.1f})", soft_wrap=True)
+                  f"median of {args.repeats}, {os.cpu_count()} CPUs (load avg {os.getloadavg()[0]:.1f})", soft_wrap=True)
     console.print(f"  raw Interpreter.invoke loop : {raw:7.2f} s  {n / raw:9.0f} outputs/s", soft_wrap=True)
     for name, secs, parts, target in (("collect on local", local, local_parts, 1.2),
                                       ("collect on ssh (loopback)", ssh, ssh_parts, 1.5)):
