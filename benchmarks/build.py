@@ -55,7 +55,9 @@ def main() -> int:
     def data_stage():
         ds = load_dataset(exp.data.dataset, args.data_dir, exp.data.download)
         splits = make_splits(exp, ds.y)
-        owner = owner_data(ds, splits, exp.data.preprocess, "target", None, exp.splits.holdout_fraction, exp.experiment.seed)
+        owner = owner_data(
+            ds, splits, exp.data.preprocess, "target", None, exp.splits.holdout_fraction, exp.experiment.seed
+        )
         ids = splits.query_ids("target")
         return owner, query_inputs(ds, exp.data.preprocess, ids)
 

@@ -1,8 +1,8 @@
 """Collect-stage overhead: 20k queries through cnn-small TF-Lite on `local` and on a loopback SSH device.
 
 Prints collected outputs/s of ``collect_run`` (everything: connect, device probe, sha256 check, starting the
-device's runner server, pushing the model, streaming the queries, receiving outputs, atomic writes) against a raw in-process
-``Interpreter.invoke`` loop over the same queries with the same batch size and runtime.
+device's runner server, pushing the model, streaming the queries, receiving outputs, atomic writes) against a raw
+in-process ``Interpreter.invoke`` loop over the same queries with the same batch size and runtime.
 Targets: harness time <= 1.2x raw on local, <= 1.5x raw over SSH.
 
     .venv/bin/python benchmarks/collect.py [--queries 20000] [--batch-size 512] [--repeats 5]
@@ -142,7 +142,8 @@ def main() -> None:
 
     console.print(f"[bold]collect benchmark[/]: {n} queries, cnn-small 28x28x1 TF-Lite (ai_edge_litert), "
                   f"batch {batch}, "
-                  f"median of {args.repeats}, {os.cpu_count()} CPUs (load avg {os.getloadavg()[0]:.1f})", soft_wrap=True)
+                  f"median of {args.repeats}, {os.cpu_count()} CPUs (load avg {os.getloadavg()[0]:.1f})",
+                  soft_wrap=True)
     console.print(f"  raw Interpreter.invoke loop : {raw:7.2f} s  {n / raw:9.0f} outputs/s", soft_wrap=True)
     for name, secs, parts, target in (("collect on local", local, local_parts, 1.2),
                                       ("collect on ssh (loopback)", ssh, ssh_parts, 1.5)):

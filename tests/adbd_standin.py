@@ -193,7 +193,8 @@ class Sandbox:
 if [ $# -eq 0 ]; then
   awk '{{ i = index($0, "="); if (i) printf "[%s]: [%s]\\n", substr($0, 1, i - 1), substr($0, i + 1) }}' {props}
 else
-  awk -v k="$1" -v d="$2" '{{ i = index($0, "="); if (i && substr($0, 1, i - 1) == k) {{ v = substr($0, i + 1); f = 1 }} }}
+  awk -v k="$1" -v d="$2" '{{ i = index($0, "="); \
+if (i && substr($0, 1, i - 1) == k) {{ v = substr($0, i + 1); f = 1 }} }}
     END {{ if (f) print v; else print d }}' {props}
 fi
 """
@@ -791,7 +792,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sandbox", type=Path, required=True, help="folder standing for the device's file system")
     ap.add_argument("--port", type=int, default=0, help="TCP port on 127.0.0.1 (0: any free port)")
     ap.add_argument("--prop", action="append", default=[], metavar="KEY=VALUE", help="override a getprop property")
-    ap.add_argument("--require-auth", action="store_true", help="demand a host key listed in SANDBOX/data/misc/adb/adb_keys")
+    ap.add_argument(
+        "--require-auth", action="store_true", help="demand a host key listed in SANDBOX/data/misc/adb/adb_keys"
+    )
     args = ap.parse_args(argv)
     props = dict(p.split("=", 1) for p in args.prop)
     daemon = AdbdStandin(args.sandbox, props, port=args.port, require_auth=args.require_auth).start()

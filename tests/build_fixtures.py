@@ -1,15 +1,14 @@
 """Session-scoped fixture: the tiny run of ``tests/data/tiny.toml``, built once per test session.
 
-Use it from any test module with::
-
-    from build_fixtures import tiny_run  # noqa: F401
+``tests/conftest.py`` lists this module in ``pytest_plugins``, so any test module can use it without importing it::
 
     def test_something(tiny_run):  # tiny_run is the run directory (Path)
         ...
 
 The run is built into ``<pytest basetemp>/tiny_run``; ``build_run``'s own resume makes a second request in the same
 session a no-op, so every module shares one build. It holds digits (8x8x1) splits of 300 per set, one shadow, and
-artifacts of both frameworks: every TF variant kind as ``.tflite`` and every torch variant as ``.pte``/``.ptl``/``.onnx``.
+artifacts of both frameworks: every TF variant kind as ``.tflite`` and every torch variant as
+``.pte``/``.ptl``/``.onnx``.
 """
 
 from __future__ import annotations

@@ -6,9 +6,8 @@ a free loopback port otherwise. It yields an :class:`SshServer` with the device 
 known_hosts file pre-populated with the host key, and ``kill()`` / ``restart()``. Teardown kills every process
 it started and deletes the namespace and the veth pair.
 
-Use it from another test module with::
-
-    from sshd_fixtures import sshd_server  # noqa: F401
+``tests/conftest.py`` lists this module in ``pytest_plugins``, so any test module can just take ``sshd_server``
+as a parameter (import only :class:`SshServer`, for annotations).
 """
 
 from __future__ import annotations

@@ -14,9 +14,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
+
+if TYPE_CHECKING:
+    from compleak.rundir import ArtifactRecord
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from adbd_standin import AdbdStandin  # noqa: E402
@@ -362,7 +366,10 @@ def test_benchmark_model_command_and_script_quote_every_path(tflite_models, fake
     assert "bs=4096 skip=1 count=1" in script and "/data/local/tmp" not in script
     with pytest.raises(DeviceError, match="cannot take a path with ','"):
         runner.command("/b", "/m,x.tflite", rec, [16, 8, 8, 1], "/c.bin", "/o")
-    log = "INFO: Inference timings in us: Init: 3436, First inference: 8260, Warmup (avg): 8260, Inference (avg): 7823.9"
+    log = (
+        "INFO: Inference timings in us: Init: 3436, First inference: 8260, Warmup (avg): 8260, "
+        "Inference (avg): 7823.9"
+    )
     assert runner.parse_times(log + "\n" + log) == [0.00826, 0.00826]
 
 

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 from rich.console import Console
-from sshd_fixtures import sshd_server  # noqa: F401
 from typer.testing import CliRunner
 
 from compleak.rundir import RunDir, device_dirname, load_results
@@ -66,7 +65,7 @@ def _snapshot(run: Path) -> dict[str, int]:
 
 @pytest.mark.slow
 @pytest.mark.ssh
-def test_audit_local_and_ssh_then_resume(tmp_path: Path, sshd_server) -> None:  # noqa: F811
+def test_audit_local_and_ssh_then_resume(tmp_path: Path, sshd_server) -> None:
     cfg = tmp_path / "audit.toml"
     cfg.write_text(AUDIT_TOML)
     run = tmp_path / "run"

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from build_fixtures import TINY_TOML, tiny_run  # noqa: F401
+from build_fixtures import TINY_TOML
 from compleak.rundir import RunDir
 from compleak.rundir import sha256_file
 
@@ -44,7 +44,10 @@ def _write(tmp: Path, lr: float = 1e-4, variants: str = '["original", "prune-0.5
 
 
 def _state(run: RunDir) -> dict[str, tuple[int, str]]:
-    return {a.id: (run.artifact_path(a).stat().st_mtime_ns, sha256_file(run.artifact_path(a))) for a in run.load_manifest().artifacts}
+    return {
+        a.id: (run.artifact_path(a).stat().st_mtime_ns, sha256_file(run.artifact_path(a)))
+        for a in run.load_manifest().artifacts
+    }
 
 
 class Interrupt(Exception):
@@ -98,7 +101,10 @@ def test_interrupted_build_resumes_without_redoing_finished_artifacts(tmp_path: 
     # a variant dropped from the config leaves the manifest and the folder
     cfg3 = _write(tmp_path, lr=3e-4, variants='["original", "prune-0.5"]')
     rep = build_into(load_experiment(cfg3), cfg3.read_bytes(), out, console=Console(quiet=True))
-    assert rep.built == [] and sorted(rep.removed) == ["tf-shadow0-dynamic-int8.tflite", "tf-target-dynamic-int8.tflite"]
+    assert rep.built == [] and sorted(rep.removed) == [
+        "tf-shadow0-dynamic-int8.tflite",
+        "tf-target-dynamic-int8.tflite",
+    ]
     assert not (out / "artifacts" / "tf-target-dynamic-int8.tflite").exists()
 
     # a damaged artifact file is rebuilt, nothing else
@@ -127,7 +133,9 @@ def test_tiny_run_layout(tiny_run: Path) -> None:
     assert run.experiment.read_bytes() == TINY_TOML.read_bytes()
     exp = load_experiment(run.experiment)
     splits = run.load_splits()
-    assert [len(splits.target_in), len(splits.target_out), len(splits.shadow_in[0]), len(splits.shadow_out[0])] == [300] * 4
+    assert [
+        len(splits.target_in), len(splits.target_out), len(splits.shadow_in[0]), len(splits.shadow_out[0])
+    ] == [300] * 4
     m = run.load_manifest()
     planned, not_produced = plan(exp)
     assert [a.id for a in m.artifacts] == [p.id for p in planned]
@@ -135,7 +143,9 @@ def test_tiny_run_layout(tiny_run: Path) -> None:
     for a in m.artifacts:
         f = run.artifact_path(a)
         assert f.is_file() and f.stat().st_size == a.bytes and sha256_file(f) == a.sha256
-        assert a.id == f.name == f"{a.framework}-{'target' if a.role == 'target' else f'shadow{a.shadow}'}-{a.variant}.{a.format}"
+        assert a.id == f.name == (
+            f"{a.framework}-{'target' if a.role == 'target' else f'shadow{a.shadow}'}-{a.variant}.{a.format}"
+        )
         assert 0.0 <= a.host_accuracy["train"] <= 1.0 and 0.0 <= a.host_accuracy["test"] <= 1.0
         assert a.inputs and a.outputs and a.toolchain["python"]
     originals = [a for a in m.artifacts if a.variant == "original"]
@@ -146,7 +156,9 @@ def test_tiny_run_layout(tiny_run: Path) -> None:
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "harness.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "harness.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=300
+    )
 
 
 BAD_CONFIGS = {

@@ -13,7 +13,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from build_fixtures import tiny_run  # noqa: F401
 from compleak.rundir import RunDir
 
 pytestmark = pytest.mark.slow

@@ -146,7 +146,10 @@ def test_every_artifact_matches_the_torch_model_in_its_host_runtime(built) -> No
 
 def test_pruned_artifacts_have_the_configured_sparsity(built) -> None:
     exp, owner, out, arts, _ = built
-    for weights in (_onnx_weights(out / "torch-target-prune-0.5.onnx"), _ptl_weights(out / "torch-target-prune-0.5.ptl")):
+    for weights in (
+        _onnx_weights(out / "torch-target-prune-0.5.onnx"),
+        _ptl_weights(out / "torch-target-prune-0.5.ptl"),
+    ):
         assert len(weights) == 4  # 2 conv + 2 linear
         zeros = sum(int((w == 0).sum()) for w in weights.values())
         total = sum(w.size for w in weights.values())
@@ -158,7 +161,10 @@ def test_pruned_artifacts_have_the_configured_sparsity(built) -> None:
 
 def test_clustered_artifacts_have_at_most_k_values_per_weight_tensor(built) -> None:
     exp, owner, out, arts, _ = built
-    for weights in (_onnx_weights(out / "torch-target-cluster-4.onnx"), _ptl_weights(out / "torch-target-cluster-4.ptl")):
+    for weights in (
+        _onnx_weights(out / "torch-target-cluster-4.onnx"),
+        _ptl_weights(out / "torch-target-cluster-4.ptl"),
+    ):
         assert len(weights) == 4
         for name, w in weights.items():
             assert 2 <= len(np.unique(w)) <= 4, f"{name}: {len(np.unique(w))} unique values"

@@ -17,7 +17,7 @@ from devices.ondevice import compleak_runner as cr
 from compleak.rundir import sha256_file
 from harness.collect import collect_run
 from harness.errors import HarnessError
-from sshd_fixtures import SshServer, sshd_server  # noqa: F401
+from sshd_fixtures import SshServer
 
 TOML = """
 [experiment]

@@ -155,7 +155,9 @@ def test_image_missing_names_the_build_command(tmp_path: Path) -> None:
         containers.edge_up("edge-arm64", runtimes=["tflite-runtime==2.13.9"], engine="podman")
     exp = tmp_path / "exp.toml"
     exp.write_text('[export]\nframeworks = ["tf"]\n')
-    with pytest.raises(HarnessError, match=r"compleak-toolchain-tf:2.13.1 not found.*compleak images build toolchain-tf:2.13.1"):
+    with pytest.raises(
+        HarnessError, match=r"compleak-toolchain-tf:2.13.1 not found.*compleak images build toolchain-tf:2.13.1"
+    ):
         containers.build_in_container(exp, tmp_path / "run", container="toolchain-tf:2.13.1", engine="podman")
 
 

@@ -17,7 +17,11 @@ from harness.errors import HarnessError
 
 def _idx(arr: np.ndarray) -> bytes:
     """An IDX file (unsigned byte) as the MNIST/Fashion-MNIST distribution writes it."""
-    return struct.pack(">I", 0x0800 | arr.ndim) + struct.pack(f">{arr.ndim}I", *arr.shape) + arr.astype(np.uint8).tobytes()
+    return (
+        struct.pack(">I", 0x0800 | arr.ndim)
+        + struct.pack(f">{arr.ndim}I", *arr.shape)
+        + arr.astype(np.uint8).tobytes()
+    )
 
 
 def _fashion_dir(d: Path, n_train: int = 12, n_test: int = 5, gz: bool = True) -> tuple[np.ndarray, np.ndarray]:
@@ -56,7 +60,9 @@ def test_fashion_mnist_default_search_path() -> None:
 
 
 def test_fashion_mnist_errors_name_the_path_and_fix(tmp_path: Path) -> None:
-    with pytest.raises(HarnessError, match=r"not found in .*nothing; pass --data-dir FOLDER or set data.download = true"):
+    with pytest.raises(
+        HarnessError, match=r"not found in .*nothing; pass --data-dir FOLDER or set data.download = true"
+    ):
         load_dataset("fashion-mnist", tmp_path / "nothing")
     d = tmp_path / "bad"
     _fashion_dir(d)

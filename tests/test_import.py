@@ -20,7 +20,6 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from build_fixtures import tiny_run  # noqa: F401
 from compleak.rundir import Manifest, RunDir, Splits, load_results
 from harness.cli import app
 from harness.config import load_experiment
@@ -63,7 +62,7 @@ def write_csv(path: Path, members: np.ndarray, nonmembers: np.ndarray) -> Path:
 
 
 @pytest.fixture(scope="module")
-def tiny_config(tiny_run: Path, tmp_path_factory) -> Path:  # noqa: F811
+def tiny_config(tiny_run: Path, tmp_path_factory) -> Path:
     """The tiny run's experiment.toml with attack.fprs = [0.01]: its 300 non-members resolve FPR 0.01, not 0.001."""
     exp = load_experiment(tiny_run / "experiment.toml")
     exp.attack.fprs = [0.01]
@@ -73,7 +72,7 @@ def tiny_config(tiny_run: Path, tmp_path_factory) -> Path:  # noqa: F811
 
 
 @pytest.fixture(scope="module")
-def tiny_copy(tiny_run: Path, tmp_path_factory) -> Path:  # noqa: F811
+def tiny_copy(tiny_run: Path, tmp_path_factory) -> Path:
     """A private copy of the tiny run (this module collects and attacks it; other modules share the original)."""
     dest = tmp_path_factory.mktemp("built") / "tiny"
     shutil.copytree(tiny_run, dest, ignore=shutil.ignore_patterns("outputs", "attacks", "report"))
@@ -81,7 +80,7 @@ def tiny_copy(tiny_run: Path, tmp_path_factory) -> Path:  # noqa: F811
 
 
 @pytest.fixture(scope="module")
-def tiny_membership(tiny_run: Path, tmp_path_factory) -> dict[str, Path]:  # noqa: F811
+def tiny_membership(tiny_run: Path, tmp_path_factory) -> dict[str, Path]:
     """The tiny run's splits as import inputs: target id lists and a shadow membership CSV."""
     s = Splits.load(tiny_run / "splits.npz")
     d = tmp_path_factory.mktemp("membership")
@@ -222,7 +221,10 @@ def test_truncated_tflite(shipped, tmp_path):
     data = shipped["fp32"].read_bytes()
     bad.write_bytes(data[: len(data) // 2])
     line = one_line_error(
-        _import(tmp_path / "run", shipped, "--target", shipped["fp32"], "--target", f"{bad}:int8", "--shadow-arch", "cnn-small"),
+        _import(
+            tmp_path / "run", shipped, "--target", shipped["fp32"], "--target", f"{bad}:int8",
+            "--shadow-arch", "cnn-small",
+        ),
         str(bad),
     )
     assert "truncated" in line
@@ -257,13 +259,18 @@ def test_overlapping_membership_lists(shipped, tmp_path):
     overlap = tmp_path / "nonmembers.txt"
     overlap.write_text(shipped["nonmembers"].read_text() + "\n".join(members[:4]) + "\n")
     one_line_error(
-        _import(tmp_path / "run", shipped, "--target", shipped["fp32"], "--nonmembers", overlap, "--shadow-arch", "cnn-small"),
+        _import(
+            tmp_path / "run", shipped, "--target", shipped["fp32"], "--nonmembers", overlap,
+            "--shadow-arch", "cnn-small",
+        ),
         str(overlap), str(shipped["members"]), "share 4",
     )
 
 
 def test_shadow_membership_overlapping_the_target(shipped, tmp_path):
-    shadow = write_csv(tmp_path / "shadow.csv", np.array([int(shipped["members"].read_text().split()[0])]), np.array([]))
+    shadow = write_csv(
+        tmp_path / "shadow.csv", np.array([int(shipped["members"].read_text().split()[0])]), np.array([])
+    )
     one_line_error(
         _import(tmp_path / "run", shipped, "--target", shipped["fp32"], "--nonmembers", shipped["nonmembers"],
                 "--shadow", f"{shipped['fp32']}@0", "--shadow-members", shadow),
@@ -275,7 +282,9 @@ def test_preprocessing_of_the_wrong_shape(shipped, tmp_path):
     pre = tmp_path / "pre.toml"
     pre.write_text("resize = [16, 16]\nscale = 0.0625\n")
     line = one_line_error(
-        _import(tmp_path / "run", shipped, "--target", shipped["fp32"], "--preprocess", pre, "--shadow-arch", "cnn-small"),
+        _import(
+            tmp_path / "run", shipped, "--target", shipped["fp32"], "--preprocess", pre, "--shadow-arch", "cnn-small"
+        ),
         str(shipped["fp32"]), str(pre),
     )
     assert "resize = [8, 8]" in line
@@ -304,7 +313,9 @@ def test_image_folder_csv_membership_and_supplied_shadow(shipped, tmp_path):
         (folder / f"class{c}").mkdir(parents=True)
     for c in range(10):
         for i in np.flatnonzero(ds.y == c):
-            Image.fromarray((ds.x[i, :, :, 0] * 16).clip(0, 255).astype(np.uint8), mode="L").save(folder / f"class{c}" / f"{i:05d}.png")
+            Image.fromarray((ds.x[i, :, :, 0] * 16).clip(0, 255).astype(np.uint8), mode="L").save(
+                folder / f"class{c}" / f"{i:05d}.png"
+            )
     ids = np.random.default_rng(5).permutation(len(ds.y))  # ids index the folder's order (class, then file name)
     membership = write_csv(tmp_path / "membership.csv", ids[:300], ids[300:640])  # 300 members, 340 non-members
     shadow = write_csv(tmp_path / "shadow.csv", ids[640:900], ids[900:1160])
@@ -354,10 +365,14 @@ def test_extending_a_run(shipped, tmp_path):
     base = ["--nonmembers", shipped["nonmembers"], "--shadow-members", shipped["shadow"]]
     ok(_import(run, shipped, "--target", shipped["fp32"], "--shadow", shipped["fp32"], *base))
     one_line_error(
-        _import(run, shipped, "--target", f"{shipped['dynamic']}:dynamic-int8", "--shadow", f"{shipped['fp32']}:original@0", *base),
+        _import(
+            run, shipped, "--target", f"{shipped['dynamic']}:dynamic-int8", "--shadow", f"{shipped['fp32']}:original@0",
+            *base,
+        ),
         "dynamic-int8", "--shadow",
     )
-    ok(_import(run, shipped, "--target", f"{shipped['dynamic']}:dynamic-int8", "--shadow", f"{shipped['fp32']}:original@0",
+    ok(_import(run, shipped, "--target", f"{shipped['dynamic']}:dynamic-int8",
+               "--shadow", f"{shipped['fp32']}:original@0",
                "--shadow", f"{shipped['dynamic']}:dynamic-int8@0", *base))
     m = Manifest.load(run / "manifest.json")
     assert sorted(a.id for a in m.artifacts) == sorted(
@@ -382,7 +397,10 @@ def test_extending_a_run(shipped, tmp_path):
 def test_example_export_import_and_audit(tmp_path):
     shipped = tmp_path / "shipped"
     subprocess.run(
-        [sys.executable, str(EXAMPLE), "--out", str(shipped), "--members", "1000", "--examples", "3000", "--epochs", "2"],
+        [
+            sys.executable, str(EXAMPLE), "--out", str(shipped),
+            "--members", "1000", "--examples", "3000", "--epochs", "2",
+        ],
         check=True, capture_output=True, timeout=600,
     )
     config = tmp_path / "audit.toml"

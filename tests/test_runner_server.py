@@ -17,7 +17,7 @@ from devices.ondevice import compleak_runner as cr
 from devices.runner_server import RunnerServer, RunnerServerPool
 from devices.runners import PythonRunner
 from devices.uri import connect
-from sshd_fixtures import SshServer, sshd_server  # noqa: F401
+from sshd_fixtures import SshServer
 from test_local import record_for
 from test_runner import make_tflite_models
 
@@ -120,7 +120,7 @@ def test_protocol_version_mismatch_is_refused(tmp_path: Path) -> None:
 
 
 @pytest.mark.ssh
-def test_served_over_ssh_equals_local(sshd_server: SshServer, tfl: dict) -> None:  # noqa: F811
+def test_served_over_ssh_equals_local(sshd_server: SshServer, tfl: dict) -> None:
     rec = record_for(tfl["int8"])
     local = cr.load_model(str(tfl["int8"])).predict(tfl["x"])
     with connect(sshd_server.uri, identity=sshd_server.identity, known_hosts=sshd_server.known_hosts) as dev:
@@ -137,7 +137,7 @@ def test_served_over_ssh_equals_local(sshd_server: SshServer, tfl: dict) -> None
 
 
 @pytest.mark.ssh
-def test_hung_runner_over_ssh_is_abandoned_at_the_deadline(sshd_server: SshServer, tmp_path: Path) -> None:  # noqa: F811
+def test_hung_runner_over_ssh_is_abandoned_at_the_deadline(sshd_server: SshServer, tmp_path: Path) -> None:
     with connect(sshd_server.uri, identity=sshd_server.identity, known_hosts=sshd_server.known_hosts) as dev:
         hung = _fake_runner(tmp_path / "hung.py", cr.PROTOCOL)
         with RunnerServer(dev, [sys.executable], runner=hung) as server:

@@ -15,7 +15,7 @@ from devices.local import LocalDevice
 from devices.runners import PythonRunner, choose_runner
 from devices.ssh import SshDevice
 from devices.uri import connect
-from sshd_fixtures import SshServer, sshd_server  # noqa: F401
+from sshd_fixtures import SshServer
 from test_local import record_for
 from test_runner import make_tflite_models
 

@@ -97,7 +97,11 @@ def main() -> None:
     np.savez(args.out / "data.npz", x=x, y=y)
     (args.out / "members.txt").write_text("".join(f"{i}\n" for i in members))
     (args.out / "nonmembers.txt").write_text("".join(f"{i}\n" for i in nonmembers))
-    (args.out / "preprocess.toml").write_text('# raw uint8 pixels -> float32 in [0, 1], NHWC\nscale = 0.00392156862745098\nlayout = "NHWC"\n')
+    (args.out / "preprocess.toml").write_text(
+        '# raw uint8 pixels -> float32 in [0, 1], NHWC\n'
+        'scale = 0.00392156862745098\n'
+        'layout = "NHWC"\n'
+    )
     print(f"wrote {sorted(p.name for p in args.out.iterdir())} to {args.out}")
 
 
