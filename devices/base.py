@@ -100,15 +100,21 @@ class DeviceProcess(ABC):
 
     def ended_error(self, what: str) -> DeviceError:
         """A one-line error for a command that ended (or died) while ``what`` was going on."""
-        status = self.exit_status()
-        lines = [ln.strip() for ln in self.stderr_text().splitlines() if ln.strip()]
-        own = [ln[len("error: "):] for ln in lines if ln.startswith("error: ")]
-        detail = own[-1] if own else (lines[-1][:300] if lines else "no message")
-        if status in (-11, 139):
-            detail = f"the runtime crashed (segmentation fault): {detail}"
-        elif status is not None:
-            detail = f"exited with status {status}: {detail}"
+        detail = failure_detail(self.exit_status(), self.stderr_text())
         return DeviceError(f"{self.device_id}: {self.name} ended during {what}: {detail}")
+
+
+def failure_detail(status: int | None, stderr: str) -> str:
+    """Why a command failed, in one line: its own last ``error: ...`` line (the on-device runner's), else its last
+    stderr line with the exit status, a crash named as such."""
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+    own = [ln[len("error: "):].strip() for ln in lines if ln.startswith("error: ")]
+    if own:
+        return own[-1]
+    last = lines[-1][:300] if lines else "no message"
+    if status in (-11, 139):
+        return f"the runtime crashed (segmentation fault): {last}"
+    return f"exited with status {status}: {last}" if status is not None else last
 
 
 class StderrTail:

@@ -57,7 +57,6 @@ class RunnerServer:
         self._start_error: DeviceError | None = None
         self._stack = ExitStack()
         self._models = 0
-        self._model_path: str | None = None
 
     # ------------------------------------------------------------------ life cycle
 
@@ -121,7 +120,7 @@ class RunnerServer:
         return self._proc
 
     def _reply(self, what: str, deadline: float) -> tuple[dict[str, Any], bytes]:
-        """Read one framed reply (header, payload); raise DeviceError for ``ok: false`` replies."""
+        """Read one framed reply (header, payload); an ``ok: false`` reply raises its error (the process lives on)."""
         assert self._proc is not None
         size = int.from_bytes(self._proc.recv_exact(4, deadline), "big")
         if size > 1 << 24:
@@ -130,7 +129,7 @@ class RunnerServer:
         header = json.loads(self._proc.recv_exact(size, deadline).decode("utf-8"))
         payload = self._proc.recv_exact(int(header.get("bytes") or 0), deadline) if header.get("bytes") else b""
         if not header.get("ok"):
-            raise _RunnerFailed(str(header.get("error") or "the runner failed without a message"))
+            raise DeviceError(str(header.get("error") or "the runner failed without a message"))
         return header, payload
 
     def _request(self, header: dict[str, Any], payload: bytes, what: str, timeout_s: float
@@ -155,7 +154,6 @@ class RunnerServer:
         t0 = time.perf_counter()
         self.device.put(Path(artifact_file), remote)
         upload = time.perf_counter() - t0
-        self._model_path = remote
         header, _ = self._request({"op": "load", "model": remote, "runtime": runtime, "threads": threads,
                                    "layout": layout, "workspace": self.workspace, "remove_previous": True},
                                   b"", f"loading {Path(artifact_file).name}", timeout_s)
@@ -175,17 +173,6 @@ class RunnerServer:
             raise DeviceError(f"{self.device.id}: the runner returned {len(payload)} bytes as shape {shape} for "
                               f"{len(x)} queries")
         return np.frombuffer(payload, np.float32).reshape(shape), header
-
-    def unload(self) -> None:
-        """Drop the loaded model and delete its file from the workspace (closing the server removes it anyway)."""
-        if self._model_path and self.alive:
-            self._model_path = None
-            self._request({"op": "unload", "remove": True, "workspace": self.workspace}, b"", "unload", 60.0)
-        self._model_path = None
-
-
-class _RunnerFailed(DeviceError):
-    """The runner answered a request with an error (the artifact or input is at fault, the process lives on)."""
 
 
 class RunnerServerPool:

@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from compleak.rundir import ArtifactRecord
-from devices.base import Device, DeviceProperties
+from devices.base import Device, DeviceProperties, failure_detail
 from devices.errors import DeviceError
 from devices.ondevice import RUNNER_FILENAME, runner_path
 from devices.ondevice.compleak_runner import RUNTIMES_BY_FORMAT
@@ -229,9 +229,8 @@ class PythonRunner(Runner):
         timeout = self.timeout_s + self.per_query_timeout_s * len(x)
         res = device.run(argv, timeout=timeout)
         if not res.ok:
-            raise DeviceError(
-                f"{device.id}: {artifact.id} on {self.runtime} {self.runtime_version}: {_runner_error(res)}"
-            )
+            why = failure_detail(res.returncode, res.stderr.decode("utf-8", "replace") or res.text)
+            raise DeviceError(f"{device.id}: {artifact.id} on {self.runtime} {self.runtime_version}: {why}")
         t1 = time.perf_counter()
         if shared_out is None:
             device.get(remote_out, local_out)
@@ -260,18 +259,6 @@ def _detail(exc: DeviceError, device_id: str) -> str:
     """An error's message without its leading ``<device id>: `` (the caller puts the artifact there)."""
     text = str(exc)
     return text[len(device_id) + 2:] if text.startswith(f"{device_id}: ") else text
-
-
-def _runner_error(res: Any) -> str:
-    """The runner's own ``error: ...`` line, or the last stderr line (a crash, a missing module)."""
-    text = res.stderr.decode("utf-8", "replace")
-    for line in reversed(text.splitlines()):
-        if line.startswith("error: "):
-            return line[len("error: "):].strip()
-    last = res.last_error_line()
-    if res.returncode in (-11, 139):
-        return f"the runtime crashed (segmentation fault): {last}"
-    return f"runner exited with status {res.returncode}: {last}"
 
 
 def choose_runner(

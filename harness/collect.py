@@ -42,7 +42,6 @@ from compleak.rundir import (
     atomic_write_json,
     sha256_file,
 )
-from devices.errors import DeviceError
 from harness.errors import HarnessError
 
 DEFAULT_CHUNK = 32768
@@ -221,12 +220,6 @@ def collect_run(
         props = dev.properties()
         if dev.can_spawn and props.extra.get("python_cmd"):
             pool.adopt_default(props.extra["python_cmd"])  # the probe's name for that same interpreter
-        runners: dict[str, Any] = {}
-        for rec in todo:  # an artifact nothing here can run fails when its turn comes, after the others
-            try:
-                runners[rec.id] = choose_runner(dev, rec, binaries, props=props, batch_size=batch_size, pool=pool)
-            except DeviceError:
-                pass
         inputs = pending_inputs.result()
         total = int(sum(len(ids_of[r.id]) for r in todo))
         with Progress(
@@ -235,8 +228,7 @@ def collect_run(
         ) as progress:
             overall = progress.add_task(f"{device_id}", total=total)
             for rec in todo:
-                runner = runners.get(rec.id) or choose_runner(dev, rec, binaries, props=props, batch_size=batch_size,
-                                                              pool=pool)  # raises: nothing runs it here
+                runner = choose_runner(dev, rec, binaries, props=props, batch_size=batch_size, pool=pool)
                 written[rec.id] = _collect_one(rd, dev, runner, props, rec, ids_of[rec.id], inputs, batch_size,
                                                chunk_size, progress, overall)
         console.print(f"outputs of {len(records)} artifact(s) on {device_id}: {rd.outputs_dir(device_id)}")

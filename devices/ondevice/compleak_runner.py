@@ -19,7 +19,7 @@ Command line::
 ``in.npz`` holds ``x``: float32 [N, H, W, C] (NHWC, preprocessed). ``out.npz`` holds ``values`` float32 [N, C]
 (outputs dequantized to float), ``batch_seconds`` float64 [B] (wall seconds per invocation batch),
 ``batch_sizes`` int64 [B] and ``meta`` (a JSON string: runtime name/version, delegate, threads, batch size).
-With ``--serve`` one process answers a whole collection: framed ``load`` / ``infer`` / ``unload`` requests arrive
+With ``--serve`` one process answers a whole collection: framed ``load`` / ``infer`` requests arrive
 on stdin, queries are inferred batch by batch while the rest is still in transit, and replies go to stdout
 (runtime libraries that print to stdout are redirected to stderr); see :func:`serve`. Errors are printed as one
 line ``error: ...`` on stderr with exit status 3.
@@ -814,8 +814,7 @@ def serve(stdin: BinaryIO, stdout: BinaryIO, preload: Sequence[str] = ()) -> int
     Requests (header, then payload): ``{"op": "load", "model", "runtime", "threads", "layout", "workspace",
     "remove_previous"}`` (replaces the loaded model; the previous file is deleted when it lies in ``workspace``);
     ``{"op": "infer", "shape": [N, H, W, C], "bytes", "batch_size"}`` + float32 C-order rows, inferred batch by
-    batch while they arrive; ``{"op": "unload", "remove": bool, "workspace": dir}`` (the model file is deleted only
-    when it lies directly in ``dir``, the job workspace). Every reply is ``{"ok": true, ...}`` or
+    batch while they arrive. Every reply is ``{"ok": true, ...}`` or
     ``{"ok": false, "error": "..."}``; an infer reply carries float32 [N, C] outputs as its payload.
     The first message, sent once the ``preload`` runtimes (or formats) are imported, is a hello with the protocol
     version and the interpreter.
@@ -866,11 +865,6 @@ def serve(stdin: BinaryIO, stdout: BinaryIO, preload: Sequence[str] = ()) -> int
                 out = np.ascontiguousarray(values, dtype=np.float32).tobytes()
                 reply.update(shape=list(values.shape), bytes=len(out), meta=meta,
                              batch_seconds=list(model.batch_seconds), batch_sizes=list(model.batch_sizes))
-            elif op == "unload":
-                model = None
-                if model_path and req.get("remove"):
-                    _remove_in(model_path, req.get("workspace"))
-                model_path = ""
             else:
                 raise RunnerError(f"protocol error: unknown request {op!r}")
         except RunnerError as exc:
