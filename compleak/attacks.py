@@ -8,7 +8,8 @@ Model selection (hyper-parameters, epochs) and the threshold use a held-out part
 the split depends only on the membership vector and the seed, so every estimator of one run sees the same split
 (the MR stacking relies on this).
 
-- :class:`ThresholdAttack` -- per-class thresholds on a "lower means member" signal (entropy, modified entropy).
+- :class:`ThresholdAttack` -- a "lower means member" signal (entropy, modified entropy) ranked as it is; per-class
+  thresholds for the hard decision only.
 - :class:`LearnedAttack` -- logistic regression, random forest or MLP on a feature matrix (NR posterior features,
   SR1/SR2 features); hyper-parameters chosen by validation AUC.
 - :class:`FusionAttack` -- MR's two-branch MLP (PyTorch): one branch over per-variant membership probabilities
@@ -59,13 +60,16 @@ def _require_both(y: np.ndarray, what: str) -> None:
 
 
 class ThresholdAttack:
-    """Per-class threshold on a signal that is LOWER for members (entropy, modified entropy).
+    """Threshold attack on a signal that is LOWER for members (entropy, modified entropy), as in Song & Mittal
+    (2021) and the CompLeak authors' code.
 
-    ``fit`` picks, for every class ``c``, the threshold ``t_c`` maximising balanced accuracy of
-    ``signal <= t_c`` on the shadow examples of that class (a class without both members and non-members in the
-    shadow data falls back to the threshold fitted on all classes). ``score = t_label - signal``, so the
-    decision threshold is 0 (``threshold_ = 0``) and the score ranks examples for the AUC. Few parameters, so
-    it is fitted on all shadow examples.
+    The membership score is the raw signal negated, ``score = -signal``: the AUC and TPR@FPR rank examples by the
+    signal itself. Per-class thresholds are used only for the hard decision (balanced accuracy, epsilon bound):
+    ``fit`` picks, for every class ``c``, the threshold ``t_c`` maximising balanced accuracy of ``signal <= t_c`` on
+    the shadow examples of that class (a class without both members and non-members in the shadow data falls
+    back to the threshold fitted on all classes); :meth:`decide` returns ``signal <= t_label``. ``threshold_`` is
+    the all-class threshold on the score scale (``-t_global``). Few parameters, so it is fitted on all shadow
+    examples.
     """
 
     def __init__(self, n_classes: int) -> None:
@@ -81,13 +85,17 @@ class ThresholdAttack:
             m = labels == c
             if np.any(y[m] == 1) and np.any(y[m] == 0):
                 self.thresholds_[c] = -best_threshold(y[m], -signal[m])
-        self.threshold_ = 0.0
+        self.threshold_ = -float(global_t)
         self.selected_: dict[str, Any] = {"per_class_thresholds": [round(float(t), 6) for t in self.thresholds_]}
         return self
 
-    def score(self, signal: np.ndarray, labels: np.ndarray) -> np.ndarray:
-        """Membership score float64 [n] (``t_label - signal``)."""
-        return self.thresholds_[np.asarray(labels, dtype=np.int64)] - np.asarray(signal, np.float64)
+    def score(self, signal: np.ndarray) -> np.ndarray:
+        """Membership score float64 [n]: ``-signal`` (the raw signal's ranking)."""
+        return -np.asarray(signal, np.float64)
+
+    def decide(self, signal: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """Hard decisions bool [n] with the per-class thresholds: ``signal <= t_label``."""
+        return np.asarray(signal, np.float64) <= self.thresholds_[np.asarray(labels, dtype=np.int64)]
 
 
 # --------------------------------------------------------------------------- learned attacks

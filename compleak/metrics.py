@@ -13,6 +13,10 @@ attack for an arbitrary ordering inside a tie block (a plain sort would).
 
 An FPR ``alpha`` is *resolvable* only when ``n_nonmembers * alpha >= 1``: with fewer non-members no threshold can
 produce a false-positive rate that small other than 0, and the TPR is reported as ``None``.
+
+Privacy-auditing figures (as in DP auditing, Jagielski et al. 2020 / Nasr et al. 2021): :func:`eps_lower_bound` turns
+the attack's decisions at its shadow-chosen threshold into a lower bound on epsilon with Clopper-Pearson intervals,
+and :func:`per_class_auc` gives the AUC within each class (the most vulnerable classes first).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy.stats import beta, rankdata
 from sklearn.metrics import roc_auc_score, roc_curve
 
 
@@ -37,6 +42,8 @@ class AttackMetrics:
     n_nonmembers: int
     n_bootstrap: int
     roc: dict[str, list[float]] = field(default_factory=dict)
+    eps_lower_bound: dict[str, float] = field(default_factory=dict)
+    per_class: dict[str, object] | None = None
 
 
 def _check(y: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -142,6 +149,72 @@ def balanced_accuracy(y: np.ndarray, scores: np.ndarray, threshold: float) -> fl
     return float(0.5 * (np.mean(pred[y == 1]) + np.mean(~pred[y == 0])))
 
 
+def clopper_pearson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Two-sided Clopper-Pearson interval of a binomial proportion ``k / n`` at confidence ``level``:
+    ``(Beta.ppf(a/2; k, n-k+1), Beta.ppf(1-a/2; k+1, n-k))`` with ``a = 1 - level``; 0 / 1 at the ends."""
+    if n <= 0:
+        return 0.0, 1.0
+    a = 1.0 - level
+    lo = 0.0 if k <= 0 else float(beta.ppf(a / 2.0, k, n - k + 1))
+    hi = 1.0 if k >= n else float(beta.ppf(1.0 - a / 2.0, k + 1, n - k))
+    return lo, hi
+
+
+def eps_lower_bound(y: np.ndarray, decisions: np.ndarray, level: float = 0.95) -> dict[str, float]:
+    """Empirical epsilon lower bound of a membership decision rule, as in DP auditing.
+
+    ``decisions`` bool [n] (True = "member"), ``y`` int [n]. With Clopper-Pearson intervals (``level``, two-sided
+    per rate) ``[TPR_lo, TPR_hi]`` and ``[FPR_lo, FPR_hi]``, any (epsilon, 0)-DP training gives
+    ``TPR <= e^eps FPR`` and ``1 - FPR <= e^eps (1 - TPR)``, hence with confidence >= ``level``
+    ``eps >= max(0, log(TPR_lo / FPR_hi), log((1 - FPR_hi) / (1 - TPR_lo)))``. Returns that bound (``eps``) and
+    the rates and interval ends it came from.
+    """
+    y = np.asarray(y).astype(np.int64).ravel()
+    d = np.asarray(decisions, dtype=bool).ravel()
+    n1, n0 = int(np.sum(y == 1)), int(np.sum(y == 0))
+    tp, fp = int(np.sum(d & (y == 1))), int(np.sum(d & (y == 0)))
+    tpr_lo, tpr_hi = clopper_pearson(tp, n1, level)
+    fpr_lo, fpr_hi = clopper_pearson(fp, n0, level)
+    cands = [0.0]
+    if tpr_lo > 0.0 and fpr_hi > 0.0:
+        cands.append(float(np.log(tpr_lo / fpr_hi)))
+    if fpr_hi < 1.0 and tpr_lo < 1.0:
+        cands.append(float(np.log((1.0 - fpr_hi) / (1.0 - tpr_lo))))
+    return {
+        "eps": max(cands),
+        "level": level,
+        "tpr": tp / max(n1, 1),
+        "fpr": fp / max(n0, 1),
+        "tpr_lo": tpr_lo,
+        "tpr_hi": tpr_hi,
+        "fpr_lo": fpr_lo,
+        "fpr_hi": fpr_hi,
+    }
+
+
+def per_class_auc(y: np.ndarray, scores: np.ndarray, labels: np.ndarray, top: int = 10) -> dict[str, object]:
+    """AUC within each class that has members and non-members: ``{"auc": {class: auc}, "most_vulnerable":
+    [classes by AUC, highest first, at most 3], "n_classes": scored classes}``. With more than 20 classes only the
+    ``top`` most vulnerable are listed under ``auc``."""
+    y, s = _check(y, scores)
+    labels = np.asarray(labels, dtype=np.int64).ravel()
+    aucs: dict[int, float] = {}
+    for c in np.unique(labels):
+        m = labels == c
+        n1 = int(np.sum(y[m] == 1))
+        n0 = int(m.sum()) - n1
+        if n1 and n0:  # Mann-Whitney with mid-ranks: equals roc_auc_score (ties count one half), without its overhead
+            r = rankdata(s[m])
+            aucs[int(c)] = float((r[y[m] == 1].sum() - n1 * (n1 + 1) / 2.0) / (n1 * n0))
+    order = sorted(aucs, key=lambda c: (-aucs[c], c))
+    keep = order if len(order) <= 20 else order[:top]
+    return {
+        "auc": {str(c): round(aucs[c], 6) for c in sorted(keep)},
+        "most_vulnerable": order[:3],
+        "n_classes": len(aucs),
+    }
+
+
 def evaluate(
     y: np.ndarray,
     scores: np.ndarray,
@@ -149,15 +222,24 @@ def evaluate(
     fprs: list[float] | tuple[float, ...] = (0.001, 0.01),
     n_bootstrap: int = 200,
     seed: int = 0,
+    decisions: np.ndarray | None = None,
+    labels: np.ndarray | None = None,
 ) -> AttackMetrics:
-    """Every metric of one attack's target scores; ``threshold`` must have been chosen on shadow data."""
+    """Every metric of one attack's target scores; ``threshold`` must have been chosen on shadow data.
+
+    ``decisions`` bool [n]: the attack's own member/non-member decisions when they are not ``score >= threshold``
+    (per-class thresholds); balanced accuracy and the epsilon bound use them. ``labels`` int [n]: class labels,
+    for the per-class AUC."""
     y, s = _check(y, scores)
     n1, n0 = int(np.sum(y == 1)), int(np.sum(y == 0))
     resolvable = {fpr_key(a): fpr_resolvable(n0, a) for a in fprs}
+    dec = (s >= threshold) if decisions is None else np.asarray(decisions, dtype=bool)
+    if dec.shape != s.shape:
+        raise ValueError(f"decisions has {dec.size} entries but scores has {s.size}")
     return AttackMetrics(
         auc=roc_auc(y, s),
         auc_ci=bootstrap_auc_ci(y, s, n_bootstrap, seed),
-        balanced_accuracy=balanced_accuracy(y, s, threshold),
+        balanced_accuracy=float(0.5 * (np.mean(dec[y == 1]) + np.mean(~dec[y == 0]))),
         threshold=float(threshold),
         tpr_at_fpr={fpr_key(a): (tpr_at_fpr(y, s, a) if resolvable[fpr_key(a)] else None) for a in fprs},
         fpr_resolvable=resolvable,
@@ -165,4 +247,6 @@ def evaluate(
         n_nonmembers=n0,
         n_bootstrap=int(max(n_bootstrap, 0)),
         roc=roc_points(y, s),
+        eps_lower_bound=eps_lower_bound(y, dec),
+        per_class=None if labels is None else per_class_auc(y, s, labels),
     )

@@ -142,7 +142,8 @@ def sorted_features(
     ``reference`` posterior [M, C] is sorted ascending per row; every array in ``others`` (posteriors of other
     models on the same examples) and the one-hot label (when ``labels`` is given) are permuted by the *same*
     per-row indices and concatenated. With ``reference`` = original and ``others`` = [compressed] this is SR1,
-    adding ``labels`` gives SR2; with no ``others`` it is the NR posterior (with label) feature.
+    adding ``labels`` gives SR2; with no ``others`` it is the ML-Leaks-style sorted NR feature
+    (``sorted-posterior-*`` rows; CompLeak's own NR uses :func:`raw_features`).
     """
     order = np.argsort(reference, axis=1, kind="stable")
     parts = [np.take_along_axis(reference, order, axis=1)]
@@ -150,3 +151,15 @@ def sorted_features(
     if labels is not None:
         parts.append(np.take_along_axis(one_hot(labels, reference.shape[1]), order, axis=1))
     return np.concatenate(parts, axis=1)
+
+
+def raw_features(posterior_: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
+    """CompLeak's NR feature vector (the paper's train_based_1 / train_based_2), float64 [M, C (+ C)].
+
+    The posterior [M, C] as the model returned it, in class order (NOT sorted), followed by the one-hot label
+    [M, C] when ``labels`` is given. Contrast :func:`sorted_features` (ML-Leaks-style sorted posteriors).
+    """
+    p = np.asarray(posterior_, dtype=np.float64)
+    if labels is None:
+        return p.copy()
+    return np.concatenate([p, one_hot(labels, p.shape[1])], axis=1)

@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from devices.base import CommandResult, Device, DeviceProperties
+from devices.base import PRIVATE_BASE_CHECK, CommandResult, Device, DeviceProperties, _keyed, unsafe_base_error
 from devices.errors import DeviceError, UnreachableDevice
 
 WORKSPACE_BASE = "/data/local/tmp/compleak"
@@ -221,9 +221,13 @@ class AdbDevice(Device):
     # ------------------------------------------------------------------ shared behaviour, Android flavour
 
     def workspace_base(self) -> str:
-        """``/data/local/tmp/compleak`` or the configured ``base_dir`` (created if missing)."""
+        """``/data/local/tmp/compleak`` or the configured ``base_dir`` (created 0700 if missing; an existing one that
+        is a symlink, another user's or group/world-writable is refused, see ``devices.base.PRIVATE_BASE_CHECK``)."""
         base = (self.base_dir or WORKSPACE_BASE).rstrip("/") or "/"
-        self.run(["mkdir", "-p", "--", base], timeout=self.timeout).check(self.id, f"creating {base}")
+        res = self.run(["sh", "-c", f'b={shlex.quote(base)}; (umask 077; mkdir -p -- "$b") && {PRIVATE_BASE_CHECK}'],
+                       timeout=self.timeout)
+        unsafe_base_error(self.id, _keyed(res.text))
+        res.check(self.id, f"creating {base}")
         return base
 
     def python_command(self) -> list[str] | None:

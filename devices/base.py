@@ -135,6 +135,10 @@ class StderrTail:
         with self._lock:
             return self._buf.decode("utf-8", "replace")
 
+    def value(self) -> bytes:
+        with self._lock:
+            return bytes(self._buf)
+
 
 @dataclass
 class DeviceProperties:
@@ -251,18 +255,23 @@ class Device(ABC):
         return base
 
     def _base_script(self) -> str:
-        """POSIX shell that creates the workspace base and prints ``base=<absolute path>``."""
+        """POSIX shell that creates the workspace base (mode 0700) and prints ``base=<absolute path>``, or
+        ``unsafe_base=<path>`` and ``unsafe=<why>`` when an existing base is a symlink, not owned by the login user
+        or group/world-writable (see :data:`PRIVATE_BASE_CHECK`)."""
         if self.base_dir:
             q = shlex.quote(self.base_dir)
-            return f'mkdir -p -- {q} && b="$(cd -- {q} && pwd -P)" && echo "base=$b"'
+            return (f'b={q}; (umask 077; mkdir -p -- "$b") && {PRIVATE_BASE_CHECK} && '
+                    f'b="$(cd -- "$b" && pwd -P)" && echo "base=$b"')
         return (
             'b="${XDG_CACHE_HOME:-$HOME/.cache}/compleak"; '
-            'if mkdir -p "$b" 2>/dev/null && [ -w "$b" ]; then :; '
-            'else b="/tmp/compleak-$(id -un 2>/dev/null || echo user)"; mkdir -p "$b"; fi && echo "base=$b"'
+            'if (umask 077; mkdir -p "$b") 2>/dev/null && [ -w "$b" ]; then :; '
+            'else b="/tmp/compleak-$(id -un 2>/dev/null || echo user)"; (umask 077; mkdir -p "$b"); fi && '
+            f'{PRIVATE_BASE_CHECK} && echo "base=$b"'
         )
 
     def _make_workspace_base(self) -> str:
         res = self.shell(self._base_script(), timeout=30)
+        unsafe_base_error(self.id, _keyed(res.text))
         res.check(self.id, f"creating the workspace base directory {self.base_dir or '(default)'}")
         base = _keyed(res.text).get("base")
         if not base:
@@ -317,6 +326,7 @@ class Device(ABC):
             script += f'; p={p}; if [ -n "$p" ]; then "$p" - --probe || echo "probe_rc=$?"; fi'
         res = self.run(["sh", "-c", script], timeout=120, stdin=runner_source().encode() if fused else None)
         info = _keyed(res.text)
+        unsafe_base_error(self.id, info)
         if not info.get("base"):
             raise DeviceError(f"{self.id}: could not create a workspace base directory: {res.last_error_line()}")
         props.arch, props.hostname = info.get("arch") or None, info.get("host") or None
@@ -357,14 +367,80 @@ class Device(ABC):
             props.extra["probe_error"] = f"{' '.join(py)}: {res.last_error_line()}"
             return
         try:
-            probe = json.loads(lines[-1])
-        except json.JSONDecodeError:
-            props.extra["probe_error"] = f"unreadable probe output: {res.text[:200]!r}"
+            probe = json.loads(lines[-1][:1 << 16])
+        except (ValueError, RecursionError):
+            probe = None
+        runtimes = probe.get("runtimes", {}) if isinstance(probe, dict) else None
+        if not isinstance(runtimes, dict):  # the device's answer is untrusted: only the expected shape is used
+            props.extra["probe_error"] = f"unreadable probe output: {res.text[-200:]!r}"
             return
+        text = lambda v: v[:100] if isinstance(v, str) else None  # noqa: E731
         props.extra["python_cmd"] = py
-        props.python = probe.get("python")
-        props.numpy = probe.get("numpy")
-        props.runtimes = {k: v for k, v in probe.get("runtimes", {}).items() if v}
+        props.python = text(probe.get("python"))
+        props.numpy = text(probe.get("numpy"))
+        props.runtimes = {str(k)[:100]: text(v) for k, v in runtimes.items() if text(v)}
+
+
+#: POSIX shell (``$b`` is the base): fails, printing ``unsafe_base=`` and ``unsafe=<why>``, unless ``$b`` is a real
+#: directory owned by the login user and writable by nobody else
+PRIVATE_BASE_CHECK = (
+    '{ u=""; if [ -L "$b" ]; then u="a symlink"; elif [ ! -d "$b" ]; then u="not a directory"; '
+    'elif [ ! -O "$b" ]; then u="owned by another user"; '
+    'else m="$(stat -c %a "$b" 2>/dev/null || stat -f %Lp "$b" 2>/dev/null)"; '
+    'case "$m" in *[2367]?|*[2367]) u="group/world-writable (mode $m)";; esac; fi; '
+    '[ -z "$u" ] || { echo "unsafe_base=$b"; echo "unsafe=$u"; false; }; }'
+)
+
+#: name of the file in every job workspace that says which process owns it (JSON: pid, host, started)
+JOB_MARKER = ".compleak-job"
+
+
+def private_base_fix(path: str) -> str:
+    """The fix for an unsafe workspace base, for error messages."""
+    return (f"it may have been planted by another user: remove it (rm -rf -- {shlex.quote(path)}) or choose a "
+            f"private workspace base (TMPDIR for local, workspace= for a device)")
+
+
+def unsafe_base_error(device_id: str, info: dict[str, str]) -> None:
+    """Raise the one-line refusal for a base directory :data:`PRIVATE_BASE_CHECK` found unsafe (``info``: its
+    ``key=value`` output)."""
+    if info.get("unsafe"):
+        path = info.get("unsafe_base") or "(workspace base)"
+        raise DeviceError(f"{device_id}: workspace base {path} is {info['unsafe'][:80]}; {private_base_fix(path)}")
+
+
+def job_marker() -> bytes:
+    """Content of :data:`JOB_MARKER` for a job workspace created by this process."""
+    import os
+    import socket
+    import time
+
+    return json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                       "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}).encode()
+
+
+def is_stale_job(marker: bytes) -> bool:
+    """Whether a job workspace whose :data:`JOB_MARKER` holds ``marker`` was left by a process of this host that is
+    gone (killed mid-run). Workspaces of other hosts, of live processes or with an unreadable marker are kept."""
+    import os
+    import socket
+
+    try:
+        info = json.loads(marker[:4096].decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return False
+    if not isinstance(info, dict) or info.get("host") != socket.gethostname() or type(info.get("pid")) is not int:
+        return False
+    pid = info["pid"]
+    if pid <= 0 or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False  # exists (another user's): not ours to judge
+    return False
 
 
 def _keyed(text: str) -> dict[str, str]:

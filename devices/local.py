@@ -6,6 +6,7 @@ import getpass
 import os
 import shlex
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -15,7 +16,17 @@ from contextlib import contextmanager
 from typing import Iterator
 from pathlib import Path
 
-from devices.base import CommandResult, Device, DeviceProcess, DeviceProperties, StderrTail
+from devices.base import (
+    JOB_MARKER,
+    CommandResult,
+    Device,
+    DeviceProcess,
+    DeviceProperties,
+    StderrTail,
+    is_stale_job,
+    job_marker,
+    private_base_fix,
+)
 from devices.errors import DeviceError
 
 
@@ -50,9 +61,18 @@ class LocalDevice(Device):
         return [self.python or sys.executable]
 
     def put(self, local: Path, remote: str) -> None:
+        """Copy ``local`` to the new file ``remote`` (mode 0600): an existing name, a planted symlink included, is
+        never written through (``O_EXCL | O_NOFOLLOW``)."""
         try:
-            shutil.copyfile(local, remote)
+            fd = os.open(remote, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         except OSError as exc:
+            raise DeviceError(f"local: cannot create {remote} ({exc.strerror}); workspace files are always new "
+                              f"files, so something else put it there") from None
+        try:
+            with open(local, "rb") as src, os.fdopen(fd, "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+        except OSError as exc:
+            os.unlink(remote)
             raise DeviceError(f"local: cannot copy {local} to {remote} ({exc.strerror})") from None
 
     def get(self, remote: str, local: Path) -> None:
@@ -86,12 +106,88 @@ class LocalDevice(Device):
         props.extra["python_cmd"] = [sys.executable]
 
     def workspace_base(self) -> str:
+        """``base_dir`` or ``$TMPDIR/compleak-<user>``, created 0700. An existing one that is a symlink, not a
+        directory, not owned by this user or writable by group/others is refused with one line (another local
+        user could swap the job directories inside it)."""
         base = Path(self.base_dir) if self.base_dir else Path(tempfile.gettempdir()) / f"compleak-{getpass.getuser()}"
         try:
-            base.mkdir(parents=True, exist_ok=True, mode=0o700)
+            base.parent.mkdir(parents=True, exist_ok=True)
+            os.mkdir(base, 0o700)
+        except FileExistsError:
+            pass
         except OSError as exc:
             raise DeviceError(f"local: cannot create workspace base {base} ({exc.strerror})") from None
-        return os.path.realpath(base)
+        check_private_dir(str(base))
+        return os.path.join(os.path.realpath(base.parent), base.name)
+
+    @contextmanager
+    def workspace(self) -> Iterator[str]:
+        """A fresh ``BASE/job.<random>`` (``mkdtemp``: mode 0700, unpredictable name) holding a marker with this
+        process's pid; removed on exit. Job directories a killed run left behind (their pid is gone) are removed
+        first."""
+        base = self.workspace_base()
+        remove_stale_jobs(base)
+        try:
+            path = tempfile.mkdtemp(prefix="job.", dir=base)
+            fd = os.open(os.path.join(path, JOB_MARKER), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(job_marker())
+        except OSError as exc:
+            raise DeviceError(f"local: cannot create a workspace under {base} ({exc.strerror})") from None
+        try:
+            yield path
+        finally:
+            self.remove_workspace(path, base)
+
+    def remove_workspace(self, path: str, base: str) -> None:
+        """Delete a workspace made by :meth:`workspace` (never anything outside ``base``; symlinks not followed)."""
+        if not path.startswith(base.rstrip("/") + "/job.") or "/" in path[len(base.rstrip("/")) + 1:]:
+            raise DeviceError(f"local: refusing to remove {path!r}: not a workspace under {base}")
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def check_private_dir(path: str) -> None:
+    """Refuse (one-line :class:`DeviceError`) a workspace base that is a symlink, not a directory, not owned by
+    this user, or group/world-writable; the fix names the path."""
+    try:
+        st = os.lstat(path)
+    except OSError as exc:
+        raise DeviceError(f"local: cannot inspect workspace base {path} ({exc.strerror})") from None
+    why = ""
+    if stat.S_ISLNK(st.st_mode):
+        why = f"a symlink (to {os.readlink(path)!r:.80})"
+    elif not stat.S_ISDIR(st.st_mode):
+        why = "not a directory"
+    elif st.st_uid != os.geteuid():
+        why = f"owned by uid {st.st_uid}, not by you (uid {os.geteuid()})"
+    elif st.st_mode & 0o022:
+        why = f"group/world-writable (mode {stat.S_IMODE(st.st_mode):04o})"
+    if why:
+        raise DeviceError(f"local: workspace base {path} is {why}; {private_base_fix(path)}")
+
+
+def remove_stale_jobs(base: str) -> list[str]:
+    """Remove the ``job.*`` directories under ``base`` whose marker names a process of this host that is gone;
+    return their paths. Symlinks are never followed; anything unreadable is left alone."""
+    removed = []
+    try:
+        names = [n for n in os.listdir(base) if n.startswith("job.")]
+    except OSError:
+        return removed
+    for name in names:
+        path = os.path.join(base, name)
+        try:
+            if not stat.S_ISDIR(os.lstat(path).st_mode):
+                continue
+            fd = os.open(os.path.join(path, JOB_MARKER), os.O_RDONLY | os.O_NOFOLLOW)
+            with os.fdopen(fd, "rb") as fh:
+                marker = fh.read(4096)
+        except OSError:
+            continue
+        if is_stale_job(marker):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
 
 
 class LocalProcess(DeviceProcess):

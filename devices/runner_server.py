@@ -18,7 +18,7 @@ import json
 import time
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -26,6 +26,27 @@ from devices.base import Device, DeviceProcess
 from devices.errors import DeviceError
 from devices.ondevice import RUNNER_FILENAME, runner_path
 from devices.ondevice.compleak_runner import BOOTSTRAP, PROTOCOL, frame
+
+#: largest reply header accepted (bytes of JSON); an infer reply may add 64 bytes per query row (batch timings)
+MAX_HEADER_BYTES = 1 << 20
+#: class count assumed for bounding an infer reply when the manifest does not state the model's output size
+MAX_CLASSES = 1 << 16
+#: largest infer reply payload accepted when the class count is unknown (bytes)
+MAX_PAYLOAD_BYTES = 1 << 30
+#: seconds to wait for a runner's hello (interpreter start, NumPy and runtime imports) unless told otherwise
+DEFAULT_START_TIMEOUT_S = 30.0
+
+
+def _short(value: Any) -> str:
+    """``repr`` of an untrusted value, cut to 60 characters (for one-line errors)."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    """An untrusted message as one line of at most ``limit`` characters."""
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 class RunnerServer:
@@ -39,12 +60,13 @@ class RunnerServer:
         python: argv prefix that starts the device's Python (None: ``device.default_python_argv()``, the
             interpreter the probe reports, so the server can start before the probe has answered).
         preload: runtimes or formats whose runtime to import before the runner says hello (e.g. ``["tflite"]``).
-        hello_timeout_s: seconds to wait for the runner to start (interpreter + imports).
+        hello_timeout_s: seconds to wait for the runner to start (interpreter + imports; ``collect
+            --start-timeout``); a runner that says nothing by then is stopped with a one-line error.
         runner: host path of the runner source (default: this release's ``compleak_runner.py``).
     """
 
     def __init__(self, device: Device, python: Sequence[str] | None = None, preload: Sequence[str] = (),
-                 hello_timeout_s: float = 300.0, runner: Path | None = None) -> None:
+                 hello_timeout_s: float = DEFAULT_START_TIMEOUT_S, runner: Path | None = None) -> None:
         self.device = device
         self.runner = Path(runner) if runner else runner_path()
         self.python = list(python) if python else device.default_python_argv()
@@ -108,8 +130,23 @@ class RunnerServer:
             raise self._start_error
         if self.hello is None:
             t0 = time.perf_counter()
-            hello, _ = self._reply("start-up", time.monotonic() + self.hello_timeout_s)
+            deadline = time.monotonic() + self.hello_timeout_s
+            try:
+                hello, _ = self._reply("start-up", deadline, max_header=1 << 16)
+            except DeviceError:
+                if time.monotonic() < deadline or self._proc is None:
+                    raise  # it ended, crashed or spoke garbage: that error says why
+                self._proc.close(timeout=0.0)
+                raise DeviceError(
+                    f"{self.device.id}: the runner did not start within {self.hello_timeout_s:g}s (no hello from "
+                    f"{RUNNER_FILENAME}; last stderr: {_one_line(self._proc.stderr_text()[-300:]) or 'none'}); "
+                    f"check the device's Python and runtimes with `compleak devices probe {self.device.id}` or "
+                    f"raise --start-timeout"
+                ) from None
             self.startup_wait_seconds = time.perf_counter() - t0
+            if hello.get("hello") != "compleak-runner" or type(hello.get("protocol")) is not int:
+                raise self._garbled("start-up", f"a hello without 'hello': 'compleak-runner' and an integer "
+                                                f"protocol: {_short(hello)}")
             if hello.get("protocol") != PROTOCOL:
                 self._proc.close(timeout=0.0)  # it would not understand a request: stop it now
                 raise DeviceError(
@@ -119,27 +156,68 @@ class RunnerServer:
             self.hello = hello
         return self._proc
 
-    def _reply(self, what: str, deadline: float) -> tuple[dict[str, Any], bytes]:
-        """Read one framed reply (header, payload); an ``ok: false`` reply raises its error (the process lives on)."""
+    def _stop(self) -> None:
+        """Stop the runner now (its stream is out of step); the pool starts a fresh one for the next artifact."""
+        if self._proc is not None:
+            try:
+                self._proc.close(timeout=0.0)
+            except DeviceError:
+                pass
+
+    def _garbled(self, what: str, why: str) -> DeviceError:
+        """Stop the runner (its stream is out of step) and return the one-line error for a malformed reply."""
+        self._stop()
+        return DeviceError(f"{self.device.id}: the runner's reply to {what} is garbled ({why}); something on the "
+                           f"device writes to the runner's stdout or it is not compleak's runner; rerun collect "
+                           f"(a fresh runner is started)")
+
+    def _reply(self, what: str, deadline: float, max_payload: int = 0, max_header: int = MAX_HEADER_BYTES,
+               check: Callable[[dict[str, Any]], None] | None = None) -> tuple[dict[str, Any], bytes]:
+        """Read one framed reply (header, payload); an ``ok: false`` reply raises its error (the process lives on).
+
+        Every byte is untrusted: the header is at most ``max_header`` bytes of JSON holding an object with a boolean
+        ``ok`` and a non-negative integer ``bytes``, and the payload at most ``max_payload`` bytes. Anything else
+        stops the runner and raises one line. ``check`` sees a successful reply's header before its payload is read.
+        """
         assert self._proc is not None
         size = int.from_bytes(self._proc.recv_exact(4, deadline), "big")
-        if size > 1 << 24:
-            raise DeviceError(f"{self.device.id}: the runner's reply to {what} is garbled (a {size}-byte header); "
-                              f"something on the device writes to its stdout")
-        header = json.loads(self._proc.recv_exact(size, deadline).decode("utf-8"))
-        payload = self._proc.recv_exact(int(header.get("bytes") or 0), deadline) if header.get("bytes") else b""
-        if not header.get("ok"):
-            raise DeviceError(str(header.get("error") or "the runner failed without a message"))
+        if not 0 < size <= max_header:
+            raise self._garbled(what, f"a {size}-byte header, at most {max_header} expected")
+        try:
+            header = json.loads(self._proc.recv_exact(size, deadline).decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError):
+            raise self._garbled(what, "a header that is not JSON") from None
+        if not isinstance(header, dict):
+            raise self._garbled(what, f"a JSON {type(header).__name__} header instead of an object")
+        ok, nbytes = header.get("ok"), header.get("bytes", 0)
+        if not isinstance(ok, bool):
+            raise self._garbled(what, "no true/false 'ok' in the header")
+        if nbytes is None:
+            nbytes = 0
+        if type(nbytes) is not int or nbytes < 0:
+            raise self._garbled(what, f"'bytes' is {_short(nbytes)}, not a byte count")
+        if not ok:
+            if nbytes:
+                raise self._garbled(what, "an error reply with a payload")
+            error = header.get("error")
+            raise DeviceError(_one_line(error) if isinstance(error, str) and error.strip()
+                              else "the runner failed without a message")
+        if check is not None:
+            check(header)
+        if nbytes > max_payload:
+            raise self._garbled(what, f"a {nbytes}-byte payload, at most {max_payload} expected")
+        payload = self._proc.recv_exact(nbytes, deadline) if nbytes else b""
         return header, payload
 
-    def _request(self, header: dict[str, Any], payload: bytes, what: str, timeout_s: float
+    def _request(self, header: dict[str, Any], payload: bytes, what: str, timeout_s: float, max_payload: int = 0,
+                 max_header: int = MAX_HEADER_BYTES, check: Callable[[dict[str, Any]], None] | None = None
                  ) -> tuple[dict[str, Any], bytes]:
         proc = self.ready()
         deadline = time.monotonic() + timeout_s
         proc.send(frame(header), deadline)
         if payload:
             proc.send(payload, deadline)
-        return self._reply(what, deadline)
+        return self._reply(what, deadline, max_payload, max_header, check)
 
     def load(self, artifact_file: Path, fmt: str, runtime: str, threads: int | None = None, layout: str = "auto",
              timeout_s: float = 600.0) -> dict[str, Any]:
@@ -160,18 +238,46 @@ class RunnerServer:
         header["upload_seconds"] = upload
         return header
 
-    def infer(self, x: np.ndarray, batch_size: int, timeout_s: float) -> tuple[np.ndarray, dict[str, Any]]:
+    def infer(self, x: np.ndarray, batch_size: int, timeout_s: float, n_classes: int | None = None
+              ) -> tuple[np.ndarray, dict[str, Any]]:
         """Outputs float32 [M, C] of the loaded model for queries ``x`` float32 [M, H, W, C], and the reply header
-        (``meta``, ``batch_seconds``, ``batch_sizes``)."""
+        (``meta``, ``batch_seconds``, ``batch_sizes``).
+
+        ``n_classes`` (C, when the manifest knows it) bounds the reply exactly: ``M * C * 4`` payload bytes; else at
+        most ``M * MAX_CLASSES * 4`` (and :data:`MAX_PAYLOAD_BYTES`). A reply of another shape, or one whose header
+        fields have the wrong types, is refused with one line.
+        """
         x = np.ascontiguousarray(x, dtype=np.float32)
         body = memoryview(x).cast("B") if x.size else b""
+        m = len(x)
+        what = f"inference on {m} queries"
+        limit = 4 * m * n_classes if n_classes else min(4 * m * MAX_CLASSES, MAX_PAYLOAD_BYTES)
+
+        def check(header: dict[str, Any]) -> None:  # before the payload is read: a wrong shape is not read at all
+            shape = header.get("shape")
+            if not (isinstance(shape, list) and len(shape) == 2 and all(type(d) is int for d in shape)):
+                raise self._garbled(what, f"output shape {_short(shape)}, not [rows, classes]")
+            if shape[0] != m or shape[1] < 1 or (n_classes and shape[1] != n_classes):
+                self._stop()
+                want = f"[{m}, {n_classes}]" if n_classes else f"[{m}, C >= 1]"
+                raise DeviceError(
+                    f"{self.device.id}: the runner returned outputs of shape {shape} for {m} queries, expected "
+                    f"{want}; the artifact does not match the manifest or the device runtime is broken; nothing was "
+                    f"stored")
+            if header.get("bytes") != 4 * shape[0] * shape[1]:
+                raise self._garbled(what, f"a {header.get('bytes')}-byte payload for float32 outputs of shape {shape}")
+
         header, payload = self._request(
             {"op": "infer", "shape": list(x.shape), "bytes": x.nbytes, "batch_size": batch_size},
-            body, f"inference on {len(x)} queries", timeout_s)  # type: ignore[arg-type]
-        shape = [int(d) for d in header.get("shape", [])]
-        if len(shape) != 2 or shape[0] != len(x) or len(payload) != 4 * shape[0] * shape[1]:
-            raise DeviceError(f"{self.device.id}: the runner returned {len(payload)} bytes as shape {shape} for "
-                              f"{len(x)} queries")
+            body, what, timeout_s, max_payload=limit, max_header=MAX_HEADER_BYTES + 64 * m,  # type: ignore[arg-type]
+            check=check)
+        shape = header["shape"]
+        for key, kind in (("meta", dict), ("batch_seconds", list), ("batch_sizes", list)):
+            if not isinstance(header.get(key, kind()), kind):
+                raise self._garbled(what, f"{key!r} is {_short(header.get(key))}, not a {kind.__name__}")
+        header["batch_seconds"] = [float(v) for v in header.get("batch_seconds", [])
+                                   if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        header["batch_sizes"] = [v for v in header.get("batch_sizes", []) if type(v) is int]
         return np.frombuffer(payload, np.float32).reshape(shape), header
 
 
@@ -183,8 +289,9 @@ class RunnerServerPool:
     reported for that same interpreter.
     """
 
-    def __init__(self, device: Device) -> None:
+    def __init__(self, device: Device, start_timeout_s: float = DEFAULT_START_TIMEOUT_S) -> None:
         self.device = device
+        self.start_timeout_s = start_timeout_s  # seconds each runner may take to say hello
         self._servers: dict[tuple[str, ...], RunnerServer] = {}
 
     def start_default(self, preload: Sequence[str] = ()) -> RunnerServer:
@@ -206,7 +313,7 @@ class RunnerServerPool:
         if server is not None:
             server.close()
             self._servers = {k: v for k, v in self._servers.items() if v is not server}
-        server = RunnerServer(self.device, python, preload).start()
+        server = RunnerServer(self.device, python, preload, hello_timeout_s=self.start_timeout_s).start()
         self._servers[key] = server
         return server
 

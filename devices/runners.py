@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import tempfile
 import time
+import zipfile
 from contextlib import ExitStack, contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -179,7 +180,8 @@ class PythonRunner(Runner):
             started = utc_now()
             t0 = time.perf_counter()
             try:
-                values, reply = server.infer(x, self.batch_size, self.timeout_s + self.per_query_timeout_s * len(x))
+                values, reply = server.infer(x, self.batch_size, self.timeout_s + self.per_query_timeout_s * len(x),
+                                             n_classes=output_classes(artifact))
             except DeviceError as exc:
                 raise DeviceError(f"{where}: {_detail(exc, device.id)}") from None
             wall = time.perf_counter() - t0
@@ -241,18 +243,33 @@ class PythonRunner(Runner):
                 batch_seconds = z["batch_seconds"].tolist()
                 batch_sizes = z["batch_sizes"].tolist()
                 meta = json.loads(str(z["meta"]))
-        except (OSError, KeyError, ValueError, EOFError) as exc:
-            raise DeviceError(f"{device.id}: {artifact.id}: unreadable runner output ({exc}); rerun collect") from None
-        if values.ndim != 2 or len(values) != len(x):
+        except (OSError, KeyError, ValueError, EOFError, TypeError, MemoryError, zipfile.BadZipFile) as exc:
+            why = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
+            raise DeviceError(f"{device.id}: {artifact.id}: unreadable runner output ({why}); rerun collect") from None
+        classes = output_classes(artifact)
+        if values.ndim != 2 or len(values) != len(x) or values.shape[1] < 1 or (classes and values.shape[1] != classes):
             raise DeviceError(
-                f"{device.id}: {artifact.id}: runner returned shape {list(values.shape)} for {len(x)} queries"
+                f"{device.id}: {artifact.id}: runner returned shape {list(values.shape)} for {len(x)} queries, "
+                f"expected [{len(x)}, {classes or 'C >= 1'}]; the artifact does not match the manifest or the "
+                f"device runtime is broken"
             )
+        if not isinstance(meta, dict):
+            meta = {}
         prov = self._provenance(
             meta, batch_seconds, batch_sizes, meta.get("python"), meta.get("numpy"), "archive files", started, notes,
             load_seconds=meta.get("load_seconds"), upload_seconds=upload_model_s + t_up, download_seconds=t_down,
             command_seconds=res.seconds, wall_seconds=time.perf_counter() - t0 + upload_model_s,
         )
         return values, prov
+
+
+def output_classes(artifact: ArtifactRecord) -> int | None:
+    """Values per query C of the artifact's first output as the manifest states it (``[N, d1, ...]``: the product of
+    the non-batch dimensions, as the runner flattens them), else None (a dynamic or missing dimension)."""
+    shape = artifact.outputs[0].shape if artifact.outputs else []
+    if len(shape) < 2 or any(d <= 0 for d in shape[1:]):
+        return None
+    return int(np.prod(shape[1:]))
 
 
 def _detail(exc: DeviceError, device_id: str) -> str:

@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from devices.base import CommandResult, Device, DeviceProcess, StderrTail
+from devices.base import JOB_MARKER, CommandResult, Device, DeviceProcess, StderrTail, is_stale_job, job_marker
 from devices.errors import DeviceError, UnreachableDevice
 
 try:
@@ -91,6 +91,10 @@ class SshDevice(Device):
     """A device reached over SSH. See the module docstring for the security rules."""
 
     can_spawn = True
+    #: most bytes of stdout one :meth:`run` accepts (stderr: its last this many bytes are kept)
+    max_output_bytes: int = 64 << 20
+    #: most bytes :meth:`get` downloads
+    max_file_bytes: int = 2 << 30
     fuse_probe = True  # every exec costs a channel and a login shell: probe system facts and runtimes at once
 
     def __init__(
@@ -228,8 +232,8 @@ class SshDevice(Device):
             chan = self._transport().open_session(timeout=min(30.0, timeout))
         except (paramiko.SSHException, OSError, EOFError) as exc:
             raise DeviceError(f"{self.id}: ssh connection lost ({_one_line(exc)}); rerun to resume") from None
-        out: list[bytes] = []
-        err: list[bytes] = []
+        out = _BoundedSink(self.max_output_bytes)
+        err = StderrTail(self.max_output_bytes)  # stderr only ever serves error messages: its tail is kept
         try:
             chan.exec_command(command)
             # stdout and stderr are read on threads from the start, so neither fills its window and blocks the
@@ -244,7 +248,7 @@ class SshDevice(Device):
                 if stdin:  # a command that exits early takes less; its status and stderr tell why
                     self._send(chan, stdin, deadline, argv[0], timeout)
                 chan.shutdown_write()
-                while not chan.exit_status_ready() and any(p.is_alive() for p in pumps):
+                while not chan.exit_status_ready() and any(p.is_alive() for p in pumps) and not out.over:
                     chan.status_event.wait(0.25)  # both streams closed: the exit status follows, or never comes
                     if not chan.exit_status_ready():
                         self._check_alive(deadline, argv[0], timeout)
@@ -252,8 +256,15 @@ class SshDevice(Device):
                     pump.join(timeout=max(0.0, min(30.0, deadline - time.monotonic())))
             finally:
                 stop.set()
+                if out.over:
+                    chan.close()  # stop reading a reply that is too long; the command gets a hangup
                 for pump in pumps:
                     pump.join(timeout=5)
+            if out.over:
+                raise DeviceError(
+                    f"{self.id}: '{argv[0]}' printed more than {self.max_output_bytes} bytes, more than any compleak "
+                    f"command answers; something on the device is wrong (a login script printing to stdout?)"
+                )
             if not chan.exit_status_ready():
                 chan.status_event.wait(max(0.0, min(30.0, deadline - time.monotonic())))
             if not chan.exit_status_ready():
@@ -269,7 +280,8 @@ class SshDevice(Device):
                               f"rerun to resume") from None
         finally:
             chan.close()
-        return CommandResult(list(map(str, argv)), status, b"".join(out), b"".join(err), time.perf_counter() - t0)
+        return CommandResult(list(map(str, argv)), status, out.value(), err.value(),
+                             time.perf_counter() - t0)
 
     def _check_alive(self, deadline: float, what: str, timeout: float, late: str = "did not finish") -> None:
         """Raise a one-line DeviceError when the connection dropped or the command ran past its deadline."""
@@ -320,9 +332,12 @@ class SshDevice(Device):
         """
         base = self.workspace_base().rstrip("/")
         sftp = self._sftp_client()
-        path = f"{base}/job.{secrets.token_hex(6)}"
+        self._remove_stale_jobs(sftp, base)
+        path = f"{base}/job.{secrets.token_hex(8)}"
         try:
             sftp.mkdir(path, mode=0o700)
+            with sftp.open(f"{path}/{JOB_MARKER}", "wx") as fh:  # O_EXCL: never through an existing name
+                fh.write(job_marker())
         except (OSError, paramiko.SSHException, EOFError) as exc:
             raise DeviceError(f"{self.id}: cannot create a workspace under {base} ({_one_line(exc)})") from None
         try:
@@ -339,6 +354,25 @@ class SshDevice(Device):
             self._sftp_rmtree(self._sftp_client(), path)
         except (OSError, paramiko.SSHException, EOFError, DeviceError):
             pass  # the connection is gone; the original error matters more
+
+    def _remove_stale_jobs(self, sftp: Any, base: str) -> None:
+        """Remove ``BASE/job.*`` workspaces a killed collect of this host left (their marker's pid is gone here)."""
+        try:
+            entries = [e for e in sftp.listdir_attr(base) if e.filename.startswith("job.")
+                       and stat.S_ISDIR(e.st_mode or 0) and not stat.S_ISLNK(e.st_mode or 0)]
+        except (OSError, paramiko.SSHException, EOFError):
+            return
+        for entry in entries:
+            path = f"{base}/{entry.filename}"
+            try:
+                if stat.S_ISLNK(sftp.lstat(f"{path}/{JOB_MARKER}").st_mode or 0):
+                    continue
+                with sftp.open(f"{path}/{JOB_MARKER}", "r") as fh:
+                    marker = fh.read(4096)
+            except (OSError, paramiko.SSHException, EOFError):
+                continue
+            if is_stale_job(marker):
+                self.remove_workspace(path, base)
 
     def _sftp_rmtree(self, sftp: Any, path: str) -> None:
         for entry in sftp.listdir_attr(path):
@@ -370,10 +404,25 @@ class SshDevice(Device):
             ) from None
 
     def get(self, remote: str, local: Path) -> None:
+        """Copy ``remote`` to ``local``; at most :attr:`max_file_bytes` are read (a longer file is refused and the
+        partial copy deleted)."""
+        limit = self.max_file_bytes
         try:
-            self._sftp_client().get(remote, str(local))
+            with self._sftp_client().open(remote, "rb") as src, open(local, "wb") as dst:
+                src.prefetch()
+                got = 0
+                while block := src.read(min(1 << 20, limit + 1 - got)):
+                    got += len(block)
+                    if got > limit:
+                        raise DeviceError(f"{self.id}: {remote} is larger than {limit} bytes, more than any compleak "
+                                          f"output; not downloaded")
+                    dst.write(block)
         except (paramiko.SSHException, OSError, EOFError) as exc:
+            Path(local).unlink(missing_ok=True)
             raise DeviceError(f"{self.id}: download of {remote} failed ({_one_line(exc)})") from None
+        except DeviceError:
+            Path(local).unlink(missing_ok=True)
+            raise
 
 
 class SshProcess(DeviceProcess):
@@ -466,8 +515,26 @@ class SshProcess(DeviceProcess):
         return status
 
 
-def _drain(recv: Callable[[int], bytes], sink: "list[bytes] | StderrTail", stop: threading.Event) -> None:
-    """Read a channel stream until EOF (or until ``stop`` is set and the stream is idle)."""
+class _BoundedSink:
+    """Bytes of a stream up to ``limit``; ``over`` is set (and nothing more kept) once the stream passes it."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.size, self.over = limit, 0, False
+        self._parts: list[bytes] = []
+
+    def add(self, data: bytes) -> None:
+        if self.size + len(data) > self.limit:
+            self.over = True
+            return
+        self._parts.append(data)
+        self.size += len(data)
+
+    def value(self) -> bytes:
+        return b"".join(self._parts)
+
+
+def _drain(recv: Callable[[int], bytes], sink: "_BoundedSink | StderrTail", stop: threading.Event) -> None:
+    """Read a channel stream until EOF (or until ``stop`` is set and the stream is idle, or ``sink`` is full)."""
     while True:
         try:
             data = recv(1 << 16)
@@ -479,10 +546,9 @@ def _drain(recv: Callable[[int], bytes], sink: "list[bytes] | StderrTail", stop:
             return
         if not data:
             return
-        if isinstance(sink, list):
-            sink.append(data)
-        else:
-            sink.add(data)
+        sink.add(data)
+        if getattr(sink, "over", False):
+            return
 
 
 def _one_line(exc: BaseException) -> str:

@@ -55,10 +55,76 @@ class DeviceURI:
         return self.canonical
 
 
+_USER_NAME = re.compile(r"^[A-Za-z0-9._\-$+~\[\]]+$")  # what an error may show of a URI's user part
+_BAD_USER = re.compile(r"[\s/\\:@\x00-\x1f\x7f]")  # never in a (decoded) ssh user name
+_URI_IN_TEXT = re.compile(r"[A-Za-z][\w+.\-]*://[^\s'\"`<>()]*@")  # "scheme://user part@" in free text
+
+
+def _printable(text: str) -> str:
+    """``text`` with control characters (newlines, escapes) shown as ``\\xNN``: an error stays one line."""
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
+
+
+def _split_userinfo(text: str) -> tuple[str, str | None, str]:
+    """(before, userinfo, after) of a URI-like ``text``: ``userinfo`` is everything between ``://`` (or the start
+    when there is none) and the LAST ``@``, so a password holding ``@``, ``/``, ``:`` or ``%``-escapes stays inside
+    it; None when there is no ``@``."""
+    at = text.rfind("@")
+    if at < 0:
+        return text, None, ""
+    start = text.find("://")
+    start = start + 3 if 0 <= start < at else 0
+    return text[:start], text[start:at], text[at:]
+
+
+def mask_uri(uri: str) -> str:
+    """``uri`` as it may be shown in any message or log line: a password is replaced by ``***``, whatever it contains.
+
+    Everything between ``://`` and the last ``@`` is the user part; what follows its first ``:`` is a password and is
+    masked; a user part that is not a plain user name is masked whole. Works on unparsable text too (no ``://``:
+    from the start), and shows control characters as ``\\xNN``. Examples: ``ssh://pi:s/e@c:r@t@h:22`` ->
+    ``ssh://pi:***@h:22``; ``ssh://a%2Fb@h`` -> ``ssh://***@h``.
+    """
+    before, userinfo, after = _split_userinfo(str(uri))
+    if userinfo is None:
+        return _printable(before)
+    user, colon, _ = userinfo.partition(":")
+    if not _USER_NAME.match(user):
+        shown = "***"
+    else:
+        shown = f"{user}:***" if colon else user
+    return _printable(f"{before}{shown}{after}")
+
+
+def uri_secret(uri: str) -> str | None:
+    """The password part of ``uri`` (raw, as typed) or None: lets a caller scrub it from text it did not write."""
+    _, userinfo, _ = _split_userinfo(str(uri))
+    if userinfo is None or ":" not in userinfo:
+        return None
+    return userinfo.partition(":")[2] or None
+
+
+def mask_secrets(text: str, *uris: str) -> str:
+    """``text`` with every ``scheme://user:password@`` token masked (see :func:`mask_uri`) and every password of
+    ``uris`` (those with a ``://``; raw and %-decoded, when at least 3 characters) replaced by ``***``: the last line
+    of defence before a message is printed."""
+    out = str(text)
+    for uri in (u for u in uris if "://" in str(u)):
+        secret = uri_secret(uri)
+        for s in {secret, unquote(secret)} if secret else ():
+            if len(s) >= 3:
+                out = out.replace(s, "***")
+    return _URI_IN_TEXT.sub(lambda m: mask_uri(m.group(0)), out)
+
+
 def parse_device_uri(uri: str) -> DeviceURI:
-    """Parse a device id; raise :class:`DeviceError` (one line, with the accepted forms) when malformed."""
+    """Parse a device id; raise :class:`DeviceError` (one line, with the accepted forms) when malformed.
+
+    Messages show the URI through :func:`mask_uri` only, so a password never appears, whatever it contains. The
+    ssh user part ends at the LAST ``@`` (a ``@`` inside ``?python=`` must be written ``%40``).
+    """
     text = (uri or "").strip()
-    uri = re.sub(r"^(\w+://[^/@:]*):[^@/]*@", r"\1:***@", text)  # never echo a password
+    uri = mask_uri(text)  # the only form of the URI any message below shows
     if text in ("local", "local://"):
         return DeviceURI("local")
     if "://" not in text:
@@ -66,11 +132,20 @@ def parse_device_uri(uri: str) -> DeviceURI:
     scheme, rest = text.split("://", 1)
     scheme = scheme.lower()
     if scheme == "ssh":
+        _, userinfo, after = _split_userinfo(text)
+        if userinfo is not None and ":" in userinfo:
+            raise DeviceError(
+                f"'{uri}': never put a password in a device URI; name an environment variable in the config"
+            )
+        hostpart = after[1:] if userinfo is not None else rest
+        user = unquote(userinfo) if userinfo else None
+        if userinfo is not None and (not user or _BAD_USER.search(user)):
+            raise DeviceError(f"'{uri}': bad user name; use ssh://[user@]host[:port]")
         try:
-            parts = urlsplit(text)
+            parts = urlsplit("ssh://" + hostpart)  # the user part is gone: no message below can show it
             port = parts.port
         except ValueError as exc:
-            raise DeviceError(f"'{uri}': bad ssh URI ({exc}); use ssh://[user@]host[:port]") from None
+            raise DeviceError(f"'{uri}': bad ssh URI ({_printable(str(exc))}); use ssh://[user@]host[:port]") from None
         if not parts.hostname:
             raise DeviceError(f"'{uri}': no host name; use ssh://[user@]host[:port]")
         if parts.path not in ("", "/") or parts.fragment:
@@ -78,12 +153,10 @@ def parse_device_uri(uri: str) -> DeviceURI:
         query = parse_qs(parts.query, keep_blank_values=True)
         if set(query) - {"python"} or any(len(v) != 1 or not v[0] for v in query.values()):
             raise DeviceError(f"'{uri}': the only URI option is ?python=PATH (the device's Python interpreter)")
-        if parts.password:
-            raise DeviceError(
-                f"'{uri}': never put a password in a device URI; name an environment variable in the config"
-            )
-        user = unquote(parts.username) if parts.username else getpass.getuser()
-        return DeviceURI("ssh", host=parts.hostname, port=port or 22, user=user, python=query.get("python", [None])[0])
+        return DeviceURI(
+            "ssh", host=parts.hostname, port=port or 22, user=user or getpass.getuser(),
+            python=query.get("python", [None])[0],
+        )
     if scheme == "adb":
         serial = rest.rstrip("/")
         if not serial or not _SERIAL.match(serial):
@@ -96,6 +169,8 @@ def parse_device_uri(uri: str) -> DeviceURI:
         return DeviceURI("emulator", avd=avd)
     if scheme == "local":
         raise DeviceError(f"'{uri}': the local device takes no address; use local")
+    if not re.fullmatch(r"[a-z][a-z0-9+.\-]*", scheme):
+        raise DeviceError(f"'{uri}' is not a device URI; use {URI_HELP}")
     raise DeviceError(f"'{uri}': unknown device scheme '{scheme}'; use {URI_HELP}")
 
 

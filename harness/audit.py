@@ -11,23 +11,26 @@ interrupted audit never redoes finished work.
 from __future__ import annotations
 
 import time
+import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Self
+from typing import Any, Self
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
-from compleak.rundir import RunDir, load_results
+from compleak.rundir import RunDir, atomic_write_bytes, load_results
 from harness.config import Experiment, load_experiment
-from harness.errors import HarnessError
+from harness.errors import HarnessError, esc
+from harness.execution import ExecOptions, Executor, SerialExecutor, Unit, make_executor
 
 #: Relative cost of each stage, used for the progress bar and its time-remaining estimate (measured on the
 #: Fashion-MNIST default on 2 cores: the build dominates, attacks come second).
 STAGE_WEIGHT = {"build": 60.0, "collect": 8.0, "attack": 12.0, "compare": 1.0, "report": 2.0}
 DEMO_CONFIG = "fashion-default.toml"
+SEEDS_DIR = "seeds"  # experiment.seeds: RUN/seeds/<seed>/ is one complete run per seed
 
 
 @dataclass
@@ -41,6 +44,9 @@ class AuditDevice:
     trust_new_host: bool = False
     binaries: Path | None = None
     password_env: str | None = None  # name of an env var holding an ssh password (never the password itself)
+    resource: str | None = None  # Ray custom resource its collect actor is pinned to (``URI@ray:NAME``, docs/scale.md)
+    start_timeout: float = 30.0  # seconds its runner may take to start (collect_run's start_timeout; a loaded host)
+    batch_size: int = 512  # examples per device invocation (collect_run's batch_size; ``audit --batch-size``)
 
     def __post_init__(self) -> None:
         from devices.uri import parse_device_uri
@@ -72,14 +78,111 @@ def audit_devices(
                 trust_new_host=e.trust_new_host or trust_new_host,
                 binaries=Path(e.binaries).expanduser() if e.binaries else None,
                 password_env=e.password_env,
+                resource=e.resource,
             )
         )
-    for uri in cli_devices:
+    for given in cli_devices:
+        uri, resource = split_resource(given)
         if _canonical(uri) in seen:
             continue
         seen.add(_canonical(uri))
-        out.append(AuditDevice(uri, identity=identity, known_hosts=known_hosts, trust_new_host=trust_new_host))
+        out.append(AuditDevice(uri, identity=identity, known_hosts=known_hosts, trust_new_host=trust_new_host,
+                               resource=resource))  # fmt: skip
     return out
+
+
+RESOURCE_SUFFIX = "@ray:"
+
+
+def split_resource(given: str) -> tuple[str, str | None]:
+    """``URI@ray:NAME`` -> (URI, NAME): the device's collect actor runs on a Ray node offering custom resource
+    NAME (a phone farm's USB hub host). A plain URI -> (URI, None)."""
+    import re
+
+    from devices.uri import mask_uri  # error messages are printed literally (no esc), passwords masked
+
+    if RESOURCE_SUFFIX not in given:
+        return given, None
+    uri, name = given.rsplit(RESOURCE_SUFFIX, 1)
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name):
+        raise HarnessError(
+            f"--device {mask_uri(given[:120])}: '{mask_uri(name[:40])}' is not a Ray resource name; use letters, "
+            "digits, '_', '.', '-' (e.g. ssh://pi@board.lan@ray:hub-a)"
+        )
+    return uri, name
+
+
+# --------------------------------------------------------------------------- collect fan-out
+
+
+def _collect_unit(
+    run: str, device: AuditDevice, artifacts: list[str] | None, console: Console | None = None
+) -> tuple[str, int]:
+    """One collect unit: ``collect_run`` on one device (a Ray actor, or in-process); returns (device id, count)."""
+    from harness.collect import collect_run
+
+    written = collect_run(
+        run,
+        device.uri,
+        artifacts=artifacts,
+        identity=device.identity,
+        known_hosts=device.known_hosts,
+        trust_new_host=device.trust_new_host,
+        binaries=device.binaries,
+        batch_size=device.batch_size,
+        console=console or Console(quiet=True),
+        password_env=device.password_env,
+        start_timeout=device.start_timeout,
+    )
+    return device.device_id, len(written)
+
+
+def collect_units(
+    run: Path, devices: list[AuditDevice], shadows_on_devices: bool, in_process: bool, console: Console
+) -> list[Unit]:
+    """The collect units of an audit that have work left (:func:`harness.collect.collect_pending`): one per
+    device, as a Ray actor pinned by the device's resource, and the host (``local``) as a CPU task. The reference
+    (shadow) artifacts run only on the host unless ``shadows_on_devices``; the other devices run only the target
+    artifacts (the attack stage takes the shadows' outputs from the host). ``in_process``: the units run in this
+    process (serial executor) and print to ``console``."""
+    from compleak.rundir import RunDir
+    from harness.collect import collect_pending
+
+    run = Path(run).resolve()  # a worker's working directory is not the driver's
+    records = RunDir(run).load_manifest().artifacts
+    targets = [r.id for r in records if r.role == "target"]
+    kw: dict[str, Any] = {"console": console} if in_process else {}
+    units: list[Unit] = []
+    for d in devices:
+        host = d.device_id == "local"
+        ids = None if host or shadows_on_devices else targets
+        if not collect_pending(run, d.device_id, ids):
+            if in_process:  # as the serial collect says it
+                console.print(f"[green]all artifacts already collected on {esc(d.device_id)}[/]")
+            continue
+        units.append(Unit(f"collect {d.device_id}", _collect_unit, (str(run), d, ids), kw,
+                          num_cpus=1.0 if host else 0.0, resources={d.resource: 1.0} if d.resource else {},
+                          actor=not host))  # fmt: skip
+    return units
+
+
+def collect_devices(
+    run: Path,
+    devices: list[AuditDevice],
+    executor: Executor,
+    console: Console,
+    shadows_on_devices: bool = False,
+) -> dict[str, int]:
+    """Collect on every device at once (one actor per device; the host's reference outputs on CPU workers);
+    returns {device id: artifacts collected}. Serially (``--no-ray``) the devices are visited one after another."""
+    in_process = isinstance(executor, SerialExecutor)
+    units = collect_units(run, devices, shadows_on_devices, in_process, console)
+    done: dict[str, int] = {}
+    for unit, (device_id, n) in executor.run(units):
+        done[device_id] = done.get(device_id, 0) + n
+        if not in_process:
+            console.print(f"  collected {n} artifact(s): {esc(unit.key)}", highlight=False)
+    return done
 
 
 def _canonical(uri: str) -> str:
@@ -153,7 +256,7 @@ class _Stages:
         return time.strftime("%H:%M:%S", time.gmtime(round(left))).removeprefix("0")
 
     def run(self, name: str, weight: float, fn: Callable[[], object], skip: bool = False) -> object:
-        self.progress.update(self.task, description=f"{name}{' (up to date)' if skip else ''}")
+        self.progress.update(self.task, description=f"{esc(name)}{' (up to date)' if skip else ''}")
         t = time.monotonic()
         result = None if skip else fn()
         took = time.monotonic() - t
@@ -173,68 +276,129 @@ def _run_audit(
     out: Path | None,
     data_dir: Path | None,
     console: Console,
+    execution: ExecOptions | None = None,
+    shadows_on_devices: bool = False,
+    stage: StageOptions | None = None,
 ) -> Path:
-    from harness.attack_stage import attack_run
+    from harness.attack_stage import FitCache, attack_run
     from harness.build import build_run
-    from harness.collect import collect_run
     from harness.compare import compare_run
     from harness.report import write_report
 
     for d in devices:
         if d.trust_new_host:
             console.print(
-                f"[yellow]note[/]: {d.uri}: an unknown ssh host key will be accepted and recorded (--trust-new-host)"
+                f"[yellow]note[/]: {esc(d.uri)}: an unknown ssh host key will be accepted and recorded "
+                "(--trust-new-host)"
             )
     n = len(devices)
-    steps = [("build", STAGE_WEIGHT["build"])]
-    steps += [(f"collect {d.uri}", STAGE_WEIGHT["collect"]) for d in devices]
-    steps += [(f"attack {d.uri}", STAGE_WEIGHT["attack"]) for d in devices]
-    steps += [("compare", STAGE_WEIGHT["compare"]), ("report", STAGE_WEIGHT["report"])]
-    families = list(exp.attack.families)
+    stage = stage or StageOptions()
+    families = list(stage.families or exp.attack.families)
+    # one unit per seed (experiment.seeds: a complete run in RUN/seeds/<seed>/), else the run itself
+    if exp.experiment.seeds:
+        root = Path(out) if out is not None else Path("runs") / exp.experiment.name
+        units = [(f"seed {s}: ", cfg, cfg.parent) for s, cfg in prepare_seed_runs(experiment, root, exp)]
+    else:
+        root, units = (Path(out) if out is not None else None), [("", experiment, out)]
+    steps: list[tuple[str, float]] = []
+    for label, _, _ in units:
+        steps += [(f"{label}build", STAGE_WEIGHT["build"])]
+        steps += [(f"{label}collect ({n} device{'s' if n > 1 else ''})", STAGE_WEIGHT["collect"] * n)]
+        steps += [(f"{label}attack {d.uri}", STAGE_WEIGHT["attack"]) for d in devices]
+        steps += [(f"{label}compare", STAGE_WEIGHT["compare"]), (f"{label}report", STAGE_WEIGHT["report"])]
+    if exp.experiment.seeds:
+        steps += [("report across seeds", STAGE_WEIGHT["report"])]
     console.print(
-        f"audit [bold]{exp.experiment.name}[/]: {n} device{'s' if n > 1 else ''} "
-        f"({', '.join(d.uri for d in devices)}), attacks {', '.join(families)}"
-        f"{' + ' + ', '.join(exp.attack.baselines) if exp.attack.baselines else ''}",
+        f"audit [bold]{esc(exp.experiment.name)}[/]: {n} device{'s' if n > 1 else ''} "
+        f"({esc(', '.join(d.uri for d in devices))}), attacks {', '.join(families)}"
+        f"{' + ' + ', '.join(exp.attack.baselines) if exp.attack.baselines else ''}"
+        + (f", seeds {', '.join(map(str, exp.experiment.seeds))}" if exp.experiment.seeds else ""),
         highlight=False,
     )
-    with _Stages(console, steps) as st:
-        run = st.run(
-            "build",
-            STAGE_WEIGHT["build"],
-            lambda: build_run(
-                experiment, out=out, data_dir=data_dir, force=False, container=None, engine=None, console=console
-            ),
-        )
-        run = Path(run)  # type: ignore[arg-type]
-        for d in devices:
-            st.run(
-                f"collect {d.uri}",
-                STAGE_WEIGHT["collect"],
-                lambda d=d: collect_run(
-                    run,
-                    d.uri,
-                    artifacts=None,
-                    identity=d.identity,
-                    known_hosts=d.known_hosts,
-                    trust_new_host=d.trust_new_host,
-                    binaries=d.binaries,
-                    batch_size=512,
-                    console=console,
-                    password_env=d.password_env,
+    # one executor (embedded Ray, a cluster, or serial) for every stage of the audit; Ray starts on first use
+    logs_root = root if root is not None else Path("runs") / exp.experiment.name
+    with make_executor(execution or ExecOptions(serial=True), logs_root) as ex, _Stages(console, steps) as st:
+        for label, config, unit_out in units:
+            run = st.run(
+                f"{label}build",
+                STAGE_WEIGHT["build"],
+                lambda config=config, unit_out=unit_out: build_run(
+                    config, out=unit_out, data_dir=data_dir, force=stage.force, container=stage.container,
+                    engine=stage.engine, console=console, executor=ex,
                 ),
             )
-        for d in devices:
+            run = Path(run)  # type: ignore[arg-type]
             st.run(
-                f"attack {d.uri}",
-                STAGE_WEIGHT["attack"],
-                lambda d=d: attack_run(run, device=d.device_id, families=families, console=console),
-                skip=attack_is_current(run, d.device_id, families),
+                f"{label}collect ({n} device{'s' if n > 1 else ''})",
+                STAGE_WEIGHT["collect"] * n,
+                lambda run=run: collect_devices(run, devices, ex, console, shadows_on_devices),
             )
-        st.run("compare", STAGE_WEIGHT["compare"], lambda: compare_run(run, console=console))
-        index = st.run("report", STAGE_WEIGHT["report"], lambda: write_report(run, console=console))
+            fits = FitCache()  # attack groups fitted once, reused by every device's attack stage and by compare
+            for d in devices:
+                st.run(
+                    f"{label}attack {d.uri}",
+                    STAGE_WEIGHT["attack"],
+                    lambda d=d, run=run, fits=fits: attack_run(
+                        run, device=d.device_id, families=families, console=console, fits=fits
+                    ),
+                    skip=attack_is_current(run, d.device_id, families),
+                )
+            st.run(f"{label}compare", STAGE_WEIGHT["compare"],
+                   lambda run=run, fits=fits: compare_run(run, console=console, fits=fits))
+            index = st.run(f"{label}report", STAGE_WEIGHT["report"], lambda run=run: write_report(run, console=console))
+        if exp.experiment.seeds:
+            assert root is not None
+            index = st.run("report across seeds", STAGE_WEIGHT["report"], lambda: write_report(root, console=console))
     total = time.monotonic() - st.t0
-    console.print(f"audit finished in {total / 60:.1f} min; report: [bold]{index}[/]", highlight=False)
+    console.print(f"audit finished in {total / 60:.1f} min; report: [bold]{esc(index)}[/]", highlight=False)
     return Path(index)  # type: ignore[arg-type]
+
+
+def seed_config(config: bytes, seed: int) -> bytes:
+    """The experiment.toml of one seed's run: ``config`` with ``[experiment] seed = seed`` and no ``seeds`` list
+    (the same bytes for the same config and seed, so a rerun's build cache keys match). Comments are not kept."""
+    import tomli_w
+
+    raw = tomllib.loads(config.decode("utf-8"))
+    section = raw.setdefault("experiment", {})
+    section.pop("seeds", None)
+    section["seed"] = int(seed)
+    head = f"# seed {seed} of experiment.seeds in ../../experiment.toml (written by compleak audit)\n"
+    return (head + tomli_w.dumps(raw)).encode("utf-8")
+
+
+def prepare_seed_runs(experiment: Path, root: Path, exp: Experiment) -> list[tuple[int, Path]]:
+    """Write ``root/experiment.toml`` (the config as given) and, per seed of ``experiment.seeds``,
+    ``root/seeds/<seed>/experiment.toml`` (:func:`seed_config`); return [(seed, that config path)]. Files are
+    rewritten only when their content changes (the stages' resume keys on their mtimes)."""
+    def _write_if_changed(path: Path, data: bytes) -> None:
+        if not (path.is_file() and path.read_bytes() == data):
+            atomic_write_bytes(path, data)
+
+    config = Path(experiment).read_bytes()
+    root.mkdir(parents=True, exist_ok=True)
+    rd = RunDir(root)
+    if rd.experiment.resolve() != Path(experiment).resolve():
+        _write_if_changed(rd.experiment, config)
+    out = []
+    for seed in exp.experiment.seeds or []:
+        cfg = root / SEEDS_DIR / str(int(seed)) / "experiment.toml"
+        cfg.parent.mkdir(parents=True, exist_ok=True)
+        _write_if_changed(cfg, seed_config(config, seed))
+        out.append((int(seed), cfg))
+    return out
+
+
+@dataclass(frozen=True)
+class StageOptions:
+    """The stage options ``audit`` passes through: ``families`` to the attack stage (None: the config's
+    ``[attack] families``), ``batch_size`` to collect, ``force`` / ``container`` / ``engine`` to build."""
+
+    families: list[str] | None = None
+    batch_size: int = 512
+    force: bool = False
+    container: str | None = None
+    engine: str | None = None
 
 
 def audit_run(
@@ -246,6 +410,13 @@ def audit_run(
     known_hosts: Path | None = None,
     trust_new_host: bool = False,
     console: Console | None = None,
+    execution: ExecOptions | None = None,
+    shadows_on_devices: bool = False,
+    families: list[str] | None = None,
+    batch_size: int = 512,
+    force: bool = False,
+    container: str | None = None,
+    engine: str | None = None,
 ) -> Path:
     """build -> collect (every device; ``local`` always) -> attack -> compare -> report. Returns report/index.html.
 
@@ -255,11 +426,26 @@ def audit_run(
         out: run directory (default: the build stage's default, runs/<experiment name>).
         data_dir: where the dataset files are.
         identity / known_hosts / trust_new_host: ssh options for devices the config does not give them for.
+        execution: where units run (``harness.execution``; default serial in-process; the CLI's default is an
+            embedded Ray); devices collect in parallel under Ray.
+        shadows_on_devices: run the reference (shadow) artifacts on every device too (default: on the host only;
+            the attack stage takes their outputs from ``local``).
+        families: attack families (subset of NR, SR, MR; None: the config's ``[attack] families``).
+        batch_size: collect's examples per device invocation.
+        force / container / engine: the build stage's options (rebuild everything; build in a toolchain image).
     """
+    from harness.config import ATTACK_FAMILIES
+
+    bad = [f for f in families or [] if f not in ATTACK_FAMILIES]
+    if bad:  # before anything is built
+        raise HarnessError(f"--families: unknown attack families {bad}; choose from {', '.join(ATTACK_FAMILIES)}")
     console = console or Console()
     exp = load_experiment(experiment)
     devs = audit_devices(exp, list(devices), identity, known_hosts, trust_new_host)
-    return _run_audit(Path(experiment), exp, devs, out, data_dir, console)
+    for d in devs:
+        d.batch_size = int(batch_size)
+    stage = StageOptions(list(families) if families else None, int(batch_size), force, container, engine)
+    return _run_audit(Path(experiment), exp, devs, out, data_dir, console, execution, shadows_on_devices, stage)
 
 
 def demo_config() -> Path:
@@ -274,9 +460,12 @@ def demo_config() -> Path:
     raise HarnessError(f"the demo config {DEMO_CONFIG} is missing from this installation; reinstall compleak-harness")
 
 
-def demo_run(out: Path, data_dir: Path | None = None, console: Console | None = None) -> Path:
-    """The embedded default audit: Fashion-MNIST, ``cnn-small`` (TF-Lite and PyTorch/ExecuTorch variants), one shadow
-    model, device ``local``, NR / SR / MR (with and without the original) and RMIA. Returns report/index.html."""
+def demo_run(
+    out: Path, data_dir: Path | None = None, console: Console | None = None, execution: ExecOptions | None = None
+) -> Path:
+    """The embedded default audit: Fashion-MNIST, ``cnn-small`` (TF-Lite and PyTorch/ExecuTorch variants) sized so
+    the original overfits and leaks (300 members, 50 epochs, no regularisation), one shadow model, device ``local``,
+    NR (with SAMIA's perturbed queries) / SR / MR and RMIA / LiRA. Returns report/index.html."""
     from harness.data import load_dataset
 
     console = console or Console()
@@ -292,6 +481,6 @@ def demo_run(out: Path, data_dir: Path | None = None, console: Console | None = 
             f"the demo needs Fashion-MNIST, not found {where}; install it with "
             "'apt-get install dataset-fashion-mnist' (Debian) or pass --data-dir FOLDER holding the four IDX files"
         ) from None
-    index = _run_audit(config, exp, [AuditDevice("local")], Path(out), data_dir, console)
-    console.print(f"open the report in a browser: [bold]{index.resolve().as_uri()}[/]", highlight=False)
+    index = _run_audit(config, exp, [AuditDevice("local")], Path(out), data_dir, console, execution)
+    console.print(f"open the report in a browser: [bold]{esc(index.resolve().as_uri())}[/]", highlight=False)
     return index

@@ -23,14 +23,25 @@ from typing import Any, Callable
 
 import numpy as np
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from compleak.rundir import ArtifactRecord, ContractError, Manifest, RunDir, Splits, TensorSpec, atomic_write_bytes
+from compleak.rundir import UnsafePathError
 from compleak.rundir import sha256_file
-from harness.artifacts import artifact_id, content_digest
+from harness.artifacts import NOTICE, artifact_id, content_digest
 from harness.config import Experiment, load_experiment, parse_variant
-from harness.data import Dataset, load_dataset, make_splits, owner_data, query_inputs
-from harness.errors import HarnessError
+from harness.data import Dataset, OwnerData, load_dataset, make_splits, owner_data, query_inputs
+from harness.errors import HarnessError, esc
+from harness.threat import build_threat_model, write_threat_model
+from harness.execution import ExecOptions, Executor, SerialExecutor, Unit, describe, make_executor
 
 FRAMEWORKS_BUILT = ("tf", "torch")  # records of other frameworks (e.g. imported ones) are left alone
 CACHE_DIRS = {"tf": "tf-cache", "torch": "torch-cache"}  # the builders' model caches under artifacts/
@@ -82,7 +93,8 @@ def plan(exp: Experiment) -> tuple[list[PlannedArtifact], dict[str, str]]:
     """Every artifact of the experiment, in build order (framework, owner, variant, format)."""
     planned: list[PlannedArtifact] = []
     skipped: dict[str, str] = {}
-    owners: list[tuple[str, int | None]] = [("target", None)] + [("shadow", k) for k in range(exp.splits.n_shadows)]
+    # the target, then reference models 0..K-1: every owner goes through the same variants (compression pipeline)
+    owners: list[tuple[str, int | None]] = [("target", None)] + [("shadow", k) for k in range(exp.reference_models)]
     for fw in exp.export.frameworks:
         variants = exp.compress.tf if fw == "tf" else exp.compress.torch
         for role, k in owners:
@@ -98,7 +110,9 @@ def build_key(exp: Experiment, item: PlannedArtifact, data_digest: str, splits_d
     """Content hash of everything that determines one artifact file (not its variant list neighbours).
 
     Fine-tuning settings count only for variants that fine-tune (prune, cluster, QAT), the calibration size only for
-    static int8, so changing them rebuilds exactly the artifacts they affect.
+    static int8, so changing them rebuilds exactly the artifacts they affect. ``splits_digest`` is the digest of the
+    owner's own splits (``_owner_digest``: its members, hold-out and non-members), so adding reference models or
+    population ids rebuilds no existing owner.
     """
     c = exp.compress
     steps = parse_variant(item.variant)
@@ -124,12 +138,37 @@ def build_key(exp: Experiment, item: PlannedArtifact, data_digest: str, splits_d
     )
 
 
+def training_record(owner: OwnerData) -> dict[str, Any]:
+    """What the builder was handed, recorded in each artifact's manifest record as ``training``: the number and a
+    digest of the ids trained on (``ids_train``, sorted int64) and of the hold-out, and a digest of the exact training
+    arrays (x_train float32, y_train int64, rows ordered by id). A check of membership truth compares these with
+    ``splits.npz`` (tests/test_owners.py)."""
+    order = np.argsort(owner.ids_train, kind="stable")
+    return {
+        "n_train": int(len(owner.ids_train)),
+        "ids_sha256": content_digest(np.sort(owner.ids_train).astype(np.int64)),
+        "inputs_sha256": content_digest(owner.x_train[order], owner.y_train[order].astype(np.int64)),
+        "n_holdout": int(len(owner.ids_holdout)),
+        "holdout_ids_sha256": content_digest(np.sort(owner.ids_holdout).astype(np.int64)),
+        "seed": int(owner.seed),
+    }
+
+
 def _owner_seed(exp: Experiment, role: str, shadow: int | None) -> int:
     """Each owner trains with its own seed: the target with experiment.seed, shadow k with seed + 1 + k."""
     return exp.experiment.seed + (0 if role == "target" else 1 + int(shadow or 0))
 
 
 # --------------------------------------------------------------------------- host side of an artifact
+
+
+def _builder(framework: str) -> Callable[..., Any]:
+    """The framework builder's ``build_variants`` (``harness.tf_build`` or ``harness.torch_build``)."""
+    if framework == "tf":
+        from harness.tf_build import build_variants
+    else:
+        from harness.torch_build import build_variants  # type: ignore[no-redef]
+    return build_variants
 
 
 def _describe(path: Path) -> dict[str, Any]:
@@ -169,12 +208,16 @@ def _toolchain(builder_toolchain: dict[str, Any], desc: dict[str, Any], path: Pa
 
 
 def _load_manifest(run: RunDir, console: Console) -> Manifest:
+    """The run's manifest; a fresh one when it is unreadable, but a hostile one (a name or path that would leave the
+    run: :class:`UnsafePathError`) is refused, never repaired around."""
     if not run.manifest.is_file():
         return Manifest()
     try:
         return run.load_manifest()
+    except UnsafePathError:
+        raise
     except ContractError as exc:
-        console.print(f"[yellow]warning:[/] {exc}; starting a fresh manifest (finished files are re-checked)")
+        console.print(f"[yellow]warning:[/] {esc(exc)}; starting a fresh manifest (finished files are re-checked)")
         return Manifest()
 
 
@@ -194,18 +237,7 @@ def _save_splits(run: RunDir, splits: Splits) -> None:
     """Write splits.npz only when it changes (keeps the file and its mtime on reruns)."""
     if run.splits.is_file():
         try:
-            old = Splits.load(run.splits)
-            same = (
-                np.array_equal(old.labels, splits.labels)
-                and np.array_equal(old.target_in, splits.target_in)
-                and np.array_equal(old.target_out, splits.target_out)
-                and old.n_shadows == splits.n_shadows
-                and all(
-                    np.array_equal(a, b)
-                    for a, b in zip(old.shadow_in + old.shadow_out, splits.shadow_in + splits.shadow_out)
-                )
-            )
-            if same:
+            if _splits_digest(Splits.load(run.splits)) == _splits_digest(splits):
                 return
         except ContractError:
             pass
@@ -213,7 +245,208 @@ def _save_splits(run: RunDir, splits: Splits) -> None:
 
 
 def _splits_digest(splits: Splits) -> str:
-    return content_digest(splits.labels, splits.target_in, splits.target_out, *splits.shadow_in, *splits.shadow_out)
+    """Digest of every array and flag of ``splits`` (two splits with equal digests are the same file content)."""
+    return content_digest(
+        "splits/2", splits.labels, splits.target_in, splits.target_out, splits.target_val, splits.population_ids,
+        splits.online, *splits.shadow_in, *splits.shadow_out, *(splits.holdout("shadow", k) for k in range(
+            splits.n_shadows)),
+    )
+
+
+def _owner_digest(splits: Splits, role: str, shadow: int | None) -> str:
+    """Digest of what one owner's artifacts depend on: the labels, its members, hold-out and non-members (the
+    latter for the recorded host accuracy). Adding reference models or population ids rebuilds no other owner."""
+    return content_digest(
+        "owner-splits/1", splits.labels, splits.members(role, shadow), splits.holdout(role, shadow),
+        splits.nonmembers(role, shadow),
+    )
+
+
+# --------------------------------------------------------------------------- one unit: one (framework, owner)
+
+
+@dataclass
+class OwnerJob:
+    """One build unit: every artifact still to build of one framework and one owner (target or shadow k)."""
+
+    framework: str
+    role: str
+    shadow: int | None
+    items: list[PlannedArtifact]  # in plan order
+    keys: dict[str, str]  # artifact id -> build key
+
+    @property
+    def tag(self) -> str:
+        return self.items[0].tag
+
+
+@dataclass
+class OwnerResult:
+    """What a build unit returns to the driver: the records of the artifacts it wrote, and its timings."""
+
+    records: list[ArtifactRecord]
+    seconds: dict[str, float]
+
+
+def _remove_stale_temps(run: RunDir, job: OwnerJob) -> None:
+    """Remove the temp files (``compleak.rundir.atomic_path``: ``.<name>.<random>.tmp[.suffix]``) a previous
+    attempt of this unit left when its process was killed (a Ray retry after a worker died, or an interrupted
+    serial build). Only this unit's own names: its artifacts and its owner's cache entries."""
+    cache = CACHE_DIRS.get(job.framework)
+    patterns = [(run.artifacts_dir, f".{job.framework}-{job.tag}-*.tmp*")]
+    if cache is not None:
+        prefix = f"tf-{job.tag}-" if job.framework == "tf" else f"{job.tag}-"
+        patterns.append((run.artifacts_dir / cache, f".{prefix}*.tmp*"))
+    for folder, pattern in patterns:
+        if folder.is_dir() and not folder.is_symlink():
+            for stale in folder.glob(pattern):
+                if stale.is_file() and not stale.is_symlink():
+                    stale.unlink(missing_ok=True)
+
+
+def build_owner(
+    exp: Experiment,
+    run_root: str,
+    data_dir: str | None,
+    splits: Splits,
+    job: OwnerJob,
+    dataset: Dataset | None = None,
+    hook: Callable[[str], None] | None = None,
+) -> OwnerResult:
+    """Build the artifacts of one (framework, owner) unit into ``run_root/artifacts/`` and describe them.
+
+    Runs in the driver (serial) or on a Ray worker: it writes only this owner's artifact files and cache entries
+    (atomically) and returns the records; the driver alone writes manifest.json. ``dataset`` is the loaded dataset
+    when the caller has it in the same process (else it is loaded here, from ``data_dir`` on a shared file system).
+    """
+    run = RunDir(run_root)
+    say = hook or (lambda _msg: None)
+    _remove_stale_temps(run, job)
+    ds = dataset if dataset is not None else load_dataset(
+        exp.data.dataset, Path(data_dir) if data_dir else None, exp.data.download
+    )
+    owner = owner_data(
+        ds, splits, exp.data.preprocess, job.role, job.shadow, exp.splits.holdout_fraction,
+        _owner_seed(exp, job.role, job.shadow),
+    )  # fmt: skip
+    training = training_record(owner)
+    ids_in, ids_out = splits.members(job.role, job.shadow), splits.nonmembers(job.role, job.shadow)
+    evals = (
+        query_inputs(ds, exp.data.preprocess, ids_in), ds.y[ids_in],
+        query_inputs(ds, exp.data.preprocess, ids_out), ds.y[ids_out],
+    )  # fmt: skip
+    build_variants = _builder(job.framework)
+    by_variant: dict[str, list[PlannedArtifact]] = {}
+    for p in job.items:
+        by_variant.setdefault(p.variant, []).append(p)
+    records: list[ArtifactRecord] = []
+    seconds: dict[str, float] = {}
+    for variant, items in by_variant.items():
+        say(f"{job.framework} {job.tag} {variant}")
+        t1 = time.perf_counter()
+        results = build_variants(exp, owner, [variant], run.artifacts_dir, job.tag, [p.format for p in items], say)
+        seconds[f"{job.framework}:{variant}"] = seconds.get(f"{job.framework}:{variant}", 0.0) + (
+            time.perf_counter() - t1
+        )
+        by_fmt = {b.format: b for b in results}
+        for p in items:
+            b = by_fmt.get(p.format)
+            if b is None:
+                raise HarnessError(
+                    f"the {job.framework} builder did not write {p.id}; rerun with --force, or report a bug"
+                )
+            say(f"{p.id}: host evaluation")
+            t2 = time.perf_counter()
+            path = Path(b.path)
+            desc = _describe(path)
+            records.append(
+                ArtifactRecord(
+                    id=p.id,
+                    role=p.role,  # type: ignore[arg-type]
+                    shadow=p.shadow,
+                    variant=p.variant,
+                    framework=p.framework,
+                    format=p.format,  # type: ignore[arg-type]
+                    path=str(path.resolve().relative_to(run.root.resolve())),
+                    sha256=sha256_file(path),
+                    bytes=path.stat().st_size,
+                    inputs=[TensorSpec(**t) for t in desc["inputs"]],
+                    outputs=[TensorSpec(**t) for t in desc["outputs"]],
+                    output_kind=b.output_kind,  # type: ignore[arg-type]
+                    compression=dict(b.compression),
+                    host_accuracy=_host_accuracy(path, *evals),
+                    toolchain=_toolchain(b.toolchain, desc, path, p.format),
+                    build_key=job.keys[p.id],
+                    training=training,
+                )
+            )
+            seconds["host_eval"] = seconds.get("host_eval", 0.0) + time.perf_counter() - t2
+    return OwnerResult(records, seconds)
+
+
+def _run_units(
+    exp: Experiment,
+    run: RunDir,
+    data_dir: Path | None,
+    ds: Dataset,
+    splits: Splits,
+    jobs: dict[tuple[str, str, int | None], list[PlannedArtifact]],
+    keys: dict[str, str],
+    planned: list[PlannedArtifact],
+    manifest: Manifest,
+    ex: Executor,
+    report: BuildReport,
+    console: Console,
+    on_artifact: Callable[[ArtifactRecord], None] | None,
+) -> None:
+    """Run the build units on ``ex``; as each finishes, add its records to manifest.json (this process is the one
+    writer; an atomic save per record of the finished unit, then ``on_artifact(record)``)."""
+    order = {p.id: i for i, p in enumerate(planned)}
+    total = sum(len(v) for v in jobs.values())
+    # absolute paths: a worker's working directory is not the driver's (a cluster node)
+    data_arg = str(Path(data_dir or exp.data.data_dir).resolve()) if (data_dir or exp.data.data_dir) else None
+    in_process = isinstance(ex, SerialExecutor)
+    gpus: Any = "auto" if exp.train.device != "cpu" else 0.0
+    columns = (
+        SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        TextColumn("ETA"), TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console, transient=False) as bar:
+        task = bar.add_task("build", total=total)
+
+        def hook(msg: str) -> None:
+            if NOTICE in msg:  # e.g. a refused build-cache entry (harness.artifacts.NOTICE): keep it on screen
+                bar.console.print(esc(msg))
+            bar.update(task, description=esc(msg))
+
+        units = []
+        for (fw, role, shadow), items in jobs.items():
+            job = OwnerJob(fw, role, shadow, items, {p.id: keys[p.id] for p in items})
+            kwargs: dict[str, Any] = {"dataset": ds, "hook": hook} if in_process else {}
+            units.append(
+                Unit(f"{fw}:{job.tag}", build_owner, (exp, str(run.root.resolve()), data_arg, splits, job), kwargs,
+                     num_cpus=1.0, num_gpus=gpus)
+            )  # fmt: skip
+        if not in_process:
+            hook(f"{len(units)} units {describe(ex)}")
+        for _unit, result in ex.run(units):
+            for k, v in result.seconds.items():
+                report.seconds[k] = report.seconds.get(k, 0.0) + v
+            for rec in result.records:  # one atomic save per record, so on_artifact sees it on disk
+                manifest.upsert(rec)
+                manifest.artifacts.sort(key=lambda a: order.get(a.id, len(order)))
+                manifest.save(run.manifest)
+                report.built.append(rec.id)
+                bar.advance(task)
+                acc = rec.host_accuracy
+                console.print(
+                    f"  built {esc(rec.id)}  {rec.bytes / 1024:.0f} KiB  host acc train {acc.get('train', 0):.3f} "
+                    f"test {acc.get('test', 0):.3f}",
+                    highlight=False,
+                )
+                if on_artifact is not None:
+                    on_artifact(rec)
+        bar.update(task, description=f"built {total} artifacts")
 
 
 def build_into(
@@ -224,6 +457,8 @@ def build_into(
     force: bool = False,
     console: Console | None = None,
     on_artifact: Callable[[ArtifactRecord], None] | None = None,
+    execution: ExecOptions | None = None,
+    executor: Executor | None = None,
 ) -> BuildReport:
     """Build every artifact of ``exp`` into ``run_root`` (resumable); see the module docstring.
 
@@ -232,132 +467,69 @@ def build_into(
     console = console or Console()
     report = BuildReport()
     run = RunDir(run_root)
-    run.root.mkdir(parents=True, exist_ok=True)
-    _write_if_changed(run.experiment, config_bytes)
-
+    # 1. validate everything that can be checked, writing nothing: a refused build leaves the run byte-identical
+    run.require_writable("build", "artifacts")
     t0 = time.perf_counter()
     ds: Dataset = load_dataset(
         exp.data.dataset, data_dir or (Path(exp.data.data_dir) if exp.data.data_dir else None), exp.data.download
     )
     splits = make_splits(exp, ds.y)
-    _save_splits(run, splits)
+    splits.validate(f"{run.splits} (drawn from {ds.name})")
     data_digest = content_digest(ds.name.split(":")[0], ds.x, ds.y)
-    splits_digest = _splits_digest(splits)
     report.seconds["data"] = time.perf_counter() - t0
 
     planned, not_produced = plan(exp)
     report.not_produced = not_produced
     manifest = _load_manifest(run, console)
     wanted = {p.id for p in planned}
-    for rec in list(manifest.artifacts):  # variants no longer in the config
-        if rec.framework in FRAMEWORKS_BUILT and rec.id not in wanted:
-            manifest.artifacts = [a for a in manifest.artifacts if a.id != rec.id]
-            run.artifact_path(rec).unlink(missing_ok=True)
-            report.removed.append(rec.id)
+    stale = [r for r in manifest.artifacts if r.framework in FRAMEWORKS_BUILT and r.id not in wanted]
+    stale_files = [run.artifact_path(r) for r in stale]  # checked inside artifacts/ before anything is deleted
+    existing = {a.id: a for a in manifest.artifacts if a not in stale}
+    keys = {p.id: build_key(exp, p, data_digest, _owner_digest(splits, p.role, p.shadow)) for p in planned}
+    todo = [p for p in planned if force or not _up_to_date(run, existing.get(p.id), keys[p.id])]
+    report.skipped = [p.id for p in planned if p not in todo]
+    for fw in sorted({p.framework for p in todo}):  # a missing framework fails now, not after the commit below
+        _builder(fw)
+
+    # 2. commit the new configuration: first drop from the manifest every record that no longer matches it (variants
+    # dropped from the config, artifacts about to be rebuilt), so an interrupted build never lists an artifact that
+    # disagrees with experiment.toml; then splits.npz and experiment.toml; then delete the dropped variants' files
+    rebuilt = {p.id for p in todo}
+    kept = [a for a in manifest.artifacts if a not in stale and a.id not in rebuilt]
+    changed = len(kept) != len(manifest.artifacts)
+    manifest.artifacts = kept
+    run.root.mkdir(parents=True, exist_ok=True)
+    if changed or not run.manifest.is_file():
+        manifest.save(run.manifest)
+    _save_splits(run, splits)
+    write_threat_model(run, build_threat_model(exp, splits, sha256_file(run.splits)))
+    _write_if_changed(run.experiment, config_bytes)
+    for rec, path in zip(stale, stale_files):  # variants no longer in the config
+        path.unlink(missing_ok=True)
+        report.removed.append(rec.id)
     if force:
         for d in CACHE_DIRS.values():
             shutil.rmtree(run.artifacts_dir / d, ignore_errors=True)
-    existing = {a.id: a for a in manifest.artifacts}
-    keys = {p.id: build_key(exp, p, data_digest, splits_digest) for p in planned}
-    todo = [p for p in planned if force or not _up_to_date(run, existing.get(p.id), keys[p.id])]
-    report.skipped = [p.id for p in planned if p not in todo]
-    if report.removed:
-        manifest.save(run.manifest)
     if not todo:
-        console.print(f"build: all {len(planned)} artifacts up to date in {run.root}")
+        console.print(f"build: all {len(planned)} artifacts up to date in {esc(run.root)}")
         if not run.manifest.is_file():
             manifest.save(run.manifest)
         return report
 
     console.print(
-        f"build: {len(todo)} of {len(planned)} artifacts to build ({len(report.skipped)} up to date) from {ds.name} "
-        f"[{len(ds)} examples] into {run.root}"
+        f"build: {len(todo)} of {len(planned)} artifacts to build ({len(report.skipped)} up to date) "
+        f"from {esc(ds.name)} [{len(ds)} examples] into {esc(run.root)}"
     )
-    groups: dict[tuple[str, str, int | None, str], list[PlannedArtifact]] = {}
-    for p in todo:
-        groups.setdefault((p.framework, p.role, p.shadow, p.variant), []).append(p)
-
-    owners: dict[tuple[str, int | None], Any] = {}
-    evals: dict[tuple[str, int | None], tuple[np.ndarray, ...]] = {}
-    columns = (
-        SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()
-    )
-    with Progress(*columns, console=console, transient=False) as bar:
-        task = bar.add_task("build", total=len(todo))
-        for (fw, role, shadow, variant), items in groups.items():
-            key_o = (role, shadow)
-            if key_o not in owners:
-                owners[key_o] = owner_data(
-                    ds,
-                    splits,
-                    exp.data.preprocess,
-                    role,
-                    shadow,
-                    exp.splits.holdout_fraction,
-                    _owner_seed(exp, role, shadow),
-                )
-                ids_in, ids_out = splits.members(role, shadow), splits.nonmembers(role, shadow)
-                evals[key_o] = (
-                    query_inputs(ds, exp.data.preprocess, ids_in), ds.y[ids_in],
-                    query_inputs(ds, exp.data.preprocess, ids_out), ds.y[ids_out],
-                )  # fmt: skip
-            owner = owners[key_o]
-            tag = items[0].tag
-
-            def hook(msg: str) -> None:
-                bar.update(task, description=msg)
-
-            hook(f"{fw} {tag} {variant}")
-            t1 = time.perf_counter()
-            if fw == "tf":
-                from harness.tf_build import build_variants
-            else:
-                from harness.torch_build import build_variants  # type: ignore[no-redef]
-            results = build_variants(exp, owner, [variant], run.artifacts_dir, tag, [p.format for p in items], hook)
-            report.seconds[f"{fw}:{variant}"] = report.seconds.get(f"{fw}:{variant}", 0.0) + time.perf_counter() - t1
-            by_fmt = {b.format: b for b in results}
-            for p in items:
-                b = by_fmt.get(p.format)
-                if b is None:
-                    raise HarnessError(f"the {fw} builder did not write {p.id}; rerun with --force, or report a bug")
-                hook(f"{p.id}: host evaluation")
-                t2 = time.perf_counter()
-                path = Path(b.path)
-                desc = _describe(path)
-                inputs = [TensorSpec(**t) for t in desc["inputs"]]
-                outputs = [TensorSpec(**t) for t in desc["outputs"]]
-                rec = ArtifactRecord(
-                    id=p.id,
-                    role=p.role,  # type: ignore[arg-type]
-                    shadow=p.shadow,
-                    variant=p.variant,
-                    framework=p.framework,
-                    format=p.format,  # type: ignore[arg-type]
-                    path=str(path.resolve().relative_to(run.root.resolve())),
-                    sha256=sha256_file(path),
-                    bytes=path.stat().st_size,
-                    inputs=inputs,
-                    outputs=outputs,
-                    output_kind=b.output_kind,  # type: ignore[arg-type]
-                    compression=dict(b.compression),
-                    host_accuracy=_host_accuracy(path, *evals[key_o]),
-                    toolchain=_toolchain(b.toolchain, desc, path, p.format),
-                    build_key=keys[p.id],
-                )
-                manifest.upsert(rec)
-                manifest.save(run.manifest)
-                report.seconds["host_eval"] = report.seconds.get("host_eval", 0.0) + time.perf_counter() - t2
-                report.built.append(p.id)
-                bar.advance(task)
-                acc = rec.host_accuracy
-                console.print(
-                    f"  built {p.id}  {rec.bytes / 1024:.0f} KiB  host acc train {acc.get('train', 0):.3f} "
-                    f"test {acc.get('test', 0):.3f}",
-                    highlight=False,
-                )
-                if on_artifact is not None:
-                    on_artifact(rec)
-        bar.update(task, description=f"built {len(todo)} artifacts")
+    jobs: dict[tuple[str, str, int | None], list[PlannedArtifact]] = {}
+    for p in todo:  # one unit per (framework, owner), its artifacts in plan order
+        jobs.setdefault((p.framework, p.role, p.shadow), []).append(p)
+    own_executor = executor is None
+    ex = executor if executor is not None else make_executor(execution, run.root)
+    try:
+        _run_units(exp, run, data_dir, ds, splits, jobs, keys, planned, manifest, ex, report, console, on_artifact)
+    finally:
+        if own_executor:
+            ex.close()
     # keep the manifest in plan order (stable diffs, predictable listings)
     order = {p.id: i for i, p in enumerate(planned)}
     manifest.artifacts.sort(key=lambda a: order.get(a.id, len(order)))
@@ -373,6 +545,8 @@ def build_run(
     container: str | None = None,
     engine: str | None = None,
     console: Console | None = None,
+    execution: ExecOptions | None = None,
+    executor: Executor | None = None,
 ) -> Path:
     """The ``compleak build`` stage: write ``RUN/`` (experiment.toml, splits.npz, artifacts/, manifest.json).
 
@@ -383,6 +557,8 @@ def build_run(
         force: rebuild every artifact, including the cached trained models.
         container: build inside this toolchain image instead (delegated to ``harness.containers``).
         engine: container engine (podman | docker) for ``container``.
+        execution: where the units run (``harness.execution``: serial, embedded Ray, a cluster); default serial.
+        executor: an executor already started (``audit`` shares one between its stages); overrides ``execution``.
     Returns:
         The run directory.
     """
@@ -393,5 +569,6 @@ def build_run(
         return build_in_container(experiment, out, data_dir, force, container, engine, console)
     exp = load_experiment(experiment)
     run_root = Path(out) if out is not None else Path("runs") / exp.experiment.name
-    build_into(exp, Path(experiment).read_bytes(), run_root, data_dir=data_dir, force=force, console=console)
+    build_into(exp, Path(experiment).read_bytes(), run_root, data_dir=data_dir, force=force, console=console,
+               execution=execution, executor=executor)
     return run_root

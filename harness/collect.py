@@ -1,8 +1,10 @@
 """The collect stage: run every artifact of a run on one device and store the raw outputs.
 
-For each artifact of ``RUN/manifest.json`` (or the ``--artifacts`` subset): a target artifact is queried on
-``target_in ∪ target_out``, a shadow artifact on its own ``shadow_in_k ∪ shadow_out_k`` and on the target candidates
-(``Splits.collected_ids``: shadow models are the attacker's reference models for RMIA / LiRA).
+For each artifact of ``RUN/manifest.json`` (or the ``--artifacts`` subset), the ids are ``Splits.collected_ids``:
+a target artifact is queried on ``target_in ∪ target_out`` and the attacker's ``population`` (when the run has one),
+a reference (shadow) artifact on its own ``shadow_in_k ∪ shadow_out_k``, the target candidates (shadow models are
+the attacker's reference models for RMIA / LiRA) and the population, each id once (online references overlap the
+candidates). Hold-outs (``target_val``, ``shadow_val_k``) are not queried for their own sake.
 Query inputs are ``RUN/queries.npz`` (``index`` int64 [M], ``x`` float32 [M, H, W, C]) when the run carries one
 (imported runs), else rebuilt from the dataset and ``experiment.toml``'s preprocessing (``harness.data``).
 
@@ -15,6 +17,16 @@ invocation for typical runs, a few for very large query sets); each finished chu
 ``outputs/<device>/.partial/<artifact>/<sha256[:16]>/<start>-<stop>.npz`` (+ ``.json``), reused on rerun, and
 deleted once the artifact's final files are written. A device failure raises a one-line DeviceError; everything
 finished stays on disk.
+
+Perturbed queries (SAMIA, ``[attack] samia_perturbations = P`` > 0 or ``compleak collect --perturbations P``): every
+target artifact on the target candidates and every artifact of shadow 0 on that shadow's own members/non-members
+(:func:`perturbed_ids`) is also queried on ``P`` Gaussian copies of each example (:func:`perturbed_inputs`: std
+``samia_epsilon`` in preprocessed input units, a deterministic function of the example's input, its id,
+``[attack] seed``, epsilon and P), through the same device connection and runner process as the plain queries, in
+resumable chunks of ``chunk_size // P`` examples under ``.partial/<artifact>.perturbed/``. Output:
+``outputs/<device>/<artifact>.perturbed.npz`` (``index`` int64 [M], ``logits``/``probs`` float32 [M, P, C],
+``epsilon`` float64 scalar, ``seed`` int64 scalar) and ``<artifact>.perturbed.json`` (provenance with a
+``perturbation`` entry); it is redone when the artifact, P, epsilon or the seed changes.
 """
 
 from __future__ import annotations
@@ -23,8 +35,10 @@ import json
 import shutil
 import socket
 import time
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -42,9 +56,13 @@ from compleak.rundir import (
     atomic_write_json,
     sha256_file,
 )
-from harness.errors import HarnessError
+from devices.runner_server import DEFAULT_START_TIMEOUT_S
+from harness.collect_guard import CollectLock, bad_outputs, check_input_shape, load_queries, refuse_bad_outputs
+from harness.errors import HarnessError, esc, literal_log
 
 DEFAULT_CHUNK = 32768
+PERTURBED = ".perturbed"  # outputs/<device>/<artifact>.perturbed.npz / .json
+_NOISE_STREAM = 0x5A311A  # separates the perturbation noise from any other stream seeded by [attack] seed
 
 
 # --------------------------------------------------------------------------- query inputs
@@ -58,13 +76,7 @@ class QueryInputs:
         queries = run.root / "queries.npz"
         needed = np.unique(np.asarray(needed, dtype=np.int64))
         if queries.is_file():
-            try:
-                with np.load(queries, allow_pickle=False) as z:
-                    index, x = z["index"].astype(np.int64), z["x"]
-            except (OSError, KeyError, ValueError) as exc:
-                raise ContractError(f"{queries}: needs arrays 'index' and 'x' ({exc})") from None
-            if x.ndim != 4 or len(x) != len(index):
-                raise ContractError(f"{queries}: x must be float32 [M, H, W, C] with one row per index entry")
+            index, x = load_queries(queries)
             order = np.argsort(index, kind="stable")
             where = np.searchsorted(index, needed, sorter=order)
             where = np.minimum(where, len(index) - 1) if len(index) else where
@@ -105,8 +117,9 @@ class QueryInputs:
 # --------------------------------------------------------------------------- helpers
 
 
-def _done(run: RunDir, device_id: str, rec: ArtifactRecord, ids: np.ndarray) -> bool:
-    """The artifact's outputs exist, match its sha256 and cover exactly ``ids``."""
+def _done(run: RunDir, device_id: str, rec: ArtifactRecord, ids: np.ndarray, n_labels: int = 0) -> bool:
+    """The artifact's outputs exist, match its sha256, cover exactly ``ids`` and have the manifest's shape
+    (:func:`bad_outputs`; outputs stored by an older release without that check are redone)."""
     npz, prov = run.output_npz(device_id, rec.id), run.output_provenance(device_id, rec.id)
     if not (npz.is_file() and prov.is_file()):
         return False
@@ -115,7 +128,9 @@ def _done(run: RunDir, device_id: str, rec: ArtifactRecord, ids: np.ndarray) -> 
         if meta.get("artifact", {}).get("sha256") != rec.sha256:
             return False
         batch = OutputBatch.load(npz)
-    except (OSError, json.JSONDecodeError, ContractError):
+    except (OSError, json.JSONDecodeError, ContractError, AttributeError):
+        return False
+    if bad_outputs(rec, batch.values, len(ids), n_labels) is not None or batch.kind != rec.output_kind:
         return False
     return len(batch.index) == len(ids) and bool(np.array_equal(np.sort(batch.index), np.sort(ids)))
 
@@ -124,8 +139,10 @@ def _chunks(n: int, size: int) -> list[tuple[int, int]]:
     return [(s, min(s + size, n)) for s in range(0, n, size)]
 
 
-def _load_chunk(path: Path, ids: np.ndarray) -> tuple[np.ndarray, dict[str, Any]] | None:
-    """A stored chunk if it is complete and for exactly ``ids`` (else None: it is recomputed)."""
+def _load_chunk(path: Path, ids: np.ndarray, rec: ArtifactRecord | None = None, n_labels: int = 0
+                ) -> tuple[np.ndarray, dict[str, Any]] | None:
+    """A stored chunk if it is complete, for exactly ``ids`` and (given ``rec``) of the manifest's output shape
+    (else None: it is recomputed)."""
     meta_path = path.with_suffix(".json")
     if not (path.is_file() and meta_path.is_file()):
         return None
@@ -133,11 +150,169 @@ def _load_chunk(path: Path, ids: np.ndarray) -> tuple[np.ndarray, dict[str, Any]
         with np.load(path, allow_pickle=False) as z:
             index, values = z["index"], z["values"]
         meta = json.loads(meta_path.read_text())
-    except (OSError, KeyError, ValueError):
+    except (OSError, KeyError, ValueError, MemoryError, zipfile.BadZipFile):
         return None
-    if not np.array_equal(index, ids) or len(values) != len(ids):
+    if not np.array_equal(index, ids) or len(values) != len(ids) or not isinstance(meta, dict):
+        return None
+    if rec is not None and bad_outputs(rec, values, len(ids), n_labels) is not None:
         return None
     return values.astype(np.float32), meta
+
+
+# --------------------------------------------------------------------------- perturbed queries (SAMIA)
+
+
+@dataclass(frozen=True)
+class Perturbation:
+    """SAMIA's perturbed queries: ``count`` Gaussian copies of each example with std ``epsilon`` (preprocessed
+    input units), noise seeded by ``seed`` (``[attack] seed``) and the example id."""
+
+    count: int
+    epsilon: float
+    seed: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"count": self.count, "epsilon": self.epsilon, "seed": self.seed, "noise": "gaussian",
+                "generator": f"numpy PCG64 standard_normal float32, seeded by [seed, {_NOISE_STREAM:#x}, example id]"}
+
+
+def perturbation_noise(ids: np.ndarray, shape: tuple[int, ...], p: Perturbation) -> np.ndarray:
+    """Gaussian noise for example ``ids``, float32 [M, P, *shape], std ``p.epsilon``.
+
+    Row ``i`` depends only on (``p.seed``, ``ids[i]``, ``p.epsilon``, ``p.count``), not on chunking or order, so
+    a resumed or re-chunked collection sends the same queries; the first ``P'`` copies of ``P > P'`` equal those
+    of ``P'``.
+    """
+    out = np.empty((len(ids), p.count, *shape), np.float32)
+    for k, i in enumerate(np.asarray(ids, np.int64)):
+        rng = np.random.default_rng([p.seed, _NOISE_STREAM, int(i)])
+        out[k] = rng.standard_normal((p.count, *shape), dtype=np.float32)
+    out *= np.float32(p.epsilon)
+    return out
+
+
+def perturbed_inputs(x: np.ndarray, ids: np.ndarray, p: Perturbation) -> np.ndarray:
+    """Perturbed copies of the preprocessed inputs ``x`` (float32 [M, H, W, C]) of example ``ids`` (int64 [M]):
+    float32 [M, P, H, W, C] = x[:, None] + noise (no clipping: epsilon is in the model's input units)."""
+    x = np.asarray(x, np.float32)
+    return x[:, None] + perturbation_noise(ids, x.shape[1:], p)
+
+
+def perturbed_ids(splits: Splits, rec: ArtifactRecord) -> np.ndarray | None:
+    """Example ids an artifact gets perturbed queries on, int64 [M], or None: a target artifact on the target
+    candidates (members then non-members: what SAMIA scores); shadow 0 on its own members then non-members (what
+    the attack model trains on). Other shadows/references get none (their count would multiply the queries)."""
+    if rec.role == "target":
+        return splits.query_ids("target")
+    if rec.role == "shadow" and int(rec.shadow or 0) == 0:
+        return splits.query_ids("shadow", 0)
+    return None
+
+
+def perturbed_npz(rd: RunDir, device_id: str, artifact_id: str) -> Path:
+    """``outputs/<device>/<artifact>.perturbed.npz`` (its provenance: the same name with ``.json``)."""
+    return rd.outputs_dir(device_id) / f"{artifact_id}{PERTURBED}.npz"
+
+
+def resolve_perturbation(run: RunDir, count: int | None) -> Perturbation | None:
+    """The run's perturbation settings: ``count`` (the CLI's ``--perturbations``) overrides
+    ``[attack] samia_perturbations``; epsilon and seed come from ``[attack]`` (defaults when the run has no
+    experiment.toml). None when the count is 0."""
+    from harness.config import AttackSection, load_experiment
+
+    attack = load_experiment(run.experiment).attack if run.experiment.is_file() else AttackSection()
+    n = attack.samia_perturbations if count is None else int(count)
+    if n < 0:
+        raise HarnessError(f"--perturbations must be >= 0 (got {n})")
+    return Perturbation(n, float(attack.samia_epsilon), int(attack.seed)) if n > 0 else None
+
+
+def _perturbed_done(rd: RunDir, device_id: str, rec: ArtifactRecord, ids: np.ndarray, p: Perturbation) -> bool:
+    """The artifact's perturbed outputs exist for its sha256, these settings and exactly ``ids``."""
+    npz = perturbed_npz(rd, device_id, rec.id)
+    prov = npz.with_suffix(".json")
+    if not (npz.is_file() and prov.is_file()):
+        return False
+    try:
+        meta = json.loads(prov.read_text())
+        if meta.get("artifact", {}).get("sha256") != rec.sha256:
+            return False
+        got = meta.get("perturbation", {})
+        if (got.get("count"), got.get("epsilon"), got.get("seed")) != (p.count, p.epsilon, p.seed):
+            return False
+        with np.load(npz, allow_pickle=False) as z:
+            index, values = z["index"], z[rec.output_kind]
+    except (OSError, json.JSONDecodeError, KeyError, ValueError, AttributeError):
+        return False
+    if values.ndim != 3 or values.shape[:2] != (len(ids), p.count) or not np.array_equal(index, ids):
+        return False
+    return bad_outputs(rec, values.reshape(-1, values.shape[-1]), len(ids) * p.count) is None
+
+
+def _collect_perturbed(
+    rd: RunDir,
+    dev: Any,
+    runner: Any,
+    props: Any,
+    rec: ArtifactRecord,
+    ids: np.ndarray,
+    inputs: QueryInputs,
+    p: Perturbation,
+    batch_size: int,
+    chunk_size: int,
+    progress: Progress,
+    overall: Any,
+    n_labels: int = 0,
+) -> Path:
+    """Query ``rec`` on ``p.count`` perturbed copies of each of ``ids`` through ``runner`` on ``dev``; write
+    ``<artifact>.perturbed.npz`` + ``.json``. Resumable per chunk of ``chunk_size // p.count`` examples."""
+    device_id = dev.id
+    artifact_file = rd.artifact_path(rec)
+    if not artifact_file.is_file() or sha256_file(artifact_file) != rec.sha256:
+        raise HarnessError(f"{artifact_file}: artifact file of {rec.id} is missing or changed since it was built; "
+                           f"rebuild with `compleak build --force` or restore it")
+    key = f"{rec.sha256[:16]}-p{p.count}-e{p.epsilon:g}-s{p.seed}"
+    partial = rd.outputs_dir(device_id) / ".partial" / f"{rec.id}{PERTURBED}" / key
+    spans = _chunks(len(ids), max(1, chunk_size // p.count))
+    stored: dict[tuple[int, int], tuple[np.ndarray, dict[str, Any]]] = {}
+    for a, b in spans:
+        got = _load_chunk(partial / f"{a}-{b}.npz", ids[a:b])
+        if got is not None and got[0].ndim == 3 and got[0].shape[1] == p.count and bad_outputs(
+                rec, got[0].reshape(-1, got[0].shape[-1]), (b - a) * p.count, n_labels) is None:
+            stored[(a, b)] = got
+            progress.advance(overall, (b - a) * p.count)
+    task = progress.add_task(f"  {esc(rec.id)} ×{p.count} perturbed", total=len(ids) * p.count,
+                             completed=sum(b - a for a, b in stored) * p.count)
+    missing = [s for s in spans if s not in stored]
+    if missing:
+        with runner.session(dev, artifact_file, rec) as infer:
+            for a, b in missing:
+                chunk = perturbed_inputs(inputs.rows(ids[a:b]), ids[a:b], p)
+                flat, meta = infer(chunk.reshape(-1, *chunk.shape[2:]))
+                refuse_bad_outputs(rec, flat, len(chunk) * p.count, n_labels, device_id)  # nothing stored
+                values = np.asarray(flat, np.float32).reshape(len(chunk), p.count, -1)
+                atomic_save_npz(partial / f"{a}-{b}.npz", index=ids[a:b], values=values)
+                atomic_write_json(partial / f"{a}-{b}.json", meta)
+                stored[(a, b)] = (values, meta)
+                progress.advance(task, (b - a) * p.count)
+                progress.advance(overall, (b - a) * p.count)
+    values = np.concatenate([stored[s][0] for s in spans])
+    metas = [stored[s][1] for s in spans]
+    npz = perturbed_npz(rd, device_id, rec.id)
+    atomic_save_npz(npz, index=ids.astype(np.int64), **{rec.output_kind: values.astype(np.float32)},
+                    epsilon=np.float64(p.epsilon), seed=np.int64(p.seed))
+    prov = _provenance(rec, dev, props, metas, spans, batch_size, max(1, chunk_size // p.count), inputs)
+    prov["n_queries"] = int(len(ids) * p.count)
+    which = "target candidates" if rec.role == "target" else "shadow 0 members, non-members"
+    prov["perturbation"] = {**p.to_dict(), "n_examples": int(len(ids)), "examples": which}
+    atomic_write_json(npz.with_suffix(".json"), prov)
+    shutil.rmtree(partial.parent, ignore_errors=True)
+    try:
+        partial.parent.parent.rmdir()  # .partial/ when empty
+    except OSError:
+        pass
+    progress.update(task, description=f"  [green]✓[/] {esc(rec.id)} ×{p.count} perturbed")
+    return npz
 
 
 # --------------------------------------------------------------------------- the stage
@@ -157,6 +332,8 @@ def collect_run(
     chunk_size: int = DEFAULT_CHUNK,
     password_env: str | None = None,
     workspace: str | None = None,
+    perturbations: int | None = None,
+    start_timeout: float = DEFAULT_START_TIMEOUT_S,
 ) -> dict[str, Path]:
     """Collect the outputs of the run's artifacts on ``device``; return {artifact id: outputs npz}.
 
@@ -168,6 +345,10 @@ def collect_run(
         binaries: folder with benchmark_model / executor_runner (adb devices).
         batch_size: examples per runtime invocation on the device.
         chunk_size: examples per device round trip; the unit of resumption.
+        perturbations: SAMIA's perturbed copies per example (overrides ``[attack] samia_perturbations``; 0: none).
+        start_timeout: seconds the device's runner may take to start (``--start-timeout``); then one line.
+
+    One collect per (run, device) at a time: a second one fails at once naming the holder (:class:`CollectLock`).
     """
     from devices.runner_server import RunnerServerPool
     from devices.runners import choose_runner
@@ -176,18 +357,20 @@ def collect_run(
     console = console or Console()
     if batch_size < 1 or chunk_size < 1:
         raise HarnessError(f"--batch-size must be >= 1 (got {batch_size}) and chunk size >= 1 (got {chunk_size})")
+    if not 0 < start_timeout <= 3600:
+        raise HarnessError(f"--start-timeout must be in (0, 3600] seconds, got {start_timeout}")
     rd = RunDir(run)
     if not rd.root.is_dir():
         raise HarnessError(f"{rd.root}: run directory not found; create it with `compleak build` or `compleak import`")
+    rd.require_writable("collect", "outputs")
     manifest = rd.load_manifest()
     splits: Splits = rd.load_splits()
     records = list(manifest.artifacts)
-    if artifacts:
-        known = {a.id for a in records}
-        unknown = [a for a in artifacts if a not in known]
-        if unknown:
-            raise HarnessError(f"{rd.manifest}: no artifact {unknown[0]!r}; available: {', '.join(sorted(known))}")
-        records = [a for a in records if a.id in set(artifacts)]
+    if artifacts:  # user input: checked names that the manifest holds, nothing else
+        try:
+            records = manifest.select(artifacts, rd.manifest)
+        except ContractError as exc:
+            raise HarnessError(str(exc)) from None
     if not records:
         raise HarnessError(f"{rd.manifest}: no artifacts to collect; run `compleak build` first")
     ids_of = {}
@@ -198,40 +381,57 @@ def collect_run(
 
     device_id = parse_device_uri(device).canonical  # == the connected device's id, so finished work is known first
     written: dict[str, Path] = {}
-    todo = [r for r in records if not _done(rd, device_id, r, ids_of[r.id])]
+    todo = [r for r in records if not _done(rd, device_id, r, ids_of[r.id], splits.n_classes)]
     for rec in records:
         if rec not in todo:
             written[rec.id] = rd.output_npz(device_id, rec.id)
-    if not todo:
-        console.print(f"[green]all {len(records)} artifact(s) already collected on {device_id}[/]")
+    perturbation = resolve_perturbation(rd, perturbations)
+    perturb_ids: dict[str, np.ndarray] = {}
+    if perturbation is not None:
+        perturb_ids = {r.id: i for r in records if (i := perturbed_ids(splits, r)) is not None}
+    perturb_todo = [r for r in records if r.id in perturb_ids and perturbation is not None
+                    and not _perturbed_done(rd, device_id, r, perturb_ids[r.id], perturbation)]
+    if not todo and not perturb_todo:
+        console.print(f"[green]all {len(records)} artifact(s) already collected on {esc(device_id)}[/]")
         return written
-    console.print(f"collecting {len(todo)} artifact(s) on [bold]{device_id}[/] "
-                  f"({len(records) - len(todo)} already done)")
+    console.print(f"collecting {len(todo)} artifact(s) on [bold]{esc(device_id)}[/] "
+                  f"({len(records) - len(todo)} already done)"
+                  + (f", perturbed queries for {len(perturb_todo)}" if perturb_todo else ""))
     with ExitStack() as stack:
+        stack.enter_context(CollectLock(rd, device_id))  # one collect per (run, device): the second fails at once
         # the query inputs are prepared on a thread while the device connects, is probed and starts its runner
         executor = stack.enter_context(ThreadPoolExecutor(max_workers=1, thread_name_prefix="compleak-inputs"))
-        pending_inputs = executor.submit(QueryInputs, rd, np.concatenate([ids_of[r.id] for r in todo]))
+        pending_inputs = executor.submit(QueryInputs, rd, np.concatenate(
+            [ids_of[r.id] for r in todo] + [perturb_ids[r.id] for r in perturb_todo]))
         dev = stack.enter_context(connect(device, identity=identity, known_hosts=known_hosts,
                                           trust_new_host=trust_new_host, binaries=binaries, password_env=password_env,
-                                          workspace=workspace, log=console.print))
-        pool = stack.enter_context(RunnerServerPool(dev))
+                                          workspace=workspace, log=literal_log(console)))
+        pool = stack.enter_context(RunnerServerPool(dev, start_timeout_s=start_timeout))
         if dev.can_spawn:  # the runner's start-up (interpreter, runtime imports) overlaps with the probe
-            pool.start_default(preload=sorted({r.format for r in todo}))
+            pool.start_default(preload=sorted({r.format for r in todo + perturb_todo}))
         props = dev.properties()
         if dev.can_spawn and props.extra.get("python_cmd"):
             pool.adopt_default(props.extra["python_cmd"])  # the probe's name for that same interpreter
         inputs = pending_inputs.result()
+        check_input_shape(inputs, todo + perturb_todo)
         total = int(sum(len(ids_of[r.id]) for r in todo))
+        n_copies = perturbation.count if perturbation is not None else 0
+        total += int(sum(len(perturb_ids[r.id]) for r in perturb_todo)) * n_copies
         with Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("queries"),
             TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False,
         ) as progress:
-            overall = progress.add_task(f"{device_id}", total=total)
+            overall = progress.add_task(esc(device_id), total=total)
             for rec in todo:
                 runner = choose_runner(dev, rec, binaries, props=props, batch_size=batch_size, pool=pool)
                 written[rec.id] = _collect_one(rd, dev, runner, props, rec, ids_of[rec.id], inputs, batch_size,
-                                               chunk_size, progress, overall)
-        console.print(f"outputs of {len(records)} artifact(s) on {device_id}: {rd.outputs_dir(device_id)}")
+                                               chunk_size, progress, overall, n_labels=splits.n_classes)
+            for rec in perturb_todo:  # SAMIA: same device connection and runner process as the plain queries
+                assert perturbation is not None
+                runner = choose_runner(dev, rec, binaries, props=props, batch_size=batch_size, pool=pool)
+                _collect_perturbed(rd, dev, runner, props, rec, perturb_ids[rec.id], inputs, perturbation,
+                                   batch_size, chunk_size, progress, overall, n_labels=splits.n_classes)
+        console.print(f"outputs of {len(records)} artifact(s) on {esc(device_id)}: {esc(rd.outputs_dir(device_id))}")
         return written
 
 
@@ -247,6 +447,7 @@ def _collect_one(
     chunk_size: int,
     progress: Progress,
     overall: Any,
+    n_labels: int = 0,
 ) -> Path:
     device_id = dev.id
     artifact_file = rd.artifact_path(rec)
@@ -263,16 +464,17 @@ def _collect_one(
     spans = _chunks(len(ids), chunk_size)
     stored: dict[tuple[int, int], tuple[np.ndarray, dict[str, Any]]] = {}
     for a, b in spans:
-        got = _load_chunk(partial / f"{a}-{b}.npz", ids[a:b])
+        got = _load_chunk(partial / f"{a}-{b}.npz", ids[a:b], rec, n_labels)
         if got is not None:
             stored[(a, b)] = got
             progress.advance(overall, b - a)
-    task = progress.add_task(f"  {rec.id}", total=len(ids), completed=sum(b - a for a, b in stored))
+    task = progress.add_task(f"  {esc(rec.id)}", total=len(ids), completed=sum(b - a for a, b in stored))
     missing = [s for s in spans if s not in stored]
     if missing:
         with runner.session(dev, artifact_file, rec) as infer:
             for a, b in missing:
                 values, meta = infer(inputs.rows(ids[a:b]))
+                refuse_bad_outputs(rec, values, b - a, n_labels, device_id)  # nothing stored
                 atomic_save_npz(partial / f"{a}-{b}.npz", index=ids[a:b], values=values)
                 atomic_write_json(partial / f"{a}-{b}.json", meta)
                 stored[(a, b)] = (values, meta)
@@ -295,7 +497,7 @@ def _collect_one(
         partial.parent.parent.rmdir()  # .partial/ when empty
     except OSError:
         pass
-    progress.update(task, description=f"  [green]✓[/] {rec.id}")
+    progress.update(task, description=f"  [green]✓[/] {esc(rec.id)}")
     return npz
 
 
@@ -335,3 +537,23 @@ def _provenance(
         "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "host": socket.gethostname(),
     }
+
+
+def collect_pending(run: Path | str, device_id: str, artifacts: Sequence[str] | None = None) -> bool:
+    """True when :func:`collect_run` on ``device_id`` (canonical id) would collect anything for ``artifacts``
+    (default all): the same resume checks, read-only. The audit's fan-out starts no worker for a device that is done.
+    A run it cannot read counts as pending (the collect itself then reports the problem)."""
+    try:
+        rd = RunDir(run)
+        splits = rd.load_splits()
+        wanted = set(artifacts) if artifacts else None
+        records = [r for r in rd.load_manifest().artifacts if wanted is None or r.id in wanted]
+        if any(not _done(rd, device_id, r, splits.collected_ids(r.role, r.shadow), splits.n_classes) for r in records):
+            return True
+        perturbation = resolve_perturbation(rd, None)
+        if perturbation is None:
+            return False
+        return any((ids := perturbed_ids(splits, r)) is not None
+                   and not _perturbed_done(rd, device_id, r, ids, perturbation) for r in records)  # fmt: skip
+    except (ContractError, HarnessError, OSError, ValueError):
+        return True

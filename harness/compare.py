@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from compleak.rundir import (
     ContractError,
@@ -30,7 +33,7 @@ from compleak.rundir import (
     load_results,
 )
 from compleak.signals import log_posterior
-from harness.errors import HarnessError
+from harness.errors import HarnessError, esc
 
 HOST = "local"
 COMPARE_VERSION = 1
@@ -159,42 +162,26 @@ def leakage_deltas(host_rows: list[ResultRow], device_rows: list[ResultRow]) -> 
     return out
 
 
-def host_shadow_attack(run: Path, device_id: str, console: Console | None = None) -> list[ResultRow]:
+def host_shadow_attack(
+    run: Path, device_id: str, console: Console | None = None, fits: Any | None = None
+) -> list[ResultRow]:
     """The auditor's realistic case: every attack trained on the HOST's shadow outputs, applied to the DEVICE's
     target outputs. Returns the attack stage's rows (``shadow_device`` = ``local``, ``device`` = ``device_id``).
 
-    Runs ``harness.attack_stage.attack_run`` unchanged on a view of the run (symlinks in a temporary folder) in
-    which the device holds only its target outputs: the stage then takes the shadows from ``local``, as it does for
-    any device without shadow outputs. Nothing of the run directory itself is touched.
+    Runs the attack stage (``harness.attack_stage.attack_rows``) with the shadow side forced to ``local``; nothing
+    of the run directory is written. ``fits`` (a ``harness.attack_stage.FitCache``): attack groups already fitted
+    on the host's shadows (by the attack stage on ``local``, or for another device) are reused, not refitted.
     """
-    import tempfile
+    from harness.attack_stage import attack_rows
 
-    from harness.attack_stage import attack_run
-
-    rd = RunDir(run)
-    manifest = rd.load_manifest()
-    (rd.root / "compare").mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".host-shadow-", dir=rd.root / "compare") as tmp:
-        view = RunDir(tmp)
-        for p in (rd.splits, rd.manifest, rd.experiment):
-            if p.is_file():
-                (view.root / p.name).symlink_to(p.resolve())
-        (view.root / "outputs").mkdir()
-        (view.root / "outputs" / device_dirname(HOST)).symlink_to(rd.outputs_dir(HOST).resolve())
-        dev_view = view.outputs_dir(device_id)
-        dev_view.mkdir(parents=True)
-        for a in manifest.targets():
-            for src in (rd.output_npz(device_id, a.id), rd.output_provenance(device_id, a.id)):
-                if src.is_file():
-                    (dev_view / src.name).symlink_to(src.resolve())
-        rows = attack_run(view.root, device=device_id, families=None, console=Console(quiet=True)).get(device_id, [])
+    rows, _ = attack_rows(run, device_id, shadow_device=HOST, fits=fits)
     bad = [r for r in rows if (r.model_extra or {}).get("shadow_device") not in (HOST, [HOST])]
     if bad:
         raise HarnessError(f"{run}: the host-shadow attack on {device_id} did not use host shadows ({bad[0].method})")
     for r in rows:
         (r.model_extra or {})["setting"] = "host shadows -> device targets"
     (console or Console()).print(
-        f"compare {device_id}: {len(rows)} attacks trained on host shadows, applied to device targets"
+        f"compare {esc(device_id)}: {len(rows)} attacks trained on host shadows, applied to device targets"
     )
     return rows
 
@@ -213,13 +200,23 @@ def compare_path(run: Path, device_id: str) -> Path:
     return Path(run) / "compare" / f"{device_dirname(device_id)}.json"
 
 
-def compare_device(run: Path, device_id: str, console: Console | None = None, force: bool = False) -> Path:
+def compare_device(
+    run: Path,
+    device_id: str,
+    console: Console | None = None,
+    force: bool = False,
+    fits: Any | None = None,
+    on_step: Callable[[int, int], None] | None = None,
+) -> Path:
     """Compare ``device_id`` with the host for every artifact collected on both; write ``RUN/compare/<device>.json``.
 
     Skips the work when the file exists and its inputs (outputs, results, manifest, experiment.toml) did not change.
+    ``on_step(done, total)`` (progress) is called as steps finish: one per common artifact, one for the host-shadow
+    attacks.
     """
     console = console or Console()
     rd = RunDir(run)
+    rd.require_writable("compare", "compare")
     if device_dirname(device_id) == device_dirname(HOST):
         raise HarnessError("compare: the device must not be 'local' (the host is the reference)")
     host_dir, dev_dir = rd.outputs_dir(HOST), rd.outputs_dir(device_id)
@@ -240,17 +237,26 @@ def compare_device(run: Path, device_id: str, console: Console | None = None, fo
     if out.is_file() and not force:
         try:
             old = json.loads(out.read_text())
-            if old.get("fingerprint") == fp and old.get("version") == COMPARE_VERSION:
-                console.print(f"compare {device_id}: up to date ({out})")
+            if isinstance(old, dict) and old.get("fingerprint") == fp and old.get("version") == COMPARE_VERSION:
+                console.print(f"compare {esc(device_id)}: up to date ({esc(out)})")
+                if on_step is not None:
+                    on_step(len(common) + 1, len(common) + 1)
                 return out
-        except (OSError, json.JSONDecodeError):
+        except (OSError, ValueError):  # unreadable or malformed: recompute it
             pass
 
+    steps = len(common) + 1
+
+    def step(done: int) -> None:
+        if on_step is not None:
+            on_step(done, steps)
+
     divergences = []
-    for a in common:
+    for i, a in enumerate(common):
         host_b = rd.load_outputs(HOST, a.id)
         dev_b = rd.load_outputs(device_id, a.id)
         divergences.append(asdict(output_divergence(host_b, dev_b, a)))
+        step(i + 1)
 
     deltas: list[dict[str, Any]] = []
     if rd.results(HOST).is_file() and rd.results(device_id).is_file():
@@ -260,7 +266,7 @@ def compare_device(run: Path, device_id: str, console: Console | None = None, fo
     transfer_note = None
     targets = [a for a in common if a.role == "target"]
     if targets and any(rd.output_npz(HOST, s.id).is_file() for t in targets for s in manifest.shadows_of(t)):
-        rows = host_shadow_attack(run, device_id, console=console)
+        rows = host_shadow_attack(run, device_id, console=console, fits=fits)
         own = {_row_key(r): r for r in load_results(rd.results(device_id))} if rd.results(device_id).is_file() else {}
         for r in rows:
             d = r.model_dump(mode="json")
@@ -271,6 +277,7 @@ def compare_device(run: Path, device_id: str, console: Console | None = None, fo
             transfer_rows.append(d)
     else:
         transfer_note = "no target artifact collected on both sides with host shadow outputs"
+    step(steps)
 
     payload = {
         "version": COMPARE_VERSION,
@@ -283,11 +290,13 @@ def compare_device(run: Path, device_id: str, console: Console | None = None, fo
         "host_shadow_device_target_note": transfer_note,
     }
     atomic_write_json(out, payload)
-    console.print(f"compare {device_id}: {len(divergences)} artifacts, {len(deltas)} attack deltas -> {out}")
+    console.print(f"compare {esc(device_id)}: {len(divergences)} artifacts, {len(deltas)} attack deltas -> {esc(out)}")
     return out
 
 
-def compare_run(run: Path, console: Console | None = None, force: bool = False) -> list[Path]:
+def compare_run(
+    run: Path, console: Console | None = None, force: bool = False, fits: Any | None = None
+) -> list[Path]:
     """:func:`compare_device` for every collected device other than the host. Returns the files written."""
     rd = RunDir(run)
     devices = [d for d, _ in rd.collected_devices() if device_dirname(d) != device_dirname(HOST)]
@@ -297,21 +306,104 @@ def compare_run(run: Path, console: Console | None = None, force: bool = False) 
         raise HarnessError(
             f"{run}: devices were collected but not the host; run 'compleak collect {run} --device local'"
         )
-    return [compare_device(run, d, console=console, force=force) for d in devices]
+    if fits is None:  # one cache for every device: the host-shadow attacks are fitted once, not once per device
+        from harness.attack_stage import FitCache
+
+        fits = FitCache()
+    console = console or Console()
+    written = []
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        TimeRemainingColumn(), console=console, transient=False,
+    ) as progress:
+        overall = progress.add_task(f"compare: 0/{len(devices)} devices", total=len(devices))
+        for n, d in enumerate(devices):
+            task = progress.add_task(f"  {esc(d)}: artifacts, then host-shadow attacks", total=None)
+
+            def on_step(done: int, total: int, task: Any = task) -> None:
+                progress.update(task, completed=done, total=total)
+
+            written.append(compare_device(run, d, console=console, force=force, fits=fits, on_step=on_step))
+            progress.update(task, description=f"  [green]✓[/] {esc(d)}")
+            progress.update(overall, advance=1, description=f"compare: {n + 1}/{len(devices)} devices")
+    return written
+
+
+class _Loose(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class _DeltaRow(_Loose):
+    family: str
+    method: str
+    variant: str | list[str]
+    delta_auc: float
+    delta_tpr_at_fpr: dict[str, float | None] = Field(default_factory=dict)
+
+
+class _TransferRow(ResultRow):
+    auc_device_shadows: float | None = None
+    delta_auc_vs_device_shadows: float | None = None
+
+
+class CompareFile(_Loose):
+    """Schema of ``RUN/compare/<device>.json`` as the report reads it (the file is untrusted input)."""
+
+    version: int
+    device: str
+    host: str = HOST
+    artifacts: list[OutputDivergence] = Field(default_factory=list)
+    leakage_deltas: list[_DeltaRow] = Field(default_factory=list)
+    host_shadow_device_target: list[_TransferRow] = Field(default_factory=list)
+    host_shadow_device_target_note: str | None = None
+
+
+COMPARE_MAX_BYTES = 64 << 20  # a comparison file is a few KiB; refuse absurd ones instead of reading them
 
 
 def load_compare(run: Path) -> dict[str, dict[str, Any]]:
-    """Every ``RUN/compare/*.json`` keyed by device id (empty when there is none)."""
+    """Every ``RUN/compare/*.json`` keyed by device id (empty when there is none), each validated against
+    :class:`CompareFile`; a malformed one is a :class:`ContractError` naming the file and the fix."""
     base = Path(run) / "compare"
     out: dict[str, dict[str, Any]] = {}
     if not base.is_dir():
         return out
+    fix = "delete it and rerun `compleak audit` (it recompares)"
     for p in sorted(base.glob("*.json")):
+        if not p.is_file() or p.stat().st_size > COMPARE_MAX_BYTES:
+            raise ContractError(f"{p}: not a regular file of at most {COMPARE_MAX_BYTES >> 20} MiB; {fix}")
         try:
-            obj = json.loads(p.read_text())
+            obj = json.loads(p.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
-            raise ContractError(
-                f"{p}: invalid JSON at line {exc.lineno}: {exc.msg}; delete it and rerun compare"
-            ) from None
-        out[str(obj.get("device", p.stem))] = obj
+            raise ContractError(f"{p}: invalid JSON at line {exc.lineno}: {exc.msg}; {fix}") from None
+        except UnicodeDecodeError:
+            raise ContractError(f"{p}: not UTF-8 text; {fix}") from None
+        try:
+            CompareFile.model_validate(obj)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
+            raise ContractError(f"{p}: [{loc}] {err['msg']}; {fix}") from None
+        out[str(obj["device"])] = obj
     return out
+
+
+def compare_for_report(run: Path, console: Console | None = None) -> list[Path]:
+    """What ``compleak report`` does first: :func:`compare_run` on every collected device (an up-to-date
+    comparison is not redone), so a report built from manual stages (collect, attack, report) shows host versus
+    device. Returns the comparison files; none when only the host was collected or the run has no manifest (a run
+    across seeds: each seed's run is compared by its own audit). Devices collected without the host cannot be
+    compared: a note says so and the report goes on without the comparison."""
+    console = console or Console()
+    rd = RunDir(run)
+    devices = [d for d, _ in rd.collected_devices() if device_dirname(d) != device_dirname(HOST)]
+    if not devices or not rd.manifest.is_file():
+        return []
+    if not rd.outputs_dir(HOST).is_dir():
+        console.print(
+            f"[yellow]note[/]: {esc(', '.join(devices))} not compared with the host: the host has no outputs; run "
+            f"'compleak collect {esc(run)} --device local', then 'compleak compare {esc(run)}'",
+            highlight=False,
+        )
+        return []
+    return compare_run(run, console=console)

@@ -15,6 +15,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from compleak.rundir import NAME_HELP, name_problem
+
 ARCHS = ("cnn-small", "resnet18", "vgg16-bn", "mobilenetv2")
 FRAMEWORKS = ("tf", "torch")
 FORMATS = {"tf": ("tflite",), "torch": ("pte", "ptl", "onnx")}
@@ -56,8 +58,31 @@ class _Strict(BaseModel):
 
 
 class ExperimentSection(_Strict):
-    name: str = "experiment"
-    seed: int = 0
+    name: str = "experiment"  # becomes the folder runs/<name>: a checked name (compleak.rundir.check_name)
+    seed: int = Field(0, ge=0, lt=2**31)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        why = name_problem(v)
+        if why is not None:
+            raise ValueError(f"'{v[:80]}' {why}; {NAME_HELP}")
+        return v
+    # repeat target and reference training once per seed: one complete run per seed in RUN/seeds/<seed>/ (audit,
+    # demo); the top-level report shows mean ± sd across seeds. None: one run with ``seed``.
+    seeds: list[int] | None = None
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None:
+            if not v:
+                raise ValueError("seeds must list at least one seed (or be left out)")
+            if len(set(v)) != len(v):
+                raise ValueError("seeds must be unique")
+            if any(s < 0 for s in v):
+                raise ValueError("seeds must be >= 0")
+        return v
 
 
 class Preprocess(_Strict):
@@ -89,10 +114,21 @@ class DataSection(_Strict):
 class SplitsSection(_Strict):
     target_in: int = Field(2000, gt=0)
     target_out: int = Field(2000, gt=0)
-    shadow_in: int = Field(2000, gt=0)
+    shadow_in: int = Field(2000, gt=0)  # offline reference model k's members / non-members (online: half the pool)
     shadow_out: int = Field(2000, gt=0)
-    n_shadows: int = Field(1, ge=1)
-    holdout_fraction: float = Field(0.1, ge=0.0, lt=0.5)  # owner's own early-stopping hold-out, from its in-set
+    # the old name of attack.reference_models (K); attack.reference_models wins when both are given. After loading
+    # both hold the resolved K, so either may be read.
+    n_shadows: int | None = Field(None, ge=1, le=4096)
+    # each owner's own validation hold-out (early stopping only: never trained on, never scored), as a fraction of
+    # its training-set size, drawn OUTSIDE its members (splits.npz: target_val, shadow_val_k)
+    holdout_fraction: float = Field(0.1, ge=0.0, lt=0.5)
+    # online threat model: the attacker's pool, target candidates (target_in + target_out) included; each reference
+    # model trains on a random half of it. None: max(target_in + target_out, 2 * target_in), so a reference trains on
+    # as many examples as the target. Not used offline.
+    pool: int | None = Field(None, gt=0)
+    # attacker population ids (RMIA's z set): target non-members outside the candidates and outside every
+    # reference model's training data, queried on every target and reference artifact. 0: none.
+    population: int = Field(0, ge=0)
 
 
 class ModelSection(_Strict):
@@ -115,6 +151,11 @@ class TrainSection(_Strict):
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
     early_stopping_patience: int = Field(0, ge=0)  # 0: off. Uses only the owner's own hold-out.
+    # where and with how many threads to train (execution settings: excluded from model_dump, so from every cache
+    # key; docs/scale.md). auto = CUDA when torch sees a GPU (TF uses its GPU when present); cpu = never a GPU.
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", exclude=True)
+    # intra-op threads for training and export; None = the unit's CPU allocation (Ray) or this machine's cores
+    threads: int | None = Field(None, ge=1, le=1024, exclude=True)
 
 
 class CompressSection(_Strict):
@@ -154,7 +195,27 @@ class AttackSection(_Strict):
     baselines: list[Literal["rmia", "lira"]] = Field(default_factory=lambda: list(BASELINES))
     fprs: list[float] = Field(default_factory=lambda: [0.001, 0.01])
     bootstrap: int = Field(200, ge=0)
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**31)
+    # K reference (shadow) models, each trained and compressed exactly like the target; wins over splits.n_shadows.
+    # None: splits.n_shadows, else 1.
+    reference_models: int | None = Field(None, ge=1, le=4096)
+    # online: references train on random halves of the attacker's pool, which holds the target candidates (each
+    # candidate IN for about half of them; online LiRA / RMIA; needs K >= 2). offline: references never see a
+    # candidate (their data is disjoint from every target set).
+    threat_model: Literal["online", "offline"] = "offline"
+
+    @field_validator("fprs")
+    @classmethod
+    def _fprs(cls, v: list[float]) -> list[float]:
+        bad = [f for f in v if not 0.0 < f < 1.0]
+        if bad:
+            raise ValueError(f"{bad[0]} is not a false-positive rate; each must lie strictly between 0 and 1, "
+                             "e.g. [0.001, 0.01] for 0.1 % and 1 %")
+        return v
+    # SAMIA: perturbed copies per queried example sent through the device at collect time (0: off), and the
+    # standard deviation of the Gaussian input perturbation in preprocessed input units
+    samia_perturbations: int = Field(0, ge=0, le=256)
+    samia_epsilon: float = Field(0.05, gt=0)
 
 
 class DeviceEntry(_Strict):
@@ -164,6 +225,9 @@ class DeviceEntry(_Strict):
     trust_new_host: bool = False  # never silently: printed when used
     password_env: str | None = None  # name of an env var holding a password; the password itself never in config
     binaries: str | None = None  # folder with benchmark_model / executor_runner for adb devices
+    # Ray custom resource the device's collect actor is pinned to (the host its USB hub hangs on: that node is
+    # started with `ray start --resources '{"NAME": 1}'`); docs/scale.md
+    resource: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]{1,64}$")
 
 
 class AuditSection(_Strict):
@@ -180,6 +244,35 @@ class Experiment(_Strict):
     export: ExportSection = Field(default_factory=ExportSection)
     attack: AttackSection = Field(default_factory=AttackSection)
     audit: AuditSection = Field(default_factory=AuditSection)
+
+    @model_validator(mode="after")
+    def _owners(self) -> "Experiment":
+        """Resolve K (attack.reference_models, else splits.n_shadows, else 1) into both keys; check the threat model."""
+        s, a = self.splits, self.attack
+        k = a.reference_models if a.reference_models is not None else (s.n_shadows or 1)
+        a.reference_models = s.n_shadows = k
+        if a.threat_model == "online":
+            if k < 2:
+                raise ValueError(
+                    f"attack.threat_model = 'online' needs attack.reference_models >= 2 (16 or more recommended; "
+                    f"got {k}): each candidate must be IN for some references and OUT for others"
+                )
+            candidates = s.target_in + s.target_out
+            if s.pool is not None and s.pool < candidates:
+                raise ValueError(
+                    f"splits.pool = {s.pool} is smaller than the target candidates (target_in + target_out = "
+                    f"{candidates}); the online pool contains them: raise splits.pool or leave it out"
+                )
+        elif s.pool is not None:
+            raise ValueError(
+                "splits.pool is the online attacker's pool; set attack.threat_model = 'online' or remove splits.pool"
+            )
+        return self
+
+    @property
+    def reference_models(self) -> int:
+        """K, the number of reference (shadow) models (resolved from attack.reference_models / splits.n_shadows)."""
+        return int(self.attack.reference_models or 1)
 
     def section_hash(self, *sections: str, extra: Any = None) -> str:
         """sha256 over the JSON of the named sections (and ``extra``): the cache key of a build step."""
@@ -199,7 +292,7 @@ def _format_error(path: Path, exc: ValidationError) -> str:
             model = Experiment.model_fields[str(section)].annotation  # type: ignore[assignment]
         allowed = ", ".join(model.model_fields) if hasattr(model, "model_fields") else ""
         msg = f"unknown key; allowed keys here: {allowed}"
-    elif err["type"] == "literal_error":
+    else:  # "Input should be greater than or equal to 0" -> "must be greater than or equal to 0"
         msg = msg.replace("Input should be", "must be")
     return f"{path}: [{loc}] {msg}"
 

@@ -33,7 +33,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from compleak.rundir import RunDir, atomic_path
-from harness.errors import HarnessError
+from harness.errors import HarnessError, esc
 
 SUITE = "bookworm"
 ARCHES = ("amd64", "arm64")
@@ -86,8 +86,8 @@ TF_TOOLCHAINS: dict[str, TfPins] = {
 
 
 def _say(console: Console | None, text: str) -> None:
-    if console is not None:
-        console.print(text, highlight=False)
+    if console is not None:  # literally: texts carry paths, names and URIs, never markup
+        console.print(text, highlight=False, markup=False)
 
 
 def host_arch() -> str:
@@ -224,7 +224,7 @@ def _stream(argv: list[str], what: str, console: Console | None, env: dict[str, 
         raise HarnessError(f"cannot run {argv[0]} ({exc.strerror})") from None
     assert proc.stdout is not None
     live = console is not None and console.is_terminal and not echo
-    status = console.status(what) if live else None
+    status = console.status(esc(what)) if live else None
     try:
         if status is not None:
             status.start()
@@ -236,7 +236,7 @@ def _stream(argv: list[str], what: str, console: Console | None, env: dict[str, 
             if echo and console is not None:
                 console.print(line, highlight=False, markup=False)
             elif status is not None:
-                status.update(f"{what}: [dim]{escape(line[:110])}[/]")
+                status.update(f"{esc(what)}: [dim]{escape(line[:110])}[/]")
             elif console is not None and line.startswith(_MILESTONES):  # logs (CI): milestones only
                 console.print(f"{what}: {line[:160]}", highlight=False, markup=False, soft_wrap=True)
         rc = proc.wait()
@@ -631,7 +631,8 @@ def build_in_container(experiment: Path, out: Path | None = None, data_dir: Path
     env = {"PYTHONPATH": "/opt/compleak-src", "HOME": "/tmp", "PYTHONUNBUFFERED": "1", "COMPLEAK_CONTAINER": spec.ref}
     for k, v in env.items():
         argv += ["-e", f"{k}={v}"]
-    inner = ["python", "-m", "harness.cli", "build", str(experiment), "--out", str(run)]
+    # serial inside the container: the toolchain images hold no Ray (the container is the unit of isolation)
+    inner = ["python", "-m", "harness.cli", "build", str(experiment), "--out", str(run), "--no-ray"]
     if data_dir:
         inner += ["--data-dir", str(Path(data_dir).expanduser().resolve())]
     if force:

@@ -10,14 +10,21 @@ path and the fix.
 from __future__ import annotations
 
 import gzip
+import hashlib
+import http.client
+import math
 import os
 import pickle
-import shutil
 import struct
 import tarfile
 import urllib.error
+import urllib.parse
 import urllib.request
-from dataclasses import dataclass
+import zipfile
+import zlib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,6 +34,8 @@ from compleak.rundir import Splits, atomic_path
 from harness.errors import HarnessError
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from harness.config import Experiment, Preprocess
 
 #: Where datasets are looked for when no ``--data-dir`` is given (after the user cache).
@@ -41,12 +50,28 @@ _FASHION_FILES = (
     "t10k-images-idx3-ubyte",
     "t10k-labels-idx1-ubyte",
 )
-# The datasets' official distribution points (used only with download=true).
+# The datasets' official distribution points (used only with download=true) and the pinned sha256 of each file
+# (the digests published with the official archives: Keras' CIFAR loaders, Fashion-MNIST's .gz files).
+# Fashion-MNIST's official host serves plain http only, which download_verified() refuses (https only): fetch
+# those files yourself, check them against these digests, and pass --data-dir.
 _FASHION_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
+_FASHION_SHA256 = {
+    "train-images-idx3-ubyte": "08dc20ab1689590a0bcd66e874647b6ee8464e2d501b5a3f1f78831db19a3fdc",
+    "train-labels-idx1-ubyte": "b0197879cbda89f3dc7b894f9fd52b858e68ea4182b6947c9d8c2b67e5f18dcc",
+    "t10k-images-idx3-ubyte": "78dcbbfb5a27efaf1b6c1d616caca68560be8766c5bffcb2791df9273a534229",
+    "t10k-labels-idx1-ubyte": "42bd18137a62d5998cdeae52bf3a0676ac6b706f5cf8439b47bb5b151ae3dccf",
+}
 _CIFAR = {
     "cifar10": ("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz", "cifar-10-batches-py"),
     "cifar100": ("https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz", "cifar-100-python"),
 }
+_CIFAR_SHA256 = {
+    "cifar10": "6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce",
+    "cifar100": "85cd44d02ba6437773c5bbd22e183051d648de2e7d6b014e1ef29b855ba677a7",
+}
+_DOWNLOAD_MAX_BYTES = 1 << 30  # the largest official archive is 170 MB
+_IDX_MAX_BYTES = 1 << 31  # an IDX file's data (header-declared); Fashion-MNIST's largest is 47 MB
+_NPZ_MAX_BYTES = 1 << 34  # all arrays of an npz dataset together (header-declared)
 _IMAGE_EXT = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
@@ -69,10 +94,11 @@ class Dataset:
 
 @dataclass
 class OwnerData:
-    """What one model owner (the target, or one shadow) trains on. Arrays are preprocessed NHWC float32.
+    """What one model owner (the target, or one reference/shadow model) trains on. Arrays are preprocessed NHWC
+    float32.
 
-    x_train float32 [N, H, W, C], y_train int64 [N]: the owner's members minus its hold-out.
-    x_holdout / y_holdout: the owner's own early-stopping hold-out, carved from its member set.
+    x_train float32 [N, H, W, C], y_train int64 [N]: exactly the owner's members (``ids_train`` int64 [N]).
+    x_holdout / y_holdout: the owner's own early-stopping hold-out (``ids_holdout``), outside its members.
     x_test / y_test: the owner's non-members, used only to report host test accuracy (never for selection).
     """
 
@@ -84,6 +110,8 @@ class OwnerData:
     y_test: np.ndarray
     n_classes: int
     seed: int
+    ids_train: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    ids_holdout: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
 
 # --------------------------------------------------------------------------- loading
@@ -100,33 +128,122 @@ def _search_dirs(name: str, data_dir: Path | None) -> list[Path]:
     return [_cache_dir(name), *(Path(p) for p in DEFAULT_DATA_DIRS.get(name, ()))]
 
 
-def _download(url: str, dest: Path) -> None:
-    """Fetch ``url`` into ``dest`` atomically; HarnessError (one line) when offline."""
+class _HttpsOnlyRedirects(urllib.request.HTTPRedirectHandler):
+    """Follow a redirect only to another https URL."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[no-untyped-def]
+        if urllib.parse.urlsplit(newurl).scheme != "https":
+            raise urllib.error.URLError(f"redirected to a non-https URL {newurl}")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+#: ``progress(url, bytes received so far, total bytes from Content-Length or None)``, called as a download streams
+DownloadProgress = Callable[[str, int, "int | None"], None]
+
+
+@contextmanager
+def rich_download_progress(console: Console | None = None) -> Iterator[DownloadProgress]:
+    """A rich progress bar per downloaded file (bytes, speed, time remaining) as a :data:`DownloadProgress`."""
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    from harness.errors import esc
+
+    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+               TimeRemainingColumn())  # fmt: skip
+    with Progress(*columns, console=console or Console(), transient=False) as bar:
+        tasks: dict[str, object] = {}
+
+        def update(url: str, done: int, total: int | None) -> None:
+            if url not in tasks:
+                tasks[url] = bar.add_task(f"download {esc(url.rsplit('/', 1)[-1])}", total=total)
+            bar.update(tasks[url], completed=done, total=total)  # type: ignore[arg-type]
+
+        yield update
+
+
+def download_verified(
+    url: str,
+    dest: Path,
+    sha256: str,
+    max_bytes: int = _DOWNLOAD_MAX_BYTES,
+    progress: DownloadProgress | None = None,
+) -> None:
+    """Fetch the https ``url`` into ``dest`` and check it against the pinned ``sha256`` (hex) before it lands.
+
+    The file is streamed into a temporary file next to ``dest`` and renamed onto it only when its digest matches;
+    on a mismatch, a network error, more than ``max_bytes`` bytes, a non-https URL or redirect, the partial download
+    is deleted and a one-line HarnessError is raised (nothing at ``dest`` changes). ``progress`` (e.g. from
+    :func:`rich_download_progress`) is told the bytes received after each block.
+    """
+    fix = "put the verified files in a folder and pass --data-dir"
+    if urllib.parse.urlsplit(url).scheme != "https":
+        raise HarnessError(f"{url}: only https downloads are allowed (pinned sha256 {sha256[:16]}...); {fix}")
+    opener = urllib.request.build_opener(_HttpsOnlyRedirects())
+    digest = hashlib.sha256()
     with atomic_path(dest) as tmp:
         try:
-            with open(tmp, "wb") as fh, urllib.request.urlopen(url, timeout=60) as resp:
-                shutil.copyfileobj(resp, fh)
-        except (urllib.error.URLError, OSError, TimeoutError) as exc:
+            with open(tmp, "wb") as fh, opener.open(url, timeout=60) as resp:
+                length = str(resp.headers.get("Content-Length") or "").strip()
+                expected = int(length) if length.isdigit() and int(length) <= max_bytes else None
+                total = 0
+                if progress is not None:
+                    progress(url, 0, expected)
+                while block := resp.read(1 << 20):
+                    total += len(block)
+                    if total > max_bytes:
+                        raise HarnessError(f"{url}: more than {max_bytes} bytes, not the pinned file; {fix}")
+                    digest.update(block)
+                    fh.write(block)
+                    if progress is not None:
+                        progress(url, total, expected)
+        except (urllib.error.URLError, http.client.HTTPException, OSError, TimeoutError) as exc:
+            raise HarnessError(f"could not download {url} ({exc.__class__.__name__}: {exc}); {fix}") from None
+        if digest.hexdigest() != sha256:
             raise HarnessError(
-                f"could not download {url} ({exc.__class__.__name__}: {exc}); "
-                f"put the files in a folder and pass --data-dir"
-            ) from None
+                f"{url}: downloaded file has sha256 {digest.hexdigest()[:16]}..., not the pinned {sha256[:16]}... "
+                f"(the download was deleted); retry later or {fix}"
+            )
 
 
-def _read_idx(path: Path) -> np.ndarray:
-    """Read one IDX file (gzip or plain) into a uint8 array of the shape its header declares."""
+def _read_idx(path: Path, max_bytes: int = _IDX_MAX_BYTES) -> np.ndarray:
+    """Read one IDX file (gzip or plain) into a uint8 array of the shape its header declares.
+
+    Reads are bounded by the header: at most ``max_bytes`` data bytes are accepted and never more than the header
+    declares (plus one byte to detect trailing data) is read, so neither an absurd header nor a gzip bomb can
+    exhaust memory.
+    """
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rb") as fh:
-            data = fh.read()
-        magic, = struct.unpack(">I", data[:4])
-        if magic >> 8 != 0x08:  # 0x0008NN: unsigned byte, NN dimensions
-            raise ValueError(f"magic {magic:#x} is not an unsigned-byte IDX file")
-        ndim = magic & 0xFF
-        shape = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
-        arr = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
-        return arr.reshape(shape)
-    except (OSError, ValueError, EOFError, struct.error) as exc:
+            head = fh.read(4)
+            if len(head) != 4:
+                raise ValueError("shorter than an IDX header")
+            magic, = struct.unpack(">I", head)
+            if magic >> 8 != 0x08:  # 0x0008NN: unsigned byte, NN dimensions
+                raise ValueError(f"magic {magic:#x} is not an unsigned-byte IDX file")
+            ndim = magic & 0xFF
+            if not 1 <= ndim <= 4:
+                raise ValueError(f"header declares {ndim} dimensions")
+            shape = struct.unpack(f">{ndim}I", fh.read(4 * ndim))
+            n = math.prod(shape)
+            if n > max_bytes:
+                raise ValueError(f"header declares {shape} = {n} bytes, more than the {max_bytes} this tool reads")
+            chunks, got = [], 0
+            while got <= n and (block := fh.read(min(1 << 24, n + 1 - got))):
+                chunks.append(block)
+                got += len(block)
+        if got != n:
+            raise ValueError(f"header declares {n} data bytes but the file holds {'more' if got > n else got}")
+        return np.frombuffer(b"".join(chunks), dtype=np.uint8).reshape(shape)
+    except (OSError, ValueError, EOFError, struct.error, zlib.error) as exc:
         raise HarnessError(
             f"{path}: not a readable IDX file ({exc}); re-download Fashion-MNIST into that folder"
         ) from None
@@ -147,8 +264,10 @@ def _load_fashion(data_dir: Path | None, download: bool) -> Dataset:
     files = next((f for d in dirs if (f := _find_fashion(d))), None)
     if files is None and download:
         target = Path(data_dir) if data_dir is not None else _cache_dir("fashion-mnist")
-        for stem in _FASHION_FILES:
-            _download(f"{_FASHION_URL}{stem}.gz", target / f"{stem}.gz")
+        with rich_download_progress() as progress:
+            for stem in _FASHION_FILES:
+                download_verified(f"{_FASHION_URL}{stem}.gz", target / f"{stem}.gz", _FASHION_SHA256[stem],
+                                  progress=progress)  # fmt: skip
         files = _find_fashion(target)
     if files is None:
         where = ", ".join(str(d) for d in dirs)
@@ -172,14 +291,44 @@ def _find_cifar(d: Path, sub: str) -> Path | None:
     return None
 
 
+_NDARRAY_RECONSTRUCT = np.zeros(0, np.uint8).__reduce__()[0]  # numpy's array-unpickling helper, whatever its module
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickler for the official CIFAR python batches (Python 2 cPickle, protocol 2): a dict of byte-string keys,
+    lists of ints / byte strings, and one uint8 numpy array. Those need exactly three globals, numpy's
+    ``_reconstruct``, ``ndarray`` and ``dtype``; every other global (``os.system``, ``builtins.eval``,
+    ``_codecs.encode`` ...) is refused, and persistent ids are refused by ``pickle.Unpickler`` itself."""
+
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"): _NDARRAY_RECONSTRUCT,
+        ("numpy._core.multiarray", "_reconstruct"): _NDARRAY_RECONSTRUCT,
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+    }
+
+    def find_class(self, module: str, name: str) -> object:
+        found = self._ALLOWED.get((module, name))
+        if found is None:
+            raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in a CIFAR batch")
+        return found
+
+
 def _unpickle(path: Path) -> dict:
+    """The dict of one CIFAR python batch, loaded with :class:`_CifarUnpickler` (byte-string keys)."""
     try:
         with open(path, "rb") as fh:
-            return pickle.load(fh, encoding="bytes")
-    except (OSError, pickle.UnpicklingError, EOFError, ValueError) as exc:
+            d = _CifarUnpickler(fh, encoding="bytes").load()
+    except (OSError, pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError,
+            KeyError, OverflowError, MemoryError, RecursionError, struct.error) as exc:
         raise HarnessError(
-            f"{path}: not a CIFAR python-pickle batch ({exc}); re-extract the official archive"
+            f"{path}: not a CIFAR python-pickle batch ({exc.__class__.__name__}: {str(exc)[:200]}); "
+            "re-extract the official archive"
         ) from None
+    if not isinstance(d, dict):
+        raise HarnessError(f"{path}: not a CIFAR python-pickle batch (a {type(d).__name__}, not a dict); "
+                           "re-extract the official archive")
+    return d
 
 
 def _load_cifar(name: str, data_dir: Path | None, download: bool) -> Dataset:
@@ -189,7 +338,8 @@ def _load_cifar(name: str, data_dir: Path | None, download: bool) -> Dataset:
     if root is None and download:
         target = Path(data_dir) if data_dir is not None else _cache_dir(name)
         archive = target / url.rsplit("/", 1)[1]
-        _download(url, archive)
+        with rich_download_progress() as progress:
+            download_verified(url, archive, _CIFAR_SHA256[name], progress=progress)
         with tarfile.open(archive) as tf:
             tf.extractall(target, filter="data")
         root = _find_cifar(target, sub)
@@ -210,10 +360,20 @@ def _load_cifar(name: str, data_dir: Path | None, download: bool) -> Dataset:
         if not b.is_file():
             raise HarnessError(f"{b}: missing CIFAR batch file; re-extract the official archive into {root}")
         d = _unpickle(b)
-        if b"data" not in d or label_key not in d:
-            raise HarnessError(f"{b}: missing 'data' or labels in CIFAR batch; re-extract the official archive")
-        xs.append(np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
-        ys.append(np.asarray(d[label_key], dtype=np.int64))
+        data, labels = d.get(b"data"), d.get(label_key)
+        if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2 and data.shape[1] == 3072):
+            raise HarnessError(
+                f"{b}: CIFAR batch without a uint8 'data' array [N, 3072]; re-extract the official archive"
+            )
+        n_classes = 10 if name == "cifar10" else 100
+        if not (isinstance(labels, list) and len(labels) == len(data)
+                and all(type(v) is int and 0 <= v < n_classes for v in labels)):
+            raise HarnessError(
+                f"{b}: CIFAR batch labels are not {len(data)} integers in [0, {n_classes}); re-extract the official "
+                "archive"
+            )
+        xs.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+        ys.append(np.asarray(labels, dtype=np.int64))
     return Dataset(name, np.concatenate(xs), np.concatenate(ys), 10 if name == "cifar10" else 100)
 
 
@@ -231,9 +391,46 @@ def _check_labels(y: np.ndarray, source: str) -> np.ndarray:
     return y.astype(np.int64)
 
 
+def _check_npz_headers(path: Path, max_bytes: int = _NPZ_MAX_BYTES) -> None:
+    """Refuse (one line) an npz whose arrays' headers declare object dtypes, sizes other than what their zip members
+    hold, or more than ``max_bytes`` in all, before any array is read (so no header can ask for terabytes)."""
+    fix = "save it again with numpy.savez from numeric arrays"
+    total = 0
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for info in zf.infolist():
+                if not info.filename.endswith(".npy"):
+                    continue
+                with zf.open(info) as fh:
+                    version = np.lib.format.read_magic(fh)
+                    if version == (1, 0):
+                        shape, _, dtype = np.lib.format.read_array_header_1_0(fh)
+                    elif version == (2, 0):
+                        shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
+                    else:
+                        raise ValueError(f"npy format version {version}")
+                    header = fh.tell()
+                if dtype.hasobject:
+                    raise HarnessError(f"{path}: array {info.filename} holds Python objects; {fix}")
+                n = math.prod(shape) * dtype.itemsize
+                if n != info.file_size - header:
+                    raise HarnessError(
+                        f"{path}: array {info.filename} declares {shape} {dtype} = {n} bytes but holds "
+                        f"{info.file_size - header}; {fix}"
+                    )
+                total += n
+                if total > max_bytes:
+                    raise HarnessError(f"{path}: arrays larger than {max_bytes} bytes in all; {fix}")
+    except HarnessError:
+        raise
+    except Exception as exc:  # zipfile.BadZipFile, ValueError from the npy header parser, OSError
+        raise HarnessError(f"{path}: not a readable .npz file ({exc.__class__.__name__}); {fix}") from None
+
+
 def _load_npz(path: Path) -> Dataset:
     if not path.is_file():
         raise HarnessError(f"{path}: npz dataset not found; give npz:PATH to a file with arrays 'x' and 'y'")
+    _check_npz_headers(path)
     try:
         with np.load(path, allow_pickle=False) as z:
             if "x" not in z.files or "y" not in z.files:
@@ -322,13 +519,27 @@ def load_dataset(spec: str, data_dir: Path | None = None, download: bool = False
 # --------------------------------------------------------------------------- splits
 
 
-def make_splits(exp: Experiment, labels: np.ndarray) -> Splits:
-    """Draw disjoint, seeded membership splits with the sizes of ``exp.splits``.
+def _reference_rng(seed: int, k: int) -> np.random.Generator:
+    """The generator of reference model ``k``'s draw: independent of K, so adding references keeps the first ones."""
+    return np.random.default_rng([int(seed), 0x5EED, int(k)])
 
-    The target's in/out sets come first from a permutation seeded by ``experiment.seed``; every shadow's in/out sets
-    come from the remaining pool, disjoint from the target. When the pool holds enough examples the shadows are also
-    mutually disjoint; otherwise each shadow samples its own subset of the pool (shadows may then overlap each other,
-    which the contract allows).
+
+def make_splits(exp: Experiment, labels: np.ndarray) -> Splits:
+    """Draw seeded membership splits for the target and the K reference models of ``exp`` (see docs/DESIGN.md).
+
+    A permutation seeded by ``experiment.seed`` gives, in order: ``target_in``, ``target_out`` (the candidates),
+    ``target_val`` (``round(holdout_fraction * target_in)``, the target's own hold-out), ``population``
+    (``splits.population`` ids, RMIA's z set), then the attacker's remaining data. Every owner trains on exactly its
+    ``*_in`` ids; its hold-out lies outside its members and is never scored.
+
+    - offline (``attack.threat_model``): reference k gets ``shadow_in`` + ``shadow_out`` + ``round(holdout_fraction
+      * shadow_in)`` ids of the attacker's data (mutually disjoint chunks when the data suffices, else its own random
+      sample), so no reference ever sees a candidate.
+    - online: the attacker's pool is the candidates plus ``splits.pool - candidates`` further ids (default pool size
+      ``max(target_in + target_out, 2 * target_in)``, so a reference trains on as many examples as the target);
+      reference k trains on a random half of the pool (``shadow_in[k]``), takes its hold-out from the other half and
+      keeps the rest as ``shadow_out[k]``, so each candidate is IN for a Binomial(K, 1/2) number of references.
+    Reference k's draw uses its own generator (:func:`_reference_rng`), so raising K keeps references 0..K-1.
 
     Args:
         labels: int64 [N], the labels of the whole dataset.
@@ -336,28 +547,59 @@ def make_splits(exp: Experiment, labels: np.ndarray) -> Splits:
         HarnessError naming the ``splits.*`` keys when the dataset is too small.
     """
     s = exp.splits
+    online = exp.attack.threat_model == "online"
+    k_refs = exp.reference_models
+    seed = exp.experiment.seed
     labels = np.asarray(labels, dtype=np.int64)
     n = len(labels)
-    need_target = s.target_in + s.target_out
-    need_shadow = s.shadow_in + s.shadow_out
-    if need_target + need_shadow > n:
+    h = s.holdout_fraction
+    n_cand = s.target_in + s.target_out
+    n_tval = int(round(h * s.target_in))
+    head = n_cand + n_tval + s.population
+    if online:
+        pool_size = s.pool if s.pool is not None else max(n_cand, 2 * s.target_in)
+        half = pool_size // 2
+        n_sval = int(round(h * half))
+        need_attacker = pool_size - n_cand
+        what = "the online pool beyond the candidates (splits.pool - target_in - target_out)"
+    else:
+        n_sval = int(round(h * s.shadow_in))
+        need_shadow = s.shadow_in + s.shadow_out + n_sval
+        need_attacker = need_shadow
+        what = "one reference model (splits.shadow_in + shadow_out + its hold-out)"
+    if head + need_attacker > n:
         raise HarnessError(
-            f"dataset has {n} examples but splits.target_in + target_out + shadow_in + shadow_out = "
-            f"{need_target + need_shadow}; lower those sizes in [splits]"
+            f"dataset has {n} examples but [splits] needs {head + need_attacker}: splits.target_in + target_out "
+            f"({n_cand}) + the target hold-out ({n_tval}, splits.holdout_fraction) + splits.population "
+            f"({s.population}) + {what} ({need_attacker}); lower those sizes in [splits]"
         )
-    rng = np.random.default_rng(exp.experiment.seed)
-    perm = rng.permutation(n)
-    target_in, target_out = perm[: s.target_in], perm[s.target_in : need_target]
-    pool = perm[need_target:]
-    shadow_in, shadow_out = [], []
-    for k in range(s.n_shadows):
-        if len(pool) >= s.n_shadows * need_shadow:
-            chunk = pool[k * need_shadow : (k + 1) * need_shadow]
-        else:
-            chunk = rng.choice(pool, size=need_shadow, replace=False)
-        shadow_in.append(np.sort(chunk[: s.shadow_in]))
-        shadow_out.append(np.sort(chunk[s.shadow_in :]))
-    return Splits(labels, np.sort(target_in), np.sort(target_out), shadow_in, shadow_out).validate("make_splits")
+    perm = np.random.default_rng(seed).permutation(n)
+    target_in, target_out = perm[: s.target_in], perm[s.target_in : n_cand]
+    target_val = perm[n_cand : n_cand + n_tval]
+    population = perm[n_cand + n_tval : head]
+    rest = perm[head:]
+    shadow_in, shadow_out, shadow_val = [], [], []
+    if online:
+        pool = np.concatenate([target_in, target_out, rest[:need_attacker]])
+        for k in range(k_refs):
+            order = pool[_reference_rng(seed, k).permutation(len(pool))]
+            shadow_in.append(np.sort(order[:half]))
+            shadow_val.append(np.sort(order[half : half + n_sval]))
+            shadow_out.append(np.sort(order[half + n_sval :]))
+    else:
+        for k in range(k_refs):
+            if len(rest) >= k_refs * need_shadow:
+                chunk = rest[k * need_shadow : (k + 1) * need_shadow]
+            else:
+                chunk = _reference_rng(seed, k).choice(rest, size=need_shadow, replace=False)
+            shadow_in.append(np.sort(chunk[: s.shadow_in]))
+            shadow_out.append(np.sort(chunk[s.shadow_in : s.shadow_in + s.shadow_out]))
+            shadow_val.append(np.sort(chunk[s.shadow_in + s.shadow_out :]))
+    return Splits(
+        labels, np.sort(target_in), np.sort(target_out), shadow_in, shadow_out,
+        target_val=np.sort(target_val), shadow_val=shadow_val,
+        population=np.sort(population) if s.population else None, online=online,
+    ).validate("make_splits")
 
 
 # --------------------------------------------------------------------------- inputs
@@ -407,21 +649,21 @@ def owner_data(
     pre: Preprocess,
     role: str,
     shadow: int | None,
-    holdout_fraction: float,
-    seed: int,
+    holdout_fraction: float | None = None,
+    seed: int = 0,
 ) -> OwnerData:
     """The training data of one model owner (``role='target'`` or ``'shadow'`` with index ``shadow``).
 
-    The owner's members are shuffled with ``seed``; a ``holdout_fraction`` of them becomes the owner's own
-    early-stopping hold-out (so x_train + x_holdout = members). Its non-members become x_test (reporting only).
-    A shadow owner only ever receives shadow ids: the attacker never touches target data.
+    x_train holds EXACTLY the owner's members ``splits.members(role, shadow)`` (shuffled with ``seed``), x_holdout
+    its own hold-out ``splits.holdout(role, shadow)`` (outside its members, never scored; empty for an older
+    splits.npz without one), x_test its non-members (reporting only). ``ids_train`` / ``ids_holdout`` record the ids.
+    ``holdout_fraction`` is not used (the hold-out is part of the splits; kept so older callers still work).
     """
-    members = splits.members(role, shadow)
+    del holdout_fraction
+    train = np.asarray(splits.members(role, shadow), dtype=np.int64)
+    train = train[np.random.default_rng(seed).permutation(len(train))]
+    hold = splits.holdout(role, shadow)
     nonmembers = splits.nonmembers(role, shadow)
-    rng = np.random.default_rng(seed)
-    members = members[rng.permutation(len(members))]
-    n_hold = int(round(holdout_fraction * len(members)))
-    hold, train = members[:n_hold], members[n_hold:]
     return OwnerData(
         x_train=query_inputs(ds, pre, train),
         y_train=ds.y[train],
@@ -431,4 +673,6 @@ def owner_data(
         y_test=ds.y[nonmembers],
         n_classes=ds.n_classes,
         seed=seed,
+        ids_train=train,
+        ids_holdout=hold,
     )

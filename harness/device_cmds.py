@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -11,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from devices.errors import DeviceError
+from harness.errors import esc, literal_log
 
 
 def _human_bytes(n: int | None) -> str:
@@ -52,28 +54,39 @@ def _edge_devices() -> list[Any]:
     return list(known_devices())
 
 
-def list_devices(console: Console) -> None:
-    """Print the devices this tool can see: this host, adb devices, and edge containers it started."""
+def print_json(console: Console, data: Any) -> None:
+    """``data`` as indented JSON on ``console``, literally (no markup, highlighting or wrapping): for scripts."""
+    console.print(json.dumps(data, indent=2, default=str), markup=False, highlight=False, soft_wrap=True)
+
+
+def list_devices(console: Console, as_json: bool = False) -> list[dict[str, str]]:
+    """Print the devices this tool can see: this host, adb devices, and edge containers it started, as a table or
+    (``as_json``) a JSON list of ``{"id", "kind", "state", "details"}``; return that list."""
     import platform
     import sys
 
-    table = Table(title="devices", show_lines=False)
-    for col in ("device id", "kind", "state", "details"):
-        table.add_column(col)
-    table.add_row("local", "this host", "ready",
-                  f"{platform.machine()}, Python {platform.python_version()} ({sys.executable})")
-    adb_entries = adb_devices()
-    for e in adb_entries:
+    found = [{"id": "local", "kind": "this host", "state": "ready",
+              "details": f"{platform.machine()}, Python {platform.python_version()} ({sys.executable})"}]
+    for e in adb_devices():
         details = ", ".join(f"{k}={e[k]}" for k in ("model", "device", "product", "transport_id") if k in e)
         kind = "android emulator" if e["serial"].startswith("emulator-") else "android (adb)"
-        table.add_row(f"adb://{e['serial']}", kind, e["state"], details)
+        found.append({"id": f"adb://{e['serial']}", "kind": kind, "state": e["state"], "details": details})
     for d in _edge_devices():
         meta = getattr(d, "meta", {}) or {}
         details = ", ".join(f"{k}={meta[k]}" for k in ("arch", "image", "engine") if k in meta)
-        table.add_row(d.uri, f"edge container {d.name}", "registered", details)
+        found.append({"id": d.uri, "kind": f"edge container {d.name}", "state": "registered", "details": details})
+    if as_json:
+        print_json(console, found)
+        return found
+    table = Table(title="devices", show_lines=False)
+    for col in ("device id", "kind", "state", "details"):
+        table.add_column(col)
+    for f in found:
+        table.add_row(*(esc(f[k]) for k in ("id", "kind", "state", "details")))
     console.print(table)
     if shutil.which("adb") is None:
         console.print("[dim]adb not installed: Android devices are not listed (apt-get install adb)[/]")
+    return found
 
 
 def probe_device(
@@ -83,18 +96,25 @@ def probe_device(
     trust_new_host: bool = False,
     console: Console | None = None,
     binaries: Path | str | None = None,
+    as_json: bool = False,
+    notes: Console | None = None,
 ) -> dict[str, Any]:
-    """Connect to ``uri`` and print its properties as a table; return them as a dict."""
+    """Connect to ``uri`` and print its properties as a table, or (``as_json``) as the JSON object
+    ``DeviceProperties.to_dict()``; return that dict. Connection notes (a recorded host key) go to ``notes``
+    (default ``console``; the CLI gives its stderr console so that JSON on stdout stays clean)."""
     from devices.uri import connect
 
     console = console or Console()
     dev = connect(uri, identity=identity, known_hosts=known_hosts, trust_new_host=trust_new_host, binaries=binaries,
-                  log=console.print)
+                  log=literal_log(notes or console))
     try:
         props = dev.properties()
     finally:
         dev.close()
-    table = Table(title=f"{props.id}", show_header=False)
+    if as_json:
+        print_json(console, props.to_dict())
+        return props.to_dict()
+    table = Table(title=esc(props.id), show_header=False)
     table.add_column("property", style="bold")
     table.add_column("value")
     rows: list[tuple[str, Any]] = [
@@ -119,6 +139,6 @@ def probe_device(
                          if isinstance(value, (list, tuple)) else str(value)))
     for key, value in rows:
         if value not in (None, ""):
-            table.add_row(key, str(value))
+            table.add_row(esc(key), esc(value))
     console.print(table)
     return props.to_dict()

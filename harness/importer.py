@@ -17,11 +17,14 @@ directory, so that ``collect``, ``attack`` and ``report`` work on it unchanged:
 
 from __future__ import annotations
 
+import codecs
 import csv
-import io
+import functools
 import json
 import math
+import os
 import shutil
+import tempfile
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,11 +44,13 @@ from compleak.rundir import (
     atomic_path,
     atomic_write_bytes,
     atomic_write_json,
+    name_problem,
     sha256_file,
 )
 from harness.artifacts import artifact_id
 from harness.config import ARCHS, Experiment, Preprocess, load_experiment, parse_variant
-from harness.errors import HarnessError
+from harness.errors import HarnessError, esc
+from harness.threat import owners_summary
 
 FRAMEWORK = "external"  # framework field of every artifact in an imported run (targets and their shadows alike)
 TF_FORMATS = ("tflite",)
@@ -107,8 +112,8 @@ def load_preprocess(path: Path | None) -> tuple[Preprocess, bool]:
     if not path.is_file():
         raise HarnessError(f"{path}: preprocessing file not found")
     try:
-        raw = tomllib.loads(path.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raw = tomllib.loads(_read_text(path, "the preprocessing file"))
+    except tomllib.TOMLDecodeError as exc:
         raise HarnessError(f"{path}: not valid TOML ({exc})") from None
     if "data" in raw and isinstance(raw["data"], dict):
         raw = raw["data"]
@@ -133,68 +138,116 @@ def load_preprocess(path: Path | None) -> tuple[Preprocess, bool]:
 # --------------------------------------------------------------------------- membership
 
 
+_MAX_MEMBERSHIP_BYTES = 256 * 2**20  # a membership file larger than this is refused (reads are bounded)
+_MAX_ID_DIGITS = 18  # more digits than any dataset has examples (and than int64 holds)
+
+
 def _parse_id(text: str, where: str, n: int) -> int:
+    """One example id: plain ASCII decimal digits only (no sign, spaces, ``_``, ``.``, or non-ASCII digits such as
+    full-width ``６``, all of which Python's ``int()`` would accept), within 0..n-1."""
+    shown = _shown(text)
+    if not text:
+        raise HarnessError(f"{where}: empty example id; give one plain decimal id (0..{n - 1})")
+    if not (text.isascii() and text.isdigit()):
+        raise HarnessError(
+            f"{where}: '{shown}' is not a plain example id; ids are ASCII decimal digits only (no sign, spaces, "
+            f"'_', '.', or other digit characters), 0..{n - 1}"
+        )
+    if len(text) > _MAX_ID_DIGITS or int(text) >= n:
+        raise HarnessError(f"{where}: example id {shown} is outside the dataset (0..{n - 1})")
+    return int(text)
+
+
+def _shown(text: str, limit: int = 40) -> str:
+    """A value from a user's file as a message may show it: one line, control characters escaped, bounded."""
+    out = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text[:limit])
+    return out + ("…" if len(text) > limit else "")
+
+
+def _read_text(path: Path, what: str) -> str:
+    """``path`` as text: UTF-8 (a byte-order mark is dropped) or UTF-16 with a BOM; bounded; one-line errors."""
     try:
-        i = int(text.strip())
-    except ValueError:
-        raise HarnessError(f"{where}: '{text.strip()}' is not an integer example id") from None
-    if not 0 <= i < n:
-        raise HarnessError(f"{where}: example id {i} is outside the dataset (0..{n - 1})")
-    return i
+        size = path.stat().st_size
+        if size > _MAX_MEMBERSHIP_BYTES:
+            raise HarnessError(f"{path}: {size} bytes is too large for {what} (limit {_MAX_MEMBERSHIP_BYTES} bytes)")
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise HarnessError(f"{path}: cannot read {what} ({exc.strerror})") from None
+    try:
+        if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+            return raw.decode("utf-16")
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise HarnessError(
+            f"{path}: not UTF-8 text (undecodable byte at offset {exc.start}); save {what} as UTF-8"
+        ) from None
 
 
 def read_membership(path: Path, n: int) -> tuple[np.ndarray, np.ndarray | None]:
     """Read membership from ``path``: one example id per line (members only), or a CSV with a header naming an id
     column (``id``/``index``/...) and a membership column (``member``/``membership``/``is_member``/``split``; values
-    1/0, true/false, member/nonmember, in/out). Ids index the dataset (0..n-1).
+    1/0, true/false, member/nonmember, in/out). Ids index the dataset (0..n-1) and are plain ASCII decimal digits;
+    each id appears once. UTF-8 (with or without a byte-order mark) or UTF-16 with a BOM; blank lines and lines
+    starting with ``#`` are skipped. Every refusal names the file and the line.
 
     Returns (members int64 [M], non-members int64 [K] or None for a plain list), in file order.
     """
     path = Path(path)
     if not path.is_file():
         raise HarnessError(f"{path}: membership file not found")
-    try:
-        text = path.read_text()
-    except UnicodeDecodeError:
-        raise HarnessError(f"{path}: not a text file; expected one example id per line or a CSV") from None
-    lines = [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    text = _read_text(path, "a membership file")
+    if "\x00" in text:
+        raise HarnessError(f"{path}: contains NUL bytes; expected one example id per line or a CSV")
+    lines = [
+        (k, ln) for k, ln in enumerate(text.splitlines(), start=1) if ln.strip() and not ln.lstrip().startswith("#")
+    ]
     if not lines:
         raise HarnessError(f"{path}: no example ids in the file")
-    is_csv = path.suffix.lower() in (".csv", ".tsv") or "," in lines[0] or "\t" in lines[0]
+    first = lines[0][1]
+    is_csv = path.suffix.lower() in (".csv", ".tsv") or "," in first or "\t" in first
+    seen: dict[int, int] = {}
+
+    def take(raw: str, k: int) -> int:
+        i = _parse_id(raw, f"{path} line {k}", n)
+        if i in seen:
+            raise HarnessError(
+                f"{path} line {k}: example id {i} is listed again (first on line {seen[i]}); list each id once"
+            )
+        seen[i] = k
+        return i
+
     if not is_csv:
-        ids = [_parse_id(ln, f"{path} line {k + 1}", n) for k, ln in enumerate(lines)]
-        members, nonmembers = np.asarray(ids, dtype=np.int64), None
+        members, nonmembers = np.asarray([take(ln, k) for k, ln in lines], dtype=np.int64), None
     else:
-        dialect = "excel-tab" if "\t" in lines[0] else "excel"
-        reader = csv.DictReader(io.StringIO("\n".join(lines)), dialect=dialect)
-        cols = {c.strip().lower(): c for c in (reader.fieldnames or [])}
-        id_col = next((cols[c] for c in _ID_COLUMNS if c in cols), None)
-        mem_col = next((cols[c] for c in _MEMBER_COLUMNS if c in cols), None)
+        delimiter = "\t" if "\t" in first else ","
+        rows = [(k, next(csv.reader([ln], delimiter=delimiter), [])) for k, ln in lines]
+        header = [c.strip().lower() for c in rows[0][1]]
+        id_col = next((header.index(c) for c in _ID_COLUMNS if c in header), None)
+        mem_col = next((header.index(c) for c in _MEMBER_COLUMNS if c in header), None)
         if id_col is None or mem_col is None:
             raise HarnessError(
-                f"{path}: a membership CSV needs a header with an id column ({'/'.join(_ID_COLUMNS)}) and a membership "
-                f"column ({'/'.join(_MEMBER_COLUMNS)}); found {list(cols)}"
+                f"{path} line {rows[0][0]}: a membership CSV needs a header with an id column "
+                f"({'/'.join(_ID_COLUMNS)}) and a membership column ({'/'.join(_MEMBER_COLUMNS)}); "
+                f"found {[_shown(c) for c in header]}"
             )
         mem: list[int] = []
         non: list[int] = []
-        for k, row in enumerate(reader, start=2):
-            i = _parse_id(row.get(id_col) or "", f"{path} line {k}", n)
-            flag = (row.get(mem_col) or "").strip().lower()
+        for k, row in rows[1:]:
+            if len(row) <= max(id_col, mem_col):
+                raise HarnessError(f"{path} line {k}: {len(row)} field(s), the header has {len(header)}")
+            i = take(row[id_col], k)
+            flag = row[mem_col].strip().lower()
             if flag in _TRUE:
                 mem.append(i)
             elif flag in _FALSE:
                 non.append(i)
             else:
                 raise HarnessError(
-                    f"{path} line {k}: membership '{flag}' is not one of 1/0, true/false, member/nonmember, in/out"
+                    f"{path} line {k}: membership '{_shown(flag)}' is not one of 1/0, true/false, member/nonmember, "
+                    f"in/out"
                 )
-        members, nonmembers = np.asarray(mem, dtype=np.int64), np.asarray(non, dtype=np.int64)
-    for name, ids in (("members", members), ("non-members", nonmembers)):
-        if ids is None:
-            continue
-        uniq, counts = np.unique(ids, return_counts=True)
-        if (counts > 1).any():
-            raise HarnessError(f"{path}: {name} list repeats example id {int(uniq[counts > 1][0])}; each id once")
+        members = np.asarray(mem, dtype=np.int64)
+        nonmembers = np.asarray(non, dtype=np.int64) if non else None  # members only: like a plain list
     if not len(members):
         raise HarnessError(f"{path}: no members listed")
     return members, nonmembers
@@ -464,6 +517,130 @@ def _copy_into(src: Path, dest: Path, sha256: str) -> None:
             raise HarnessError(f"{src}: changed while being copied into {dest.parent}; retry")
 
 
+class _Staging:
+    """Where an import writes: a private folder inside the run (``RUN/.import-staging-XXXXXXXX``, mode 0700).
+
+    Everything the import produces (copied and trained artifacts, ``build/``, ``manifest.json``, ``splits.npz``,
+    ``experiment.toml``, ``threat_model.json``) is written here, checked (:meth:`check`), and only then moved into
+    the run with renames (:meth:`commit`; ``manifest.json`` last, a replaced file is put back if a rename fails).
+    On any failure the folder is removed, and so is the run directory itself when this import created it: a failed
+    import leaves the run exactly as it was.
+    """
+
+    def __init__(self, rd: RunDir) -> None:
+        self.rd = rd
+        self._dir: Path | None = None
+        self._created: list[Path] = []  # folders this import created (removed again on failure)
+
+    @property
+    def dir(self) -> Path:
+        """The staging folder, created (with the run directory when missing) on first use."""
+        if self._dir is None:
+            root = self.rd.root
+            if root.exists() and not root.is_dir():
+                raise HarnessError(f"{root}: exists and is not a folder; import into a run directory")
+            missing: list[Path] = []
+            probe = root
+            while not probe.exists() and not probe.is_symlink() and probe != probe.parent:
+                missing.append(probe)
+                probe = probe.parent
+            for folder in reversed(missing):
+                folder.mkdir()
+                self._created.append(folder)
+            self._dir = Path(tempfile.mkdtemp(prefix=".import-staging-", dir=root))
+        return self._dir
+
+    def __enter__(self) -> "_Staging":
+        return self
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+        if exc_type is not None:
+            for folder in reversed(self._created):
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
+
+    def final_path(self, staged: str | Path) -> str:
+        """Where a path inside the staging folder will be once committed (other paths unchanged)."""
+        path = Path(staged)
+        base = self.dir.resolve()
+        if path.resolve().is_relative_to(base):
+            return str(self.rd.root.resolve() / path.resolve().relative_to(base))
+        return str(staged)
+
+    def check(self, records: list[ArtifactRecord]) -> None:
+        """Read back what was staged: manifest, splits, experiment, threat model, and each new artifact's sha256."""
+        stage = RunDir(self.dir)
+        try:
+            manifest = Manifest.load(stage.manifest)
+            Splits.load(stage.splits).validate("membership")
+            json.loads((stage.root / "threat_model.json").read_text(encoding="utf-8"))
+        except (ContractError, OSError, ValueError) as exc:
+            raise HarnessError(f"{self.rd.root}: the import did not read back ({_first_line(exc)}); nothing was "
+                               f"changed; please report this") from None
+        load_experiment(stage.experiment)
+        for rec in records:
+            staged = stage.root / rec.path
+            path = staged if staged.is_file() else self.rd.artifact_path(rec)
+            listed = rec.id in {a.id for a in manifest.artifacts}
+            if not listed or not path.is_file() or sha256_file(path) != rec.sha256:
+                raise HarnessError(f"{path}: does not hold artifact {rec.id} (sha256 {rec.sha256[:12]}); retry")
+
+    def commit(self) -> None:
+        """Move every staged file to the same place in the run (renames; ``manifest.json`` last). Every destination
+        is checked first (inside the run, not a folder); when a rename fails, what was already moved is undone."""
+        stage = self.dir
+        files = sorted(
+            (p.relative_to(stage) for p in stage.rglob("*") if p.is_file() and not p.is_symlink()),
+            key=lambda rel: (str(rel) == "manifest.json", str(rel)),
+        )
+        for rel in files:
+            dest = self.rd.inside(rel.as_posix(), "imported file", "compleak import")
+            if dest.is_dir() and not dest.is_symlink():
+                raise HarnessError(f"{dest}: is a folder where the import must write a file; move it away and retry")
+        backup = stage / ".replaced"
+        done: list[tuple[Path, bool, list[Path]]] = []
+        try:
+            for rel in files:
+                dest = self.rd.root / rel
+                had = dest.exists() or dest.is_symlink()
+                if had:
+                    (backup / rel).parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(dest, backup / rel)
+                made = [d for d in reversed(dest.parents) if d.is_relative_to(self.rd.root) and not d.exists()]
+                for d in made:
+                    d.mkdir()
+                os.replace(stage / rel, dest)
+                done.append((rel, had, made))
+        except BaseException:
+            for rel, had, made in reversed(done):
+                dest = self.rd.root / rel
+                if had:
+                    os.replace(backup / rel, dest)
+                else:
+                    dest.unlink(missing_ok=True)
+                for d in reversed(made):
+                    try:
+                        d.rmdir()
+                    except OSError:
+                        pass
+            raise
+
+
+def _staged(fn: Any) -> Any:
+    """Run an import with a :class:`_Staging` of its run directory (passed as ``staging=``)."""
+
+    @functools.wraps(fn)
+    def wrapper(run: Path, *args: Any, **kwargs: Any) -> Any:
+        with _Staging(RunDir(run)) as staging:
+            return fn(run, *args, staging=staging, **kwargs)
+
+    return wrapper
+
+
 def _record(
     art: Inspected,
     role: str,
@@ -515,8 +692,8 @@ def _toml_value(v: Any) -> str:
         return "true" if v else "false"
     if isinstance(v, (int, float)):
         return repr(v)
-    if isinstance(v, str):
-        return json.dumps(v)
+    if isinstance(v, str):  # JSON escapes are TOML escapes, except that TOML also forbids a raw DEL
+        return json.dumps(v).replace("\x7f", "\\u007f")
     if isinstance(v, list):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
     raise TypeError(f"cannot write {type(v).__name__} to TOML")
@@ -574,6 +751,21 @@ def _builder(fmt: str):
 # --------------------------------------------------------------------------- the stage
 
 
+def _require_utf8(what: str, value: object) -> None:
+    """Refuse a path that is not valid UTF-8 (bytes the file system encoding cannot decode): the run records paths
+    as text in experiment.toml, manifest.json and threat_model.json. Any other non-ASCII path is supported."""
+    if value is None:
+        return
+    text = str(value)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise HarnessError(
+            f"{_shown(text, 200)}: {what} path is not valid UTF-8; the run records it as text, so rename it "
+            f"(or link it from a UTF-8 path) and retry"
+        ) from None
+
+
 def _resolve_dataset_spec(spec: str) -> str:
     for prefix in ("npz:", "imagefolder:"):
         if spec.startswith(prefix):
@@ -581,6 +773,7 @@ def _resolve_dataset_spec(spec: str) -> str:
     return spec
 
 
+@_staged
 def import_run(
     run: Path,
     targets: list[str],
@@ -594,6 +787,8 @@ def import_run(
     console: Console | None = None,
     shadow_members: Iterable[Path] = (),
     config: Path | None = None,
+    *,
+    staging: _Staging | None = None,
 ) -> Path:
     """Create or extend the run directory ``run`` from artifacts built outside this tool; returns ``run``.
 
@@ -606,10 +801,13 @@ def import_run(
         shadow_arch: zoo architecture to train shadow models with instead (approximation of the target's training).
         preprocess: TOML with resize/scale/mean/std/layout; config: experiment.toml whose train, compress, attack
             and experiment sections apply (default: the run's own, else the defaults).
-    Writes ``artifacts/``, ``manifest.json``, ``splits.npz``, ``experiment.toml`` and ``threat_model.json``.
+    Writes ``artifacts/``, ``manifest.json``, ``splits.npz``, ``experiment.toml`` and ``threat_model.json``,
+    all staged and checked first (``staging``, supplied by the decorator): a failed import changes nothing.
     """
+    assert staging is not None  # supplied by @_staged
     console = console or Console()
     rd = RunDir(run)
+    rd.require_writable("import", "artifacts")
     shadows, shadow_members = list(shadows), [Path(p) for p in shadow_members]
     target_args = [parse_artifact_arg(t, "--target") for t in targets]
     shadow_args = [parse_artifact_arg(s, "--shadow") for s in shadows]
@@ -624,6 +822,13 @@ def import_run(
             f"--shadow-arch {shadow_arch}: not a zoo architecture; allowed: {', '.join(ARCHS)} "
             f"(training a user's own model file is not supported)"
         )
+    for what, value in [
+        ("the run directory", run), ("--data", data), ("--data-dir", data_dir), ("--members", members),
+        ("--nonmembers", nonmembers), ("--preprocess", preprocess), ("--config", config),
+        *[("--target", a.path) for a in target_args], *[("--shadow", a.path) for a in shadow_args],
+        *[("--shadow-members", p) for p in shadow_members],
+    ]:
+        _require_utf8(what, value)
 
     # ---- configuration: --config, else the run's own experiment.toml, else defaults
     if config is not None:
@@ -643,7 +848,7 @@ def import_run(
 
     spec = _resolve_dataset_spec(data)
     ddir = Path(data_dir).expanduser().resolve() if data_dir else None
-    console.print(f"loading dataset [bold]{data}[/]")
+    console.print(f"loading dataset [bold]{esc(data)}[/]")
     ds = load_dataset(spec, ddir)
     n = len(ds.y)
     labels = np.asarray(ds.y, dtype=np.int64)
@@ -655,7 +860,7 @@ def import_run(
         avoid=np.concatenate(claimed) if claimed else None,
     )
     for note in ms.notes:
-        console.print(f"[yellow]note[/]: {note}")
+        console.print(f"[yellow]note[/]: {esc(note)}")
     m_probe = ms.members[: _ACCURACY_SAMPLE]
     n_probe = ms.nonmembers[: _ACCURACY_SAMPLE]
     probe_ids = np.concatenate([m_probe, n_probe])
@@ -727,7 +932,7 @@ def import_run(
         )
         records.append(rec)
         console.print(
-            f"target [bold]{rec.id}[/]: {art.format}, input {art.inputs[0].shape} {art.inputs[0].dtype}, "
+            f"target [bold]{esc(rec.id)}[/]: {art.format}, input {art.inputs[0].shape} {art.inputs[0].dtype}, "
             f"{n_classes} classes, {art.output_kind}, sha256 {art.sha256[:12]}"
         )
     if not any(v == "original" for v, _ in variants):
@@ -746,6 +951,7 @@ def import_run(
     shadow_in: list[np.ndarray] = []
     shadow_out: list[np.ndarray] = []
     shadow_records: list[ArtifactRecord] = []
+    kept: Splits | None = None
     threat_shadow: dict[str, Any]
     if shadow_args:
         shadow_in, shadow_out, shadow_records, threat_shadow = _supplied_shadows(
@@ -758,12 +964,13 @@ def import_run(
         exp_for_build = _experiment(base, spec, ddir, pre, ms, shadow_in, shadow_out, shadow_arch, variants, run)
         shadow_records, threat_shadow = _trained_shadows(
             exp_for_build, ds, Splits(labels, ms.members, ms.nonmembers, shadow_in, shadow_out), variants, n_classes,
-            rd, pre, layout_explicit, preprocess, labels, query_inputs, console,
+            RunDir(staging.dir), pre, layout_explicit, preprocess, labels, query_inputs, console,
         )
     elif existing is not None and existing.n_shadows and all(
         any(a.role == "shadow" and a.variant == v and a.format == f for a in old.artifacts) for v, f in variants
     ):
         shadow_in, shadow_out = existing.shadow_in, existing.shadow_out
+        kept = existing  # its hold-outs, population and threat model stay with its reference models
         threat_shadow = _load_threat(rd).get("shadow_models", {"mode": "kept from the existing run"})
     else:
         raise HarnessError(
@@ -775,37 +982,51 @@ def import_run(
     if differences:
         threat_shadow = {**threat_shadow, "differences": differences}
         for line in differences:
-            console.print(f"[yellow]note[/]: {line}")
-    splits = Splits(labels, ms.members, ms.nonmembers, shadow_in, shadow_out)
+            console.print(f"[yellow]note[/]: {esc(line)}")
+    splits = Splits(
+        labels, ms.members, ms.nonmembers, shadow_in, shadow_out,
+        **({} if kept is None else dict(target_val=kept.target_val, shadow_val=kept.shadow_val,
+                                        population=kept.population, online=kept.online)),
+    )  # fmt: skip
     try:
         splits.validate("membership")
     except ContractError as exc:
         raise HarnessError(str(exc)) from None
 
-    # ---- write the run (artifacts first; manifest and splits last, so a failure leaves the old run intact)
-    rd.root.mkdir(parents=True, exist_ok=True)
-    for rec, src in [(r, Path(r.source_path)) for r in records + shadow_records if getattr(r, "source_path", None)]:  # type: ignore[attr-defined]
-        _copy_into(src, rd.artifact_path(rec), rec.sha256)
-    exp = _experiment(base, spec, ddir, pre, ms, shadow_in, shadow_out, shadow_arch or base.model.arch, variants, run)
+    # ---- write the run: staged inside it, read back, then committed with renames (see _Staging)
+    stage = RunDir(staging.dir)
+    for rec in records + shadow_records:
+        src = getattr(rec, "source_path", None)
+        if not src:
+            continue
+        final = rd.artifact_path(rec)
+        if not (final.is_file() and sha256_file(final) == rec.sha256):  # unchanged files are not rewritten
+            _copy_into(Path(src), stage.artifact_path(rec), rec.sha256)
+        setattr(rec, "source_path", staging.final_path(src))  # a trained shadow's file moves into RUN/build
+    exp = _experiment(base, spec, ddir, pre, ms, shadow_in, shadow_out, shadow_arch or base.model.arch, variants, run,
+                      online=splits.online, population=len(splits.population_ids))
     atomic_write_bytes(
-        rd.experiment, experiment_toml(exp, f"written by 'compleak import' for run {rd.root.name}").encode()
+        stage.experiment, experiment_toml(exp, f"written by 'compleak import' for run {rd.root.name}").encode()
     )
-    splits.save(rd.splits)
+    splits.save(stage.splits)
     manifest = old
     if shadow_args or shadow_arch:  # a new shadow side replaces the old one
         manifest.artifacts = [a for a in manifest.artifacts if a.role != "shadow"]
     for rec in records + shadow_records:
         manifest.upsert(rec)
-    manifest.save(rd.manifest)
+    manifest.save(stage.manifest)
     threat = _threat_model(
         data, spec, pre, members, nonmembers, ms, lowest_fpr, manifest.targets(), threat_shadow, splits
     )
-    atomic_write_json(rd.root / "threat_model.json", threat)
+    threat.update(owners_summary(splits, seed))  # K, online/offline, the attacker's pool, sizes (harness.threat)
+    atomic_write_json(stage.root / "threat_model.json", threat)
+    staging.check(records + shadow_records)
+    staging.commit()
     console.print(
-        f"imported {len(records)} target and {len(shadow_records)} shadow artifacts into [bold]{rd.root}[/]: "
+        f"imported {len(records)} target and {len(shadow_records)} shadow artifacts into [bold]{esc(rd.root)}[/]: "
         f"{len(ms.members)} members / {len(ms.nonmembers)} non-members, {splits.n_shadows} shadow split(s)"
     )
-    console.print(f"threat model: {threat['summary']}")
+    console.print(f"threat model: {esc(threat['summary'])}")
     return rd.root
 
 
@@ -878,7 +1099,7 @@ def _supplied_shadows(
     for k, path in enumerate(shadow_members):
         sm = resolve_membership(path, None, n, 0.0, seed + 1 + k, exclude=target_ids, what=f"shadow {k}")
         for note in sm.notes:
-            console.print(f"[yellow]note[/]: {note}")
+            console.print(f"[yellow]note[/]: {esc(note)}")
         ins.append(sm.members)
         outs.append(sm.nonmembers)
     records: list[ArtifactRecord] = []
@@ -954,9 +1175,11 @@ def _trained_shadows(
         owner = owner_data(ds, splits, pre, "shadow", k, exp.splits.holdout_fraction, exp.experiment.seed + 1 + k)
         for fmt, labels_v in by_format.items():
             build_variants = _builder(fmt)
-            with console.status(f"shadow {k}: training {exp.model.arch}, then {', '.join(labels_v)} ({fmt})") as status:
+            what = esc(f"shadow {k}: training {exp.model.arch}, then {', '.join(labels_v)} ({fmt})")
+            with console.status(what) as status:
                 built = build_variants(
-                    exp, owner, labels_v, rd.root / "build", f"shadow{k}", formats=[fmt], progress=status.update
+                    exp, owner, labels_v, rd.root / "build", f"shadow{k}", formats=[fmt],
+                    progress=lambda msg: status.update(esc(msg)),
                 )
             for ba in built:
                 if ba.variant not in labels_v or ba.format != fmt:
@@ -1005,13 +1228,16 @@ def _experiment(
     arch: str,
     variants: list[tuple[str, str]],
     run: Path,
+    online: bool = False,
+    population: int = 0,
 ) -> Experiment:
     """The run's experiment.toml: ``base`` with the imported data, split sizes, shadow arch and variants."""
     tf_v = [v for v, f in variants if f in TF_FORMATS]
     torch_v = [v for v, f in variants if f in TORCH_FORMATS]
     torch_f = sorted({f for _, f in variants if f in TORCH_FORMATS})
     raw = base.model_dump(mode="json")
-    raw["experiment"]["name"] = Path(run).name or raw["experiment"]["name"]
+    if name_problem(Path(run).name) is None:  # a run folder such as "rün" keeps the config's name instead
+        raw["experiment"]["name"] = Path(run).name
     raw["data"] = {"dataset": spec, "data_dir": str(data_dir) if data_dir else None, "download": False,
                    "preprocess": pre.model_dump(mode="json")}
     raw["splits"].update(
@@ -1020,7 +1246,10 @@ def _experiment(
         shadow_in=max(1, max((len(a) for a in shadow_in), default=1)),
         shadow_out=max(1, max((len(b) for b in shadow_out), default=1)),
         n_shadows=max(1, len(shadow_in)),
+        pool=None,
+        population=population,
     )
+    raw["attack"].update(reference_models=max(1, len(shadow_in)), threat_model="online" if online else "offline")
     raw["model"]["arch"] = arch
     raw["compress"]["tf"] = tf_v or base.compress.tf
     raw["compress"]["torch"] = torch_v or base.compress.torch

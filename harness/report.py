@@ -1,9 +1,10 @@
 """The report stage: ``RUN/report/index.html`` (one self-contained page), ``RUN/report/summary.json`` and a table
 in the terminal.
 
-The page embeds every figure as a base64 PNG drawn with matplotlib and carries its CSS inline; it loads nothing
-from anywhere. Every piece of text that comes from the run directory is HTML-escaped. How to read it:
-docs/report.md.
+The page is rendered from the Jinja2 templates in ``harness/report_templates/`` (package data) with autoescaping
+on, so every piece of text that comes from the run directory is HTML-escaped by the template engine; Python only
+prepares the values. It embeds every figure as a base64 PNG drawn with matplotlib and carries its CSS inline; it
+loads nothing from anywhere. How to read it: docs/report.md.
 """
 
 from __future__ import annotations
@@ -15,13 +16,14 @@ import io
 import json
 import math
 import tomllib
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+from markupsafe import Markup
 from rich.console import Console
 from rich.table import Table
 
@@ -37,7 +39,7 @@ from compleak.rundir import (
     load_results,
 )
 from harness.compare import HOST, load_compare
-from harness.errors import HarnessError
+from harness.errors import HarnessError, esc
 
 FPR_LEVELS = ("0.001", "0.01")
 DEFAULT_THREAT_MODEL = {
@@ -94,9 +96,11 @@ def load_devices(rd: RunDir) -> list[DeviceResults]:
         dr = found.setdefault(d.name, DeviceResults(device_id, d.name))
         for prov in sorted(d.glob("*.json")):
             try:
-                dr.provenance[prov.stem] = _read_json(prov)
-            except ContractError:
+                obj = _read_json(prov)
+            except (ContractError, OSError, UnicodeDecodeError):
                 continue
+            if isinstance(obj, dict):  # untrusted: anything else is not provenance and is left out
+                dr.provenance[prov.stem] = obj
     attacks = rd.root / "attacks"
     if attacks.is_dir():
         for d in sorted(p for p in attacks.iterdir() if p.is_dir()):
@@ -193,8 +197,24 @@ def _tpr_text(row: ResultRow, level: str) -> str:
     return _pct(v)
 
 
-def _e(x: Any) -> str:
-    return html.escape(str(x), quote=True)
+def _eps(row: ResultRow) -> float | None:
+    """The row's epsilon lower bound (``eps_lower_bound``: a dict with ``eps`` as compleak.metrics writes it, or a
+    number), or None when the row carries none."""
+    v = (row.model_extra or {}).get("eps_lower_bound")
+    if isinstance(v, dict):
+        v = v.get("eps")
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
+
+
+def _eps_text(row: ResultRow) -> str:
+    eps = _eps(row)
+    return "–" if eps is None else f"{eps:.2f}"
+
+
+def _per_class(row: ResultRow) -> dict[str, Any] | None:
+    """The row's per-class vulnerability (``per_class``: {"auc": {class: AUC}, "most_vulnerable": [...]}) or None."""
+    v = (row.model_extra or {}).get("per_class")
+    return v if isinstance(v, dict) and isinstance(v.get("auc"), dict) else None
 
 
 def _png(fig: Any) -> str:
@@ -204,17 +224,6 @@ def _png(fig: Any) -> str:
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
     return base64.b64encode(buf.getvalue()).decode("ascii")
-
-
-def _img(b64: str, alt: str) -> str:
-    return f'<img src="data:image/png;base64,{b64}" alt="{_e(alt)}">'
-
-
-def _table(headers: list[str], rows: Iterable[list[str]], raw: bool = False, cls: str = "") -> str:
-    """An HTML table; cells are escaped unless ``raw`` (then the caller escaped them)."""
-    head = "".join(f"<th>{_e(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{c if raw else _e(c)}</td>" for c in r) + "</tr>" for r in rows)
-    return f'<table class="{_e(cls)}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
 # --------------------------------------------------------------------------- summary
@@ -245,6 +254,8 @@ def worst_leakage(devices: list[DeviceResults], manifest: Manifest | None) -> di
         "n_members": r.n_members,
         "n_nonmembers": r.n_nonmembers,
         "resolvable": {k: resolvable(r.n_nonmembers, float(k)) for k in r.tpr_at_fpr},
+        "eps_lower_bound": _eps(r),
+        "per_class": _per_class(r),
     }
     return out
 
@@ -465,15 +476,32 @@ def divergence_figure(compare: dict[str, dict[str, Any]]) -> str | None:
     return _png(fig)
 
 
-# --------------------------------------------------------------------------- page
+# --------------------------------------------------------------------------- page (Jinja2 templates)
 
 
 def _css() -> str:
     return resources.files("harness").joinpath("report_assets/report.css").read_text()
 
 
-def _section(title: str, body: str, anchor: str) -> str:
-    return f'<section id="{_e(anchor)}"><h2>{_e(title)}</h2>{body}</section>'
+def _escape(value: Any) -> Markup:
+    """Jinja2 ``finalize``: every ``{{ value }}`` is HTML-escaped here (quotes included, ``'`` as ``&#x27;`` like
+    :func:`html.escape`) unless it is already markup (a macro's output, the package's own stylesheet)."""
+    return value if isinstance(value, Markup) else Markup(html.escape(str(value), quote=True))
+
+
+def _render(template: str, **context: Any) -> str:
+    """Render ``harness/report_templates/<template>`` with autoescaping on: nothing from the run directory reaches
+    the page unescaped. The page stays self-contained: the CSS is inlined and figures are ``data:`` URIs."""
+    env = Environment(
+        loader=PackageLoader("harness", "report_templates"),
+        autoescape=select_autoescape(enabled_extensions=("html", "html.j2"), default=True, default_for_string=True),
+        finalize=_escape,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        undefined=StrictUndefined,
+    )
+    return env.get_template(template).render(css=_css(), **context)
 
 
 def _auc_cell(r: ResultRow) -> str:
@@ -481,299 +509,144 @@ def _auc_cell(r: ResultRow) -> str:
     return f"{r.auc:.3f}{ci}"
 
 
-def _verdict_html(verdicts: dict[str, dict[str, Any]]) -> str:
-    items = []
-    for dev, v in verdicts.items():
-        d = v["max_abs_delta_auc"]
-        g = v["max_abs_host_shadow_gap"]
-        items.append(
-            f"<li><b>{_e(dev)}</b> versus the host: {v['n_bit_identical']} of {v['n_artifacts']} artifacts give "
-            f"bit-identical outputs (largest |Δ| {v['max_abs_diff']:.3g}, {v['argmax_flips']} argmax flip(s)); "
-            + ("no attack ran on both sides" if d is None else f"attack AUCs differ by at most {d:.3f}")
-            + (
-                ""
-                if g is None
-                else f"; attacks trained on host shadows differ from device-shadow ones by at most {g:.3f}"
-            )
-            + ".</li>"
-        )
-    return f"<p>Can the host's numbers be trusted for the devices?</p><ul>{''.join(items)}</ul>" if items else ""
-
-
-def _summary_html(worst: dict[str, Any] | None) -> str:
-    if worst is None:
-        return "<p class='warn'>No attack results yet: run <code>compleak attack RUN</code>.</p>"
-    ci = worst["auc_ci"]
-    lines = [
-        f"<p class='headline'>Worst leakage: <b>{_e(worst['family'])} {_e(worst['method'])}</b> on variant "
-        f"<b>{_e(_variant_str(worst['variant']))}</b>"
-        + (f" ({_e(worst['where'])})" if worst["where"] else "")
-        + f" on device <b>{_e(worst['device'])}</b>: AUC <b>{worst['auc']:.3f}</b>"
-        + (f" (95% CI {ci[0]:.3f}–{ci[1]:.3f})" if len(ci) == 2 else "")
-        + f", balanced accuracy {worst['balanced_accuracy']:.3f}.</p>",
-        "<ul>",
+def _verdicts(verdicts: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    return [
+        {
+            "device": dev,
+            "n_bit_identical": v["n_bit_identical"],
+            "n_artifacts": v["n_artifacts"],
+            "max_abs_diff": f"{v['max_abs_diff']:.3g}",
+            "argmax_flips": v["argmax_flips"],
+            "delta": None if v["max_abs_delta_auc"] is None else f"{v['max_abs_delta_auc']:.3f}",
+            "gap": None if v["max_abs_host_shadow_gap"] is None else f"{v['max_abs_host_shadow_gap']:.3f}",
+        }
+        for dev, v in verdicts.items()
     ]
+
+
+def _worst(worst: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The summary's headline, formatted for the template."""
+    if worst is None:
+        return None
+    ci = worst["auc_ci"]
+    tpr = []
     for level in sorted(worst["tpr_at_fpr"], key=float):
         v = worst["tpr_at_fpr"][level]
-        pct = f"{100 * float(level):g}%"
-        if not worst["resolvable"].get(level, True) or v is None:
-            need = math.ceil(1 / float(level))
-            lines.append(
-                f"<li>TPR at {pct} FPR: <span class='warn'>not resolvable</span> — "
-                f"{worst['n_nonmembers']} non-members cannot resolve a {pct} false-positive rate "
-                f"(needs at least {need}).</li>"
-            )
-        else:
-            lines.append(f"<li>TPR at {pct} FPR: <b>{_pct(v)}</b> (chance: {pct}).</li>")
-    lines.append(f"<li>{worst['n_members']} members and {worst['n_nonmembers']} non-members evaluated.</li></ul>")
-    return "".join(lines)
+        ok = worst["resolvable"].get(level, True) and v is not None
+        tpr.append({"pct": f"{100 * float(level):g}%", "value": _pct(v) if ok else None,
+                    "need": math.ceil(1 / float(level))})  # fmt: skip
+    return {
+        "attack": f"{worst['family']} {worst['method']}",
+        "variant": _variant_str(worst["variant"]),
+        "where": worst["where"],
+        "device": worst["device"],
+        "auc": f"{worst['auc']:.3f}",
+        "ci": f"{ci[0]:.3f}–{ci[1]:.3f}" if len(ci) == 2 else "",
+        "balanced_accuracy": f"{worst['balanced_accuracy']:.3f}",
+        "tpr": tpr,
+        "eps": None if worst.get("eps_lower_bound") is None else f"{worst['eps_lower_bound']:.2f}",
+        "n_members": worst["n_members"],
+        "n_nonmembers": worst["n_nonmembers"],
+    }
 
 
-def _results_html(devices: list[DeviceResults], manifest: Manifest | None) -> str:
-    parts = []
-    headers = [
-        "variant",
-        "framework/format",
-        "device",
-        "best attack",
-        "AUC [95% CI]",
-        "TPR@0.1% FPR",
-        "TPR@1% FPR",
-        "balanced acc.",
-        "test acc. (host)",
-        "artifact size",
-    ]
+def _results_rows(devices: list[DeviceResults], manifest: Manifest | None) -> list[list[str]]:
+    """Best attack per target variant and device: one table row each."""
     rows = []
     for dr in devices:
         for v, w, r in _best_per_target(dr, manifest):
             a = _artifact_of(r, manifest)
             test_acc = a.host_accuracy.get("test") if a else None
-            rows.append(
-                [
-                    v,
-                    w or "–",
-                    dr.device_id,
-                    _attack_name(r),
-                    _auc_cell(r),
-                    _tpr_text(r, "0.001"),
-                    _tpr_text(r, "0.01"),
-                    _fmt(r.balanced_accuracy),
-                    _pct(test_acc) if test_acc is not None else "–",
-                    _bytes(a.bytes) if a else "–",
-                ]
-            )
-    parts.append(
-        "<p>Per target variant and device, the attack with the highest AUC (chance: AUC 0.5, TPR = FPR). "
-        "<i>n/r</i>: not resolvable — resolving a false-positive rate α needs at least 1/α non-members "
-        "(1000 for 0.1%, 100 for 1%).</p>"
-    )
-    parts.append(_table(headers, rows, cls="results"))
+            rows.append([
+                v, w or "–", dr.device_id, _attack_name(r), _auc_cell(r), _tpr_text(r, "0.001"), _tpr_text(r, "0.01"),
+                _fmt(r.balanced_accuracy), _eps_text(r), _pct(test_acc) if test_acc is not None else "–",
+                _bytes(a.bytes) if a else "–",
+            ])  # fmt: skip
+    return rows
+
+
+def _all_results(devices: list[DeviceResults], manifest: Manifest | None) -> list[dict[str, Any]]:
+    """Every attack result per device (the collapsible tables)."""
+    out = []
     for dr in devices:
         if not dr.rows:
             continue
-        all_rows = [
-            [
-                r.family,
-                r.method,
-                _variant_str(r.variant),
-                _where(r, manifest) or "–",
-                _auc_cell(r),
-                _tpr_text(r, "0.001"),
-                _tpr_text(r, "0.01"),
-                _fmt(r.balanced_accuracy),
-                str(r.n_members),
-                str(r.n_nonmembers),
-            ]
-            for r in sorted(dr.rows, key=lambda r: (r.family, _variant_str(r.variant), r.method))
-        ]
-        parts.append(
-            f"<details><summary>All {len(dr.rows)} attack results on {_e(dr.device_id)}</summary>"
-            + _table(
-                [
-                    "family",
-                    "method",
-                    "variant(s)",
-                    "framework/format",
-                    "AUC [95% CI]",
-                    "TPR@0.1%",
-                    "TPR@1%",
-                    "balanced acc.",
-                    "members",
-                    "non-members",
-                ],
-                all_rows,
-            )
-            + "</details>"
-        )
-    return "".join(parts)
-
-
-def _compare_html(compare: dict[str, dict[str, Any]], fig: str | None) -> str:
-    if not compare:
-        return (
-            "<p>Only the host was collected; no device to compare. Collect on a device "
-            "(<code>compleak collect RUN --device URI</code>) to see how its runtime changes outputs and leakage.</p>"
-        )
-    parts = [
-        (
-            "<p>Each artifact's outputs on the device against the same artifact's outputs on the host "
-            "(<code>local</code>), on the same examples. Definitions in docs/report.md.</p>"
-        )
-    ]
-    if fig:
-        parts.append(_img(fig, "host versus device output divergence"))
-    for dev, c in compare.items():
-        parts.append(f"<h3>{_e(dev)} versus host</h3>")
-        arts = c.get("artifacts", [])
-        same = sum(1 for a in arts if a["frac_bit_identical"] == 1.0)
-        flips = sum(a["argmax_flips"] for a in arts)
-        worst_kl = max((a["kl_max"] for a in arts), default=0.0)
-        parts.append(
-            f"<p>{same} of {len(arts)} artifacts produce bit-identical outputs on {_e(dev)}; "
-            f"{flips} argmax flips in total; largest per-example KL divergence {worst_kl:.3g} nats.</p>"
-        )
         rows = [
-            [
-                a["artifact"],
-                a["variant"],
-                f"{a['framework']}/{a['format']}",
-                str(a["n"]),
-                f"{a['max_abs_diff']:.3g}",
-                f"{a['mean_abs_diff']:.3g}",
-                f"{a['argmax_flips']} ({100 * a['argmax_flip_rate']:.2f}%)",
-                f"{a['kl_mean']:.3g}",
-                f"{a['kl_max']:.3g}",
-                _pct(a["frac_bit_identical"]),
-                _pct(a["frac_values_bit_identical"]),
-            ]
-            for a in c.get("artifacts", [])
-        ]
-        parts.append(
-            _table(
-                [
-                    "artifact",
-                    "variant",
-                    "framework/format",
-                    "examples",
-                    "max |Δ|",
-                    "mean |Δ|",
-                    "argmax flips",
-                    "KL mean (nats)",
-                    "KL max",
-                    "rows bit-identical",
-                    "values bit-identical",
-                ],
-                rows,
-            )
-        )
+            [r.family, r.method, _variant_str(r.variant), _where(r, manifest) or "–", _auc_cell(r),
+             _tpr_text(r, "0.001"), _tpr_text(r, "0.01"), _fmt(r.balanced_accuracy), _eps_text(r),
+             str(r.n_members), str(r.n_nonmembers)]
+            for r in sorted(dr.rows, key=lambda r: (r.family, _variant_str(r.variant), r.method))
+        ]  # fmt: skip
+        out.append({"device": dr.device_id, "n": len(dr.rows), "rows": rows})
+    return out
+
+
+def _compare_devices(compare: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per compared device: divergence table, leakage deltas and the host-shadow -> device-target attacks."""
+    out = []
+    for dev, c in compare.items():
+        arts = c.get("artifacts", [])
+        entry: dict[str, Any] = {
+            "device": dev,
+            "n": len(arts),
+            "same": sum(1 for a in arts if a["frac_bit_identical"] == 1.0),
+            "flips": sum(a["argmax_flips"] for a in arts),
+            "worst_kl": f"{max((a['kl_max'] for a in arts), default=0.0):.3g}",
+            "rows": [
+                [a["artifact"], a["variant"], f"{a['framework']}/{a['format']}", str(a["n"]),
+                 f"{a['max_abs_diff']:.3g}", f"{a['mean_abs_diff']:.3g}",
+                 f"{a['argmax_flips']} ({100 * a['argmax_flip_rate']:.2f}%)", f"{a['kl_mean']:.3g}",
+                 f"{a['kl_max']:.3g}", _pct(a["frac_bit_identical"]), _pct(a["frac_values_bit_identical"])]
+                for a in arts
+            ],  # fmt: skip
+            "deltas": None,
+            "transfer": None,
+            "note": c.get("host_shadow_device_target_note") or None,
+        }
         deltas = c.get("leakage_deltas", [])
         if deltas:
             drows = []
             for d in sorted(deltas, key=lambda d: -abs(d["delta_auc"])):
                 dt = d.get("delta_tpr_at_fpr", {})
-                drows.append(
-                    [
-                        d["family"],
-                        d["method"],
-                        _variant_str(d["variant"]),
-                        _joined(d.get("artifact_id", "–")),
-                        f"{d['auc_host']:.3f}",
-                        f"{d['auc_device']:.3f}",
-                        f"{d['delta_auc']:+.3f}",
-                        *(("–" if dt.get(k) is None else f"{100 * dt[k]:+.2f} pp") for k in FPR_LEVELS),
-                    ]
-                )
+                drows.append([
+                    d["family"], d["method"], _variant_str(d["variant"]), _joined(d.get("artifact_id", "–")),
+                    f"{d['auc_host']:.3f}", f"{d['auc_device']:.3f}", f"{d['delta_auc']:+.3f}",
+                    *(("–" if dt.get(k) is None else f"{100 * dt[k]:+.2f} pp") for k in FPR_LEVELS),
+                ])  # fmt: skip
             big = max(abs(d["delta_auc"]) for d in deltas)
-            parts.append(
-                f"<details{' open' if big > 0 else ''}><summary>Leakage on device minus leakage on host "
-                f"({len(deltas)} attacks; largest |Δ AUC| {big:.3f})</summary>"
-                + _table(
-                    [
-                        "family",
-                        "method",
-                        "variant(s)",
-                        "artifact",
-                        "AUC host",
-                        "AUC device",
-                        "Δ AUC",
-                        "Δ TPR@0.1%",
-                        "Δ TPR@1%",
-                    ],
-                    drows,
-                )
-                + "</details>"
-            )
+            entry["deltas"] = {"rows": drows, "n": len(deltas), "big": f"{big:.3f}", "open": big > 0}
         transfer = c.get("host_shadow_device_target", [])
         if transfer:
             trows = []
             for t in transfer:
-                own = t.get("auc_device_shadows")
-                delta = t.get("delta_auc_vs_device_shadows")
-                trows.append(
-                    [
-                        t["family"],
-                        t["method"],
-                        _variant_str(t["variant"]),
-                        f"{t['auc']:.3f}"
-                        + (f" [{t['auc_ci'][0]:.3f}, {t['auc_ci'][1]:.3f}]" if len(t.get("auc_ci", [])) == 2 else ""),
-                        "–" if own is None else f"{own:.3f}",
-                        "–" if delta is None else f"{delta:+.3f}",
-                        *(("n/r" if t["tpr_at_fpr"].get(k) is None else _pct(t["tpr_at_fpr"][k])) for k in FPR_LEVELS),
-                        _fmt(t["balanced_accuracy"]),
-                    ]
-                )
-            gaps = [
-                abs(t["delta_auc_vs_device_shadows"])
-                for t in transfer
-                if t.get("delta_auc_vs_device_shadows") is not None
-            ]
-            gap = f"; largest |Δ AUC| against device-collected shadows {max(gaps):.3f}" if gaps else ""
-            parts.append(
-                "<details open><summary>Auditor's realistic case: attacks trained on HOST shadow outputs, "
-                f"applied to DEVICE target outputs ({len(transfer)} attacks{gap})</summary>"
-                + _table(
-                    [
-                        "family",
-                        "method",
-                        "variant(s)",
-                        "AUC [95% CI]",
-                        "AUC with device shadows",
-                        "Δ AUC",
-                        "TPR@0.1%",
-                        "TPR@1%",
-                        "balanced acc.",
-                    ],
-                    trows,
-                )
-                + "</details>"
-            )
-        elif c.get("host_shadow_device_target_note"):
-            parts.append(
-                f"<p class='note'>Host-shadow → device-target attack: {_e(c['host_shadow_device_target_note'])}.</p>"
-            )
-    return "".join(parts)
+                own, delta, ci = t.get("auc_device_shadows"), t.get("delta_auc_vs_device_shadows"), t.get("auc_ci", [])
+                trows.append([
+                    t["family"], t["method"], _variant_str(t["variant"]),
+                    f"{t['auc']:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if len(ci) == 2 else ""),
+                    "–" if own is None else f"{own:.3f}", "–" if delta is None else f"{delta:+.3f}",
+                    *(("n/r" if t["tpr_at_fpr"].get(k) is None else _pct(t["tpr_at_fpr"][k])) for k in FPR_LEVELS),
+                    _fmt(t["balanced_accuracy"]),
+                ])  # fmt: skip
+            gaps = [abs(t["delta_auc_vs_device_shadows"]) for t in transfer
+                    if t.get("delta_auc_vs_device_shadows") is not None]  # fmt: skip
+            entry["transfer"] = {"rows": trows, "n": len(transfer), "gap": f"{max(gaps):.3f}" if gaps else None}
+        out.append(entry)
+    return out
 
 
-def _provenance_html(rd: RunDir, manifest: Manifest | None, devices: list[DeviceResults]) -> str:
-    parts = []
+def _provenance(manifest: Manifest | None, devices: list[DeviceResults]) -> dict[str, Any]:
+    """Artifacts of the manifest (None without one) and, per device with provenance, its properties and the
+    runtime, delegate, threads, batch and wall time per artifact."""
+    artifacts = None
     if manifest is not None:
-        rows = [
-            [
-                a.id,
-                a.role + (f" {a.shadow}" if a.shadow is not None else ""),
-                a.variant,
-                a.format,
-                a.sha256[:16] + "…",
-                _bytes(a.bytes),
-                _pct(a.host_accuracy.get("train")) if a.host_accuracy.get("train") is not None else "–",
-                _pct(a.host_accuracy.get("test")) if a.host_accuracy.get("test") is not None else "–",
-            ]
+        artifacts = [
+            [a.id, a.role + (f" {a.shadow}" if a.shadow is not None else ""), a.variant, a.format,
+             a.sha256[:16] + "…", _bytes(a.bytes),
+             _pct(a.host_accuracy.get("train")) if a.host_accuracy.get("train") is not None else "–",
+             _pct(a.host_accuracy.get("test")) if a.host_accuracy.get("test") is not None else "–"]
             for a in manifest.artifacts
-        ]
-        parts.append(
-            "<h3>Artifacts</h3>"
-            + _table(["id", "role", "variant", "format", "sha256", "size", "train acc.", "test acc."], rows)
-        )
+        ]  # fmt: skip
+    devs = []
     for dr in devices:
         if not dr.provenance:
             continue
@@ -783,42 +656,28 @@ def _provenance_html(rd: RunDir, manifest: Manifest | None, devices: list[Device
         if isinstance(props.get("properties"), dict):
             props = props["properties"]
         prow = [[str(k), json.dumps(v) if isinstance(v, (dict, list)) else str(v)] for k, v in props.items()]
-        parts.append(f"<h3>Device {_e(dr.device_id)}</h3>")
-        if prow:
-            parts.append(
-                "<details><summary>Device properties</summary>" + _table(["property", "value"], prow) + "</details>"
-            )
         rrows = []
         for aid, p in sorted(dr.provenance.items()):
             rt = p.get("runtime", {})
             rt_s = f"{rt.get('name') or '?'} {rt.get('version') or ''}".strip() if isinstance(rt, dict) else str(rt)
             wall = p.get("wall_seconds_per_batch", p.get("wall_time_per_batch_s"))
-            if isinstance(wall, list) and wall:
+            if isinstance(wall, list) and wall and all(type(w) in (int, float) for w in wall):
                 wall_s = f"{float(np.mean(wall)) * 1000:.1f} ms (n={len(wall)})"
-            elif isinstance(wall, (int, float)):
+            elif type(wall) in (int, float):
                 wall_s = f"{1000 * float(wall):.1f} ms"
             else:
                 wall_s = "–"
             art = p.get("artifact") if isinstance(p.get("artifact"), dict) else {}
             sha = str(art.get("sha256") or p.get("artifact_sha256") or "")
-            rrows.append(
-                [
-                    aid,
-                    (sha[:16] + "…") if sha else "–",
-                    rt_s,
-                    str(p.get("delegate") or "–"),
-                    str(p.get("threads") or "–"),
-                    str(p.get("batch_size") or "–"),
-                    wall_s,
-                ]
-            )
-        parts.append(
-            _table(["artifact", "sha256", "runtime", "delegate", "threads", "batch", "wall time / batch"], rrows)
-        )
-    return "".join(parts) or "<p>No provenance recorded.</p>"
+            rrows.append([aid, (sha[:16] + "…") if sha else "–", rt_s, str(p.get("delegate") or "–"),
+                          str(p.get("threads") or "–"), str(p.get("batch_size") or "–"), wall_s])  # fmt: skip
+        devs.append({"device": dr.device_id, "props": prow, "rows": rrows})
+    return {"artifacts": artifacts, "devices": devs}
 
 
-def _threat_html(rd: RunDir) -> str:
+def load_threat_model(rd: RunDir) -> tuple[dict[str, Any], str]:
+    """(threat model, where it comes from): ``RUN/threat_model.json`` when the run records one, else the default
+    of runs built by compleak build."""
     path = rd.root / "threat_model.json"
     if path.is_file():
         tm = _read_json(path)
@@ -826,19 +685,38 @@ def _threat_html(rd: RunDir) -> str:
     else:
         tm = DEFAULT_THREAT_MODEL
         src = "the default of runs built by compleak build"
-    if not isinstance(tm, dict):
-        tm = {"threat model": tm}
-    parts = [f"<p>Threat model ({_e(src)}).</p>"]
-    if isinstance(tm.get("summary"), str):
-        parts.append(f"<p class='threat'>{_e(tm['summary'])}</p>")
+    return (tm if isinstance(tm, dict) else {"threat model": tm}), src
+
+
+def _per_class_rows(devices: list[DeviceResults], manifest: Manifest | None) -> list[list[str]]:
+    """Per target variant and device, the per-class AUC of the best attack (the classes it exposes most first)."""
     rows = []
+    for dr in devices:
+        for v, w, r in _best_per_target(dr, manifest):
+            pc = _per_class(r)
+            if pc is None:
+                continue
+            aucs = {str(k): x for k, x in pc["auc"].items() if isinstance(x, (int, float))}
+            top = [str(c) for c in pc.get("most_vulnerable", [])][:3]
+            rows.append([
+                v, w or "–", dr.device_id, _attack_name(r),
+                ", ".join(f"{c}: {aucs[c]:.3f}" for c in top if c in aucs) or "–",
+                f"{min(aucs.values()):.3f}–{max(aucs.values()):.3f}" if aucs else "–",
+                str(pc.get("n_classes", len(aucs))),
+            ])
+    return rows
+
+
+def _threat(rd: RunDir) -> dict[str, Any]:
+    """The threat model for the template: where it comes from, its summary line, one row per assumption (a
+    mapping or list is shown as indented JSON)."""
+    tm, src = load_threat_model(rd)
+    rows: list[list[Any]] = []
     for k, v in tm.items():
         if k == "summary" and isinstance(v, str):
             continue
-        cell = f"<pre class='json'>{_e(json.dumps(v, indent=1))}</pre>" if isinstance(v, (dict, list)) else _e(v)
-        rows.append([_e(k.replace("_", " ")), cell])
-    parts.append(_table(["assumption", "value"], rows, raw=True))
-    return "".join(parts)
+        rows.append([k.replace("_", " "), {"pre": json.dumps(v, indent=1)} if isinstance(v, (dict, list)) else str(v)])
+    return {"source": src, "summary": tm["summary"] if isinstance(tm.get("summary"), str) else None, "rows": rows}
 
 
 def _experiment_name(rd: RunDir) -> str:
@@ -856,56 +734,28 @@ def render_html(
     manifest: Manifest | None,
     compare: dict[str, dict[str, Any]],
 ) -> str:
-    """The whole page as a string (self-contained: inline CSS, figures as data: URIs)."""
-    rocs = roc_figures(devices, manifest)
-    strength = strength_figures(devices, manifest)
-    div_fig = divergence_figure(compare)
-    title = f"compleak report — {_experiment_name(rd)}"
-    nav = [
-        ("summary", "Summary"),
-        ("results", "Results"),
-        ("roc", "ROC curves"),
-        ("strength", "Compression strength"),
-        ("devices", "Host vs device"),
-        ("threat", "Threat model"),
-        ("provenance", "Provenance"),
-    ]
-    roc_body = "".join(f"<h3>{_e(f)}</h3>{_img(b, f'ROC curves of {f}')}" for f, b in rocs) or (
-        "<p>The attack results carry no ROC points, so no ROC curves can be drawn; "
-        "rerun <code>compleak attack</code>.</p>"
-    )
-    roc_body = (
-        "<p>Log-log ROC curves: the low false-positive region is what matters for membership inference. "
-        "For each variant, the family's best method. The dotted vertical line is 1/(non-members): below it "
-        "the sample cannot resolve a false-positive rate.</p>"
-    ) + roc_body
-    strength_body = "".join(_img(b, t) for t, b in strength) or (
-        "<p>Fewer than two pruning sparsities or cluster counts were attacked; nothing to plot.</p>"
-    )
-    body = "".join(
-        [
-            _section(
-                "Summary",
-                _summary_html(summary.get("worst")) + _verdict_html(summary.get("host_vs_device", {})),
-                "summary",
-            ),
-            _section("Leakage per variant and device", _results_html(devices, manifest), "results"),
-            _section("ROC curves", roc_body, "roc"),
-            _section("Leakage versus compression strength", strength_body, "strength"),
-            _section("Host versus device", _compare_html(compare, div_fig), "devices"),
-            _section("Threat model", _threat_html(rd), "threat"),
-            _section("Provenance", _provenance_html(rd, manifest, devices), "provenance"),
-        ]
-    )
-    nav_html = "".join(f'<a href="#{a}">{_e(t)}</a>' for a, t in nav)
-    return (
-        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{_e(title)}</title><style>{_css()}</style></head><body>"
-        f"<header><h1>{_e(title)}</h1><p class='meta'>run <code>{_e(rd.root)}</code> · generated "
-        f"{_e(summary['generated'])} · devices: {_e(', '.join(d.device_id for d in devices) or 'none')}</p>"
-        f"<nav>{nav_html}</nav></header><main>{body}</main>"
-        "<footer>compleak-harness · CompLeak NR/SR/MR (arXiv 2507.16872), RMIA, LiRA</footer></body></html>\n"
+    """The whole page as a string, from ``report_templates/report.html.j2`` (autoescaped; self-contained: inline
+    CSS, figures as data: URIs)."""
+    return _render(
+        "report.html.j2",
+        title=f"compleak report — {_experiment_name(rd)}",
+        run=str(rd.root),
+        generated=summary["generated"],
+        devices=", ".join(d.device_id for d in devices),
+        nav=[("summary", "Summary"), ("results", "Results"), ("roc", "ROC curves"),
+             ("strength", "Compression strength"), ("devices", "Host vs device"), ("per-class", "Per class"),
+             ("threat", "Threat model"), ("provenance", "Provenance")],  # fmt: skip
+        worst=_worst(summary.get("worst")),
+        verdicts=_verdicts(summary.get("host_vs_device", {})),
+        results=_results_rows(devices, manifest),
+        all_results=_all_results(devices, manifest),
+        rocs=roc_figures(devices, manifest),
+        strength=strength_figures(devices, manifest),
+        compare=_compare_devices(compare),
+        divergence_fig=divergence_figure(compare),
+        per_class=_per_class_rows(devices, manifest),
+        threat=_threat(rd),
+        provenance=_provenance(manifest, devices),
     )
 
 
@@ -952,8 +802,11 @@ def build_summary(
                     "bytes": a.bytes if a else None,
                     "n_members": r.n_members,
                     "n_nonmembers": r.n_nonmembers,
+                    "eps_lower_bound": _eps(r),
+                    "per_class": _per_class(r),
                 }
             )
+    threat, threat_source = load_threat_model(rd)
     return {
         "run": str(rd.root),
         "experiment": _experiment_name(rd),
@@ -962,6 +815,8 @@ def build_summary(
         "n_artifacts": len(manifest.artifacts) if manifest else 0,
         "worst": worst_leakage(devices, manifest),
         "best_per_target": per,
+        "threat_model": threat,
+        "threat_model_source": threat_source,
         "host_vs_device": {dev: device_verdict(c) for dev, c in compare.items()},
         "divergence": {dev: c.get("artifacts", []) for dev, c in compare.items()},
         "leakage_deltas": {dev: c.get("leakage_deltas", []) for dev, c in compare.items()},
@@ -977,8 +832,8 @@ def build_summary(
 
 def print_terminal(summary: dict[str, Any], console: Console) -> None:
     """A rich table: best attack per target variant and device, and the worst case underneath."""
-    t = Table(title=f"leakage — {summary['experiment']}", show_lines=False)
-    for h in ("variant", "fw/format", "device", "attack", "AUC [95% CI]", "TPR@0.1%", "TPR@1%", "test acc."):
+    t = Table(title=f"leakage — {esc(summary['experiment'])}", show_lines=False)
+    for h in ("variant", "fw/format", "device", "attack", "AUC [95% CI]", "TPR@0.1%", "TPR@1%", "ε ≥", "test acc."):
         t.add_column(h, overflow="fold")
     for p in summary["best_per_target"]:
         ci = p["auc_ci"]
@@ -987,23 +842,218 @@ def print_terminal(summary: dict[str, Any], console: Console) -> None:
             for k, v in p["tpr_at_fpr"].items()
         }
         t.add_row(
-            p["variant"],
-            p["where"] or "–",
-            p["device"],
-            f"{p['family']} {p['method']}",
+            esc(p["variant"]),
+            esc(p["where"] or "–"),
+            esc(p["device"]),
+            esc(f"{p['family']} {p['method']}"),
             f"{p['auc']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" if len(ci) == 2 else f"{p['auc']:.3f}",
             tp.get("0.001", "–"),
             tp.get("0.01", "–"),
+            "–" if p.get("eps_lower_bound") is None else f"{p['eps_lower_bound']:.2f}",
             _pct(p["test_accuracy"]) if p["test_accuracy"] is not None else "–",
         )
     console.print(t)
     w = summary["worst"]
     if w:
         console.print(
-            f"worst: [bold]{w['family']} {w['method']}[/] on [bold]{_variant_str(w['variant'])}[/] "
-            f"({w['where'] or '?'}) @ {w['device']}: AUC {w['auc']:.3f}",
+            f"worst: [bold]{esc(w['family'])} {esc(w['method'])}[/] on [bold]{esc(_variant_str(w['variant']))}[/] "
+            f"({esc(w['where'] or '?')}) @ {esc(w['device'])}: AUC {w['auc']:.3f}"
+            + ("" if w.get("eps_lower_bound") is None else f", ε ≥ {w['eps_lower_bound']:.2f}"),
             highlight=False,
         )
+    _print_threat(summary, console)
+
+
+def _print_threat(summary: dict[str, Any], console: Console) -> None:
+    tm = summary.get("threat_model")
+    if isinstance(tm, dict):
+        text = tm.get("summary") if isinstance(tm.get("summary"), str) else None
+        text = text or "; ".join(f"{k}: {v}" for k, v in tm.items() if isinstance(v, (str, int, float)))[:300]
+        console.print(f"threat model ({esc(summary.get('threat_model_source', ''))}): {esc(text)}", highlight=False)
+
+
+# --------------------------------------------------------------------------- across seeds (experiment.seeds)
+
+
+def seed_runs(rd: RunDir) -> list[tuple[int, RunDir]]:
+    """The per-seed runs of ``RUN/seeds/<seed>/`` (experiment.seeds), by seed (links and other names ignored)."""
+    from compleak.results import seed_dirs
+
+    return [(seed, RunDir(d)) for seed, d in seed_dirs(rd.root)]
+
+
+def _mean_sd(xs: list[float]) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation (ddof 1; None with fewer than two values)."""
+    if not xs:
+        return None, None
+    a = np.asarray(xs, float)
+    return float(a.mean()), (float(a.std(ddof=1)) if len(a) > 1 else None)
+
+
+def aggregate_seeds(runs: list[tuple[int, RunDir]]) -> list[dict[str, Any]]:
+    """One entry per attack result present in any seed's run (same device, family, method, variant(s) and
+    framework/format): per-seed AUC with its CI, TPRs and ε bound, and their mean ± sd across the seeds."""
+    table: dict[tuple[str, str, str, str, str], dict[str, Any]] = {}
+    for seed, srd in runs:
+        manifest = srd.load_manifest() if srd.manifest.is_file() else None
+        for dr in load_devices(srd):
+            for r in dr.rows:
+                key = (dr.device_id, r.family, r.method, _variant_str(r.variant), _where(r, manifest))
+                e = table.setdefault(key, {
+                    "device": dr.device_id, "family": r.family, "method": r.method, "variant": r.variant,
+                    "where": key[4], "per_seed": [],
+                })
+                a = _artifact_of(r, manifest)
+                e["per_seed"].append({
+                    "seed": seed, "auc": r.auc, "auc_ci": r.auc_ci, "tpr_at_fpr": r.tpr_at_fpr,
+                    "balanced_accuracy": r.balanced_accuracy, "eps_lower_bound": _eps(r),
+                    "n_members": r.n_members, "n_nonmembers": r.n_nonmembers,
+                    "test_accuracy": a.host_accuracy.get("test") if a else None,
+                })
+    out = []
+    for e in table.values():
+        ps = e["per_seed"]
+        e["n_seeds"] = len(ps)
+        e["auc_mean"], e["auc_sd"] = _mean_sd([p["auc"] for p in ps])
+        e["tpr_at_fpr_mean"], e["tpr_at_fpr_sd"] = {}, {}
+        for level in sorted({k for p in ps for k in p["tpr_at_fpr"]}, key=float):
+            vals = [float(p["tpr_at_fpr"][level]) for p in ps if p["tpr_at_fpr"].get(level) is not None
+                    and resolvable(p["n_nonmembers"], float(level))]
+            e["tpr_at_fpr_mean"][level], e["tpr_at_fpr_sd"][level] = _mean_sd(vals)
+        e["eps_mean"], e["eps_sd"] = _mean_sd([p["eps_lower_bound"] for p in ps if p["eps_lower_bound"] is not None])
+        e["test_accuracy_mean"], _ = _mean_sd([p["test_accuracy"] for p in ps if p["test_accuracy"] is not None])
+        out.append(e)
+    return sorted(out, key=lambda e: (e["device"] != HOST, e["device"], e["family"], _variant_str(e["variant"]),
+                                      e["method"]))
+
+
+def _best_across_seeds(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per single-variant target, framework/format and device: the attack with the highest mean AUC."""
+    best: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for e in rows:
+        if not isinstance(e["variant"], str):
+            continue
+        key = (e["variant"], e["where"], e["device"])
+        if key not in best or e["auc_mean"] > best[key]["auc_mean"]:
+            best[key] = e
+    return [best[k] for k in sorted(best, key=lambda k: (k[2] != HOST, k[2], _strength_order(k[0]), k[1]))]
+
+
+def _pm(mean: float | None, sd: float | None, digits: int = 3, pct: bool = False) -> str:
+    if mean is None:
+        return "–"
+    f = 100.0 if pct else 1.0
+    unit = "%" if pct else ""
+    return f"{f * mean:.{digits}f}{unit}" + ("" if sd is None else f" ± {f * sd:.{digits}f}{unit}")
+
+
+def _per_seed_text(e: dict[str, Any]) -> str:
+    parts = []
+    for p in e["per_seed"]:
+        ci = p["auc_ci"]
+        parts.append(f"{p['seed']}: {p['auc']:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if len(ci) == 2 else ""))
+    return "; ".join(parts)
+
+
+def build_seed_summary(rd: RunDir, runs: list[tuple[int, RunDir]]) -> dict[str, Any]:
+    """``report/summary.json`` of a run with experiment.seeds: mean ± sd across seeds beside each seed's figures."""
+    rows = aggregate_seeds(runs)
+    best = _best_across_seeds(rows)
+    worst = max(rows, key=lambda e: e["auc_mean"], default=None)
+    threat, threat_source = load_threat_model(rd if (rd.root / "threat_model.json").is_file() else runs[0][1])
+    per_seed = []
+    for seed, srd in runs:
+        manifest = srd.load_manifest() if srd.manifest.is_file() else None
+        report = srd.report_dir / "index.html"
+        per_seed.append({
+            "seed": seed, "run": str(srd.root.relative_to(rd.root)),
+            "report": str(report.relative_to(rd.root)) if report.is_file() else None,
+            "worst": worst_leakage(load_devices(srd), manifest),
+        })
+    return {
+        "run": str(rd.root),
+        "experiment": _experiment_name(rd),
+        "generated": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
+        "seeds": [s for s, _ in runs],
+        "devices": sorted({e["device"] for e in rows}, key=lambda d: (d != HOST, d)),
+        "worst": worst,
+        "best_per_target": best,
+        "across_seeds": rows,
+        "per_seed": per_seed,
+        "threat_model": threat,
+        "threat_model_source": threat_source,
+    }
+
+
+def render_seed_html(rd: RunDir, summary: dict[str, Any]) -> str:
+    """The page of a run with experiment.seeds, from ``report_templates/seeds.html.j2`` (autoescaped,
+    self-contained; per-seed pages are linked by relative path)."""
+    w = summary["worst"]
+    worst = None
+    if w is not None:
+        worst = {"attack": f"{w['family']} {w['method']}", "variant": _variant_str(w["variant"]), "where": w["where"],
+                 "device": w["device"], "auc": _pm(w["auc_mean"], w["auc_sd"]), "n_seeds": w["n_seeds"],
+                 "per_seed": _per_seed_text(w)}  # fmt: skip
+
+    def line(e: dict[str, Any]) -> list[str]:
+        t, sd = e["tpr_at_fpr_mean"], e["tpr_at_fpr_sd"]
+        return [
+            _variant_str(e["variant"]), e["where"] or "–", e["device"], f"{e['family']} {e['method']}",
+            _pm(e["auc_mean"], e["auc_sd"]), _per_seed_text(e),
+            *(_pm(t.get(k), sd.get(k), 2, pct=True) if t.get(k) is not None else "n/r" for k in FPR_LEVELS),
+            _pm(e["eps_mean"], e["eps_sd"], 2),
+            _pct(e["test_accuracy_mean"]) if e["test_accuracy_mean"] is not None else "–",
+        ]
+
+    per_seed = []
+    for p in summary["per_seed"]:
+        pw = p["worst"]
+        per_seed.append([
+            str(p["seed"]), p["run"], {"href": p["report"], "text": p["report"]} if p["report"] else "not written",
+            f"{pw['family']} {pw['method']} on {_variant_str(pw['variant'])}" if pw else "–",
+            (f"{pw['auc']:.3f}" + (f" [{pw['auc_ci'][0]:.3f}, {pw['auc_ci'][1]:.3f}]" if len(pw["auc_ci"]) == 2
+                                   else "")) if pw else "–",
+        ])  # fmt: skip
+    threat_rd = rd if (rd.root / "threat_model.json").is_file() else RunDir(rd.root / summary["per_seed"][0]["run"])
+    return _render(
+        "seeds.html.j2",
+        title=f"compleak report — {_experiment_name(rd)} — {len(summary['seeds'])} seeds",
+        run=str(rd.root),
+        generated=summary["generated"],
+        devices=", ".join(summary["devices"]),
+        nav=[("summary", "Summary"), ("results", "Results"), ("seeds", "Per seed"), ("threat", "Threat model")],
+        worst=worst,
+        seeds=", ".join(map(str, summary["seeds"])),
+        best=[line(e) for e in summary["best_per_target"]],
+        across=[line(e) for e in summary["across_seeds"]],
+        per_seed=per_seed,
+        threat=_threat(threat_rd),
+    )
+
+
+def print_seed_terminal(summary: dict[str, Any], console: Console) -> None:
+    """A rich table: best attack (by mean AUC) per target variant and device, mean ± sd across seeds."""
+    t = Table(title=f"leakage across seeds {', '.join(map(str, summary['seeds']))} — {esc(summary['experiment'])}")
+    for h in ("variant", "fw/format", "device", "attack", "AUC mean ± sd", "per seed", "TPR@1% mean ± sd", "ε ≥"):
+        t.add_column(h, overflow="fold")
+    for e in summary["best_per_target"]:
+        t1 = e["tpr_at_fpr_mean"].get("0.01")
+        t.add_row(
+            esc(e["variant"]), esc(e["where"] or "–"), esc(e["device"]), esc(f"{e['family']} {e['method']}"),
+            _pm(e["auc_mean"], e["auc_sd"]), esc(", ".join(f"{p['auc']:.3f}" for p in e["per_seed"])),
+            "n/r" if t1 is None else _pm(t1, e["tpr_at_fpr_sd"].get("0.01"), 2, pct=True),
+            _pm(e["eps_mean"], e["eps_sd"], 2),
+        )
+    console.print(t)
+    w = summary["worst"]
+    if w:
+        console.print(
+            f"worst across seeds: [bold]{esc(w['family'])} {esc(w['method'])}[/] on "
+            f"[bold]{esc(_variant_str(w['variant']))}[/] ({esc(w['where'] or '?')}) @ {esc(w['device'])}: "
+            f"AUC {_pm(w['auc_mean'], w['auc_sd'])}",
+            highlight=False,
+        )
+    _print_threat(summary, console)
 
 
 def write_report(run: Path, console: Console | None = None) -> Path:
@@ -1012,6 +1062,18 @@ def write_report(run: Path, console: Console | None = None) -> Path:
     rd = RunDir(run)
     if not rd.root.is_dir():
         raise HarnessError(f"{run}: no such run directory; create one with 'compleak build' or 'compleak import'")
+    rd.require_writable("report", "report")
+    runs = seed_runs(rd)
+    if runs and not rd.manifest.is_file():  # experiment.seeds: one run per seed under seeds/
+        seed_summary = build_seed_summary(rd, runs)
+        page = render_seed_html(rd, seed_summary)
+        atomic_write_json(rd.report_dir / "summary.json", seed_summary)
+        index = rd.report_dir / "index.html"
+        atomic_write_bytes(index, page.encode("utf-8"))
+        for f in (index, rd.report_dir / "summary.json"):
+            f.chmod(0o644)
+        print_seed_terminal(seed_summary, console)
+        return index
     manifest = rd.load_manifest() if rd.manifest.is_file() else None
     devices = load_devices(rd)
     if manifest is None and not devices:

@@ -1,7 +1,7 @@
 """Keras (tf_keras) model zoo, training, tfmot compression and TF-Lite export.
 
 Entry point: :func:`build_variants` (interface in docs/architecture.md). For one model owner (the target or one
-shadow) it trains the original model once (cached under ``out_dir/.cache`` keyed by a content hash of the data,
+shadow) it trains the original model once (cached under ``out_dir/tf-cache`` keyed by a content hash of the data,
 model and training recipe), then for each variant applies the model-level steps in order (magnitude pruning,
 weight clustering, quantization-aware training; each with fine-tuning, each prefix cached) and converts the result
 with the TF-Lite converter (float32, dynamic-range int8, float16, or full-integer int8 with a representative dataset
@@ -9,6 +9,11 @@ drawn from the owner's training data). Full-integer models keep float32 inputs a
 inside the model); the file records every tensor's scale and zero-point.
 
 The pipeline is the same function for the target and every shadow: only the owner's data and seed differ.
+
+Cache entries are zip ``.keras`` archives with a sha256 sidecar (``<file>.json``: format, cache key, digest, model
+recipe). A run directory is untrusted input, so an entry is used only when it verifies, and even then only its
+weight arrays are read into an architecture this code builds (:func:`load_keras`); a missing, tampered, legacy
+HDF5 or foreign entry is rebuilt with a one-line notice, never deserialized.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -31,8 +37,16 @@ except ImportError:  # TF <= 2.15 (e.g. toolchain-tf:2.14.0): tf.keras is Keras 
     keras = tf.keras
 
 from compleak.rundir import atomic_path, atomic_write_bytes  # noqa: E402
-from harness.artifacts import BuiltArtifact, artifact_id, content_digest  # noqa: E402
-from harness.config import Experiment, parse_variant  # noqa: E402
+from harness.artifacts import (  # noqa: E402
+    NOTICE,
+    BuiltArtifact,
+    artifact_id,
+    cache_record_path,
+    check_cache_entry,
+    content_digest,
+    write_cache_record,
+)
+from harness.config import Experiment, TrainSection, parse_variant  # noqa: E402
 from harness.data import OwnerData  # noqa: E402
 from harness.errors import HarnessError  # noqa: E402
 
@@ -152,6 +166,38 @@ def build_model(arch: str, input_shape: tuple[int, int, int], n_classes: int, we
     return keras.Model(inp, ZOO[arch](inp, n_classes, _l2(weight_decay)), name=arch.replace("-", "_"))
 
 
+# --------------------------------------------------------------------------- runtime settings
+
+
+def configure_runtime(cfg: TrainSection) -> None:
+    """TF threads, device and determinism for training (``train.threads`` / ``train.device``; docs/scale.md).
+
+    Threads: ``train.threads``, else the unit's CPU allocation (Ray) or this machine's cores. Device: TF uses its
+    GPU when one is visible; ``cpu`` hides GPUs, ``cuda`` requires one. Op determinism is always on (with the
+    per-owner seeds, the same config gives the same model). TF accepts thread and device settings only before it
+    runs its first op in a process; later calls keep the first settings (a Ray worker runs units of one config).
+    """
+    from harness.execution import unit_cpus
+
+    threads = int(cfg.threads) if cfg.threads else unit_cpus()
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+    except RuntimeError:  # TF already initialised in this process
+        pass
+    if cfg.device == "cpu":
+        try:
+            tf.config.set_visible_devices([], "GPU")
+        except RuntimeError:
+            pass
+    elif cfg.device == "cuda" and not tf.config.list_physical_devices("GPU"):
+        raise HarnessError(
+            'train.device = "cuda" but TensorFlow sees no GPU (CPU-only TF build, or no GPU on this worker); '
+            'install tensorflow[and-cuda] or set train.device = "auto"'
+        )
+    tf.config.experimental.enable_op_determinism()
+
+
 # --------------------------------------------------------------------------- training
 
 
@@ -237,24 +283,119 @@ def original_key(exp: Experiment, owner: OwnerData) -> str:
     )
 
 
-def load_keras(path: Path) -> keras.Model:
-    """Load a cached Keras model (plain, stripped pruned/clustered, or quantization-aware)."""
-    with tfmot.quantization.keras.quantize_scope():
-        return keras.models.load_model(path, compile=False)
+CACHE_FORMAT = "keras-zip-weights"  # what a cache entry's sidecar records; nothing else is ever loaded
+_KERAS_MEMBERS = frozenset({"metadata.json", "config.json", "model.weights.h5"})  # a tf_keras `.keras` zip
+_KERAS_MAX_BYTES = 1 << 33  # 8 GiB uncompressed: far above any zoo model, far below a zip bomb
 
 
-def _save_keras(model: keras.Model, path: Path) -> None:
+def model_recipe(exp: Experiment, owner: OwnerData, qat: bool = False) -> dict[str, Any]:
+    """What rebuilds a cached model's architecture from code: zoo arch, input shape (H, W, C), classes, weight
+    decay, and whether the quantization-aware wrappers are applied. Stored in the cache entry's sidecar."""
+    return {
+        "arch": exp.model.arch,
+        "input_shape": [int(d) for d in owner.x_train.shape[1:]],
+        "n_classes": int(owner.n_classes),
+        "weight_decay": float(exp.train.weight_decay),
+        "qat": bool(qat),
+    }
+
+
+def _architecture(recipe: Any) -> keras.Model | None:
+    """A fresh model of ``recipe`` built by this code (None when the recipe is not one the tool writes)."""
+    if not isinstance(recipe, dict) or set(recipe) != {"arch", "input_shape", "n_classes", "weight_decay", "qat"}:
+        return None
+    arch, shape, n, wd, qat = (recipe[k] for k in ("arch", "input_shape", "n_classes", "weight_decay", "qat"))
+    if arch not in ZOO or not isinstance(qat, bool) or not isinstance(n, int) or not 1 <= n <= 100_000:
+        return None
+    if not isinstance(shape, list) or len(shape) != 3 or not all(isinstance(d, int) and 1 <= d <= 4096 for d in shape):
+        return None
+    if not isinstance(wd, (int, float)) or not 0 <= wd < 1:
+        return None
+    model = build_model(arch, (shape[0], shape[1], shape[2]), n, float(wd))
+    return tfmot.quantization.keras.quantize_model(model) if qat else model
+
+
+def _cache_problem(path: Path, key: str | None, recipe: dict[str, Any] | None) -> tuple[str | None, dict[str, Any]]:
+    """Why ``path`` may not be loaded (None when verified) and its sidecar record; reads only the zip directory."""
+    why, rec = check_cache_entry(path, key, CACHE_FORMAT)
+    if why is not None:
+        return why, rec
+    if recipe is not None and rec.get("recipe") != recipe:
+        return "recorded for another model recipe", rec
+    try:
+        with zipfile.ZipFile(path) as zf:
+            infos = zf.infolist()
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return "not a .keras zip archive (legacy HDF5 or foreign file)", rec
+    if {i.filename for i in infos} != _KERAS_MEMBERS or len(infos) != len(_KERAS_MEMBERS):
+        return "not a .keras archive written by this tool", rec
+    if sum(i.file_size for i in infos) > _KERAS_MAX_BYTES:
+        return "archive members too large", rec
+    return None, rec
+
+
+def _load_verified(path: Path, key: str | None, recipe: dict[str, Any] | None) -> keras.Model:
+    """The model of a verified cache entry, or ValueError naming why it was refused.
+
+    The architecture always comes from this code (:func:`model_recipe`); only the weight arrays are read from the
+    file (tf_keras weights-only loading of the zip's ``model.weights.h5``): the archive's ``config.json`` is never
+    deserialized, so no layer, ``Lambda`` or function named in a file can run.
+    """
+    why, rec = _cache_problem(path, key, recipe)
+    if why is not None:
+        raise ValueError(why)
+    model = _architecture(recipe if recipe is not None else rec.get("recipe"))
+    if model is None:
+        raise ValueError("its recorded model recipe is not one this tool writes")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            model.load_weights(str(path))
+    except Exception as exc:  # h5py / shape mismatches: a foreign archive
+        raise ValueError(f"its weights do not fit the {model.name} architecture ({exc.__class__.__name__})") from None
+    return model
+
+
+def load_keras(path: Path, key: str | None = None) -> keras.Model:
+    """Load a Keras model from the build cache (plain, stripped pruned/clustered, or quantization-aware).
+
+    Only files the build wrote are accepted: a zip ``.keras`` archive whose sha256 matches the digest recorded in its
+    sidecar (``<file>.json``, see :func:`harness.artifacts.check_cache_entry`), optionally for cache ``key``. The
+    model is rebuilt by code from the recorded recipe and only its weights are read (safer than
+    ``load_model(safe_mode=True)``: nothing from the file is deserialized). Anything else is a one-line HarnessError.
+    """
+    try:
+        return _load_verified(Path(path), key, None)
+    except ValueError as exc:
+        raise HarnessError(
+            f"{path}: refused as a cached Keras model ({exc}); delete it and rerun compleak build to rebuild it"
+        ) from None
+
+
+def _save_keras(model: keras.Model, path: Path, key: str, recipe: dict[str, Any]) -> None:
+    """Write ``model`` as a zip ``.keras`` archive (atomically), then its digest sidecar (atomically)."""
     with atomic_path(path, keep_suffix=True) as tmp, warnings.catch_warnings():
-        # HDF5 is "legacy" but the one format tfmot's QAT wrappers round-trip through
         warnings.simplefilter("ignore", UserWarning)
-        model.save(tmp)
+        model.save(tmp)  # tmp ends in .keras: the zip format
+    write_cache_record(path, key, CACHE_FORMAT, recipe=recipe)
 
 
-def _cached(path: Path, make: Callable[[], keras.Model]) -> keras.Model:
-    if path.is_file():
-        return load_keras(path)
+def _cached(
+    path: Path, key: str, recipe: dict[str, Any], make: Callable[[], keras.Model], say: Progress
+) -> keras.Model:
+    """The verified cache entry at ``path``; when it is missing, stale or refused: ``make()`` it and cache it."""
+    for p in (path, cache_record_path(path)):
+        if p.is_dir() and not p.is_symlink():
+            raise HarnessError(
+                f"{p}: a folder where the build cache keeps a file; delete it (or run compleak build --force)"
+            )
+    if path.exists() or path.is_symlink():
+        try:
+            return _load_verified(path, key, recipe)
+        except ValueError as exc:
+            say(f"{NOTICE} tf cache {path.name} refused ({exc}); rebuilding it")
     model = make()
-    _save_keras(model, path)
+    _save_keras(model, path, key, recipe)
     return model
 
 
@@ -416,6 +557,10 @@ def build_variants(
     """
     if formats is not None and "tflite" not in formats:
         return []
+    configure_runtime(exp.train)
+    # fresh Keras name counters: layer and tensor names (kept in the .tflite) must not depend on what this process
+    # built before (serial build vs a Ray worker)
+    keras.backend.clear_session()
     out_dir = Path(out_dir)
     cache = out_dir / CACHE_DIR
     say = progress or (lambda _msg: None)
@@ -425,20 +570,23 @@ def build_variants(
     built = []
     for variant in variants:
         model_steps, quant = _steps_of(variant)
-        model = _cached(original_path, lambda: train_model(exp, owner, tag, progress))
+        model = _cached(original_path, key0, model_recipe(exp, owner), lambda: train_model(exp, owner, tag, progress),
+                        say)
         source, key = original_path, key0
         applied: list[str] = []
         for step in [s for s in model_steps if s != "qat-int8"] + (["qat-int8"] if quant == "qat-int8" else []):
             key = content_digest(
                 key, step, exp.compress.finetune_epochs, exp.compress.finetune_lr, exp.train.batch_size
             )
-            suffix = ".h5" if step == "qat-int8" else ".keras"  # QAT wrappers do not reload from .keras
-            source = cache / f"tf-{tag}-{'+'.join([*applied, step])}-{key[:16]}{suffix}"
+            source = cache / f"tf-{tag}-{'+'.join([*applied, step])}-{key[:16]}.keras"
             model = _cached(
                 source,
+                key,
+                model_recipe(exp, owner, qat=step == "qat-int8"),
                 lambda prev=model, step=step, done=list(applied): apply_step(
                     prev, step, done, exp, owner, tag, progress
                 ),
+                say,
             )
             applied.append(step)
         say(f"tf {tag} {variant}: converting to TF-Lite")

@@ -10,12 +10,15 @@ fp32 (``original``,           ``.pte`` (ExecuTorch, XNNPACK-delegated fp32), ``.
 ``prune-S``, ``cluster-K``)   traced), ``.onnx`` (fp32)
 ``...+int8``                  ``.pte`` only: PT2E with the XNNPACK quantizer (per-channel symmetric int8
                               weights, int8 activations calibrated on the owner's training data)
-``...+dynamic-int8``          ``.ptl`` (``torch.ao.quantization.quantize_dynamic`` of every Linear) and
+``...+dynamic-int8``          ``.pte`` (PT2E with the XNNPACK quantizer's dynamic config on every Linear:
+                              per-channel symmetric int8 weights, int8 activations quantized at run time),
                               ``.onnx`` (``onnxruntime.quantization.quantize_dynamic`` of the fp32 export,
-                              MatMul/Gemm only, i.e. the same Linear layers)
+                              MatMul/Gemm only, i.e. the same Linear layers) and ``.ptl`` (the deprecated
+                              eager ``torch.ao.quantization.quantize_dynamic``: the lite interpreter has no
+                              PT2E path; its warnings go to this module's logger, not the terminal)
 ============================  =====================================================================
 
-Any other combination (``int8`` as ``.ptl``/``.onnx``, ``dynamic-int8`` as ``.pte``) is not produced; see
+Any other combination (``int8`` as ``.ptl``/``.onnx``) is not produced; see
 :func:`plan_formats`, which also gives the reason. ``fp16`` and ``qat-int8`` exist only on the TF path.
 
 Every artifact takes float32 NCHW input ``[batch, C, H, W]`` (``owner.x_train`` is NHWC and is transposed here)
@@ -25,7 +28,9 @@ Each file also states its input layout: ONNX ``metadata_props["compleak.input_la
 
 Caching: the trained original and every fp32 compression prefix (e.g. the fine-tuned ``prune-0.8`` that
 ``prune-0.8+int8`` starts from) are stored as state dicts under ``out_dir/torch-cache/``, keyed by a content hash
-of the config sections and the owner's training data, so other variants and reruns reuse them.
+of the config sections and the owner's training data, so other variants and reruns reuse them. Each entry has a
+sha256 sidecar (``<file>.json``, with the cache key); an entry is read only when it verifies, and only with
+``torch.load(weights_only=True)``; anything else is retrained with a one-line notice.
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ import contextlib
 import copy
 import io
 import json
+import logging
+import os
 import time
 import warnings
 from dataclasses import dataclass
@@ -47,16 +54,24 @@ from torch import nn
 from torch.nn.utils import parametrize, prune
 
 from compleak.rundir import atomic_path, atomic_write_bytes
-from harness.artifacts import BuiltArtifact, artifact_id, content_digest
+from harness.artifacts import (
+    NOTICE,
+    BuiltArtifact,
+    artifact_id,
+    cache_record_path,
+    check_cache_entry,
+    content_digest,
+    write_cache_record,
+)
 from harness.config import Experiment, TrainSection, parse_variant
 from harness.data import OwnerData
 from harness.errors import HarnessError
 
 FRAMEWORK = "torch"
 PTE_MAX_BATCH = 256  # upper bound of the dynamic batch dimension in .pte files (sizes the memory plan)
-NUM_THREADS = 2
 CACHE_DIR = "torch-cache"
 _KMEANS_MAX_POINTS = 200_000  # k-means is fitted on at most this many weights of a tensor, then assigns all
+_LOG = logging.getLogger(__name__)
 
 
 # =========================================================================== model zoo
@@ -239,19 +254,43 @@ class _Progress:
             self._task = None
 
 
+def train_device(cfg: TrainSection) -> torch.device:
+    """Where to train (``train.device``): ``auto`` = CUDA when torch sees a GPU, else CPU. Exports stay on CPU."""
+    if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise HarnessError(
+                "train.device = \"cuda\" but torch sees no CUDA GPU (CPU-only torch build, or no GPU on this "
+                "worker); install a CUDA build of torch or set train.device = \"auto\""
+            )
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def train_threads(cfg: TrainSection) -> int:
+    """Intra-op threads: ``train.threads``, else the unit's CPU allocation (Ray) or this machine's cores."""
+    from harness.execution import unit_cpus
+
+    return int(cfg.threads) if cfg.threads else unit_cpus()
+
+
 @contextlib.contextmanager
-def _torch_settings(threads: int = NUM_THREADS) -> Iterator[None]:
-    """Run with ``threads`` intra-op threads and deterministic algorithms; restore the caller's settings."""
+def _torch_settings(threads: int) -> Iterator[None]:
+    """Run with ``threads`` intra-op threads and deterministic algorithms (CPU and CUDA); restore the caller's
+    settings afterwards."""
     old_threads = torch.get_num_threads()
     old_det = torch.are_deterministic_algorithms_enabled()
     old_warn = torch.is_deterministic_algorithms_warn_only_enabled()
+    old_cudnn = (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS (read at CUDA start-up)
     torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = False, True
     try:
         yield
     finally:
         torch.set_num_threads(old_threads)
         torch.use_deterministic_algorithms(old_det, warn_only=old_warn)
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = old_cudnn
 
 
 def _nchw(x: np.ndarray) -> torch.Tensor:
@@ -325,9 +364,14 @@ def train_model(
 
     Early stopping (``cfg.early_stopping_patience`` > 0) watches the loss on the owner's own hold-out only and
     restores the best epoch's weights. Parameters with ``requires_grad=False`` are left untouched.
+
+    Trains on ``train_device(cfg)`` (a GPU when ``train.device`` allows one); the model is back on the CPU when
+    this returns (exports are always made on the CPU).
     """
-    x, y = _nchw(owner.x_train), torch.from_numpy(np.asarray(owner.y_train, dtype=np.int64))
-    xh, yh = _nchw(owner.x_holdout), torch.from_numpy(np.asarray(owner.y_holdout, dtype=np.int64))
+    dev = train_device(cfg)
+    model.to(dev)
+    x, y = _nchw(owner.x_train).to(dev), torch.from_numpy(np.asarray(owner.y_train, dtype=np.int64)).to(dev)
+    xh, yh = _nchw(owner.x_holdout).to(dev), torch.from_numpy(np.asarray(owner.y_holdout, dtype=np.int64)).to(dev)
     params = [p for p in model.parameters() if p.requires_grad]
     if cfg.optimizer == "adam":
         opt: torch.optim.Optimizer = torch.optim.Adam(params, lr=lr, weight_decay=cfg.weight_decay)
@@ -350,7 +394,7 @@ def train_model(
         order = torch.randperm(len(x), generator=gen)
         total = 0.0
         for i in range(0, len(x), cfg.batch_size):
-            idx = order[i : i + cfg.batch_size]
+            idx = order[i : i + cfg.batch_size].to(dev)
             if len(idx) < 2 and any(isinstance(m, nn.BatchNorm2d) for m in model.modules()):
                 continue  # BatchNorm cannot train on a single example
             opt.zero_grad(set_to_none=True)
@@ -379,6 +423,7 @@ def train_model(
         model.load_state_dict(best_state)
     else:
         best_epoch = len(history)
+    model.to("cpu")
     model.eval()
     return TrainResult(len(history), best_epoch, history, time.perf_counter() - t0)
 
@@ -535,10 +580,54 @@ def export_pte_int8(model: nn.Module, example: torch.Tensor, calibration: torch.
     return len(calibration)
 
 
+def export_pte_dynamic_int8(model: nn.Module, example: torch.Tensor, path: Path) -> None:
+    """PT2E dynamic int8 of every Linear (XNNPACK quantizer, ``get_symmetric_quantization_config(
+    is_per_channel=True, is_dynamic=True)``: per-channel symmetric int8 weights, activations quantized per batch at
+    run time), lowered to XNNPACK; dynamic batch 1..PTE_MAX_BATCH. No calibration (nothing static to observe)."""
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
+    from executorch.exir import to_edge_transform_and_lower
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    config = get_symmetric_quantization_config(is_per_channel=True, is_dynamic=True)
+    quantizer = XNNPACKQuantizer().set_module_type(nn.Linear, config)
+    captured = torch.export.export(model.eval(), (example,), dynamic_shapes=(_batch_dim(),)).module()
+    prepared = prepare_pt2e(captured, quantizer)
+    with torch.no_grad():
+        prepared(example)  # dynamic observers record nothing; one pass completes the prepared graph
+    converted = convert_pt2e(prepared)
+    ep = torch.export.export(converted, (example,), dynamic_shapes=(_batch_dim(),))
+    prog = to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner()]).to_executorch()
+    _check_pte_bound(prog.buffer, path)
+    atomic_write_bytes(path, prog.buffer)
+
+
+@contextlib.contextmanager
+def _warnings_to_log(what: str) -> Iterator[None]:
+    """Run a block whose third-party warnings (deprecations of the eager ``torch.ao`` / TorchScript path) belong
+    in the log, not on the terminal: each is recorded and logged once at INFO on this module's logger."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    for msg in dict.fromkeys(f"{w.category.__name__}: {str(w.message).splitlines()[0]}" for w in caught):
+        _LOG.info("%s: %s", what, msg)
+
+
+def quantize_dynamic_linear(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` with every Linear replaced by an eager dynamic int8 Linear (``torch.ao``
+    ``quantize_dynamic``, per-tensor qint8 weights): the form the lite interpreter runs (``quantized::linear_dynamic``).
+    torch deprecates this API in favour of torchao PT2E, which the lite interpreter cannot run; its warnings go
+    to the log."""
+    with _warnings_to_log("dynamic-int8 .ptl (eager torch.ao quantization)"):
+        return torch.ao.quantization.quantize_dynamic(copy.deepcopy(model), {nn.Linear}, dtype=torch.qint8)
+
+
 def export_ptl(model: nn.Module, example: torch.Tensor, path: Path, io_spec: dict[str, Any]) -> None:
     """Traced TorchScript saved for the lite interpreter, with ``compleak.json`` (I/O spec) as an extra file."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with _warnings_to_log("TorchScript .ptl export"):
         traced = torch.jit.trace(model.eval(), example)
         with atomic_path(path, keep_suffix=True) as tmp:
             traced._save_for_lite_interpreter(str(tmp), _extra_files={"compleak.json": json.dumps(io_spec)})
@@ -595,11 +684,8 @@ def plan_formats(variant: str, formats: list[str]) -> tuple[list[str], dict[str,
     quant = steps[-1] if steps[-1] in ("int8", "dynamic-int8", "fp16", "qat-int8") else None
     if quant in ("fp16", "qat-int8"):
         return [], {f: f"'{quant}' exists only on the TF path" for f in formats}
-    allowed = {None: ("pte", "ptl", "onnx"), "int8": ("pte",), "dynamic-int8": ("ptl", "onnx")}[quant]
-    why = {
-        "int8": "static int8 (PT2E, XNNPACK quantizer) is exported only as ExecuTorch .pte",
-        "dynamic-int8": "dynamic int8 is exported only as .ptl (torch quantize_dynamic) and .onnx (onnxruntime)",
-    }
+    allowed = {None: ("pte", "ptl", "onnx"), "int8": ("pte",), "dynamic-int8": ("pte", "ptl", "onnx")}[quant]
+    why = {"int8": "static int8 (PT2E, XNNPACK quantizer) is exported only as ExecuTorch .pte"}
     built = [f for f in formats if f in allowed]
     skipped = {f: why.get(str(quant), f"unknown format '{f}'") for f in formats if f not in allowed}
     return built, skipped
@@ -612,20 +698,46 @@ def _data_digest(owner: OwnerData) -> str:
     return content_digest(owner.x_train, owner.y_train, owner.x_holdout, owner.y_holdout, owner.n_classes, owner.seed)
 
 
+CACHE_FORMAT = "torch-state-dict"  # what a cache entry's sidecar records
+
+
 def _save_state(path: Path, model: nn.Module, info: dict[str, Any]) -> None:
+    """Write the state dict and ``info`` atomically, then the sha256 sidecar (``<file>.json``) with the cache key."""
     buf = io.BytesIO()
     torch.save({"state_dict": model.state_dict(), "info": info}, buf)
     atomic_write_bytes(path, buf.getvalue())
+    write_cache_record(path, str(info["key"]), CACHE_FORMAT)
 
 
-def _load_state(path: Path, model: nn.Module) -> dict[str, Any] | None:
-    """Load a cached state dict into ``model``; None (and the file is ignored) when it is unreadable."""
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-        model.load_state_dict(blob["state_dict"])
-        return dict(blob["info"])
-    except Exception:  # a truncated or foreign file: retrain rather than fail
+def _load_state(
+    path: Path, model: nn.Module, key: str, say: Callable[[str], None] = lambda m: None
+) -> dict[str, Any] | None:
+    """Load the cached state dict at ``path`` into ``model`` and return its info; None when there is none to use.
+
+    The file is read only when its sha256 matches the digest recorded for cache ``key`` in its sidecar
+    (:func:`harness.artifacts.check_cache_entry`), and then only with ``torch.load(weights_only=True)`` (tensors and
+    plain containers; no pickled code). A tampered, foreign or unreadable entry is reported through ``say`` in one
+    line and ignored, so the caller retrains and overwrites it. A folder in its place is a HarnessError.
+    """
+    for p in (path, cache_record_path(path)):
+        if p.is_dir() and not p.is_symlink():
+            raise HarnessError(
+                f"{p}: a folder where the build cache keeps a file; delete it (or run compleak build --force)"
+            )
+    if not path.exists() and not path.is_symlink():
         return None
+    why, _ = check_cache_entry(path, key, CACHE_FORMAT)
+    if why is None:
+        try:
+            blob = torch.load(path, map_location="cpu", weights_only=True)
+            model.load_state_dict(blob["state_dict"])
+            if not isinstance(blob.get("info"), dict) or blob["info"].get("key") != key:
+                raise ValueError("info")
+            return dict(blob["info"])
+        except Exception as exc:  # weights_only refusals, truncated or foreign files, other architectures
+            why = f"not a state dict of this model ({exc.__class__.__name__})"
+    say(f"{NOTICE} torch cache {path.name} refused ({why}); retraining")
+    return None
 
 
 def cache_path(out_dir: Path, tag: str, stage: str, key: str) -> Path:
@@ -652,7 +764,7 @@ class _Builder:
             return self._models[()]
         path = cache_path(self.out_dir, self.tag, "original", self.base_key)
         model = self.fresh()
-        info = _load_state(path, model) if path.is_file() else None
+        info = _load_state(path, model, self.base_key, self.say)
         if info is None:
             self.say(f"training {self.exp.model.arch} on {len(self.owner.x_train)} examples")
             torch.manual_seed(self.owner.seed)
@@ -663,7 +775,7 @@ class _Builder:
             )  # fmt: skip
             info = {"key": self.base_key, "epochs_run": res.epochs_run, "best_epoch": res.best_epoch,
                     "train_seconds": res.seconds, "history": res.history}  # fmt: skip
-            for old in path.parent.glob(f"{self.tag}-original-*.pt"):
+            for old in path.parent.glob(f"{self.tag}-original-*.pt*"):  # older entries and their sidecars
                 old.unlink(missing_ok=True)
             _save_state(path, model, info)
         else:
@@ -685,7 +797,7 @@ class _Builder:
         stage = "+".join(steps)
         path = cache_path(self.out_dir, self.tag, stage, key)
         model = self.fresh()
-        info = _load_state(path, model) if path.is_file() else None
+        info = _load_state(path, model, key, self.say)
         if info is None:
             model.load_state_dict(parent.state_dict())
             seed = self.owner.seed + 1 + len(steps)
@@ -709,7 +821,7 @@ class _Builder:
                                       seed=seed, schedule="constant", say=self.say)  # fmt: skip
                 make_clustering_permanent(model)
             info["finetune_epochs_run"] = res.epochs_run if res else 0
-            for old in path.parent.glob(f"{self.tag}-{stage}-*.pt"):
+            for old in path.parent.glob(f"{self.tag}-{stage}-*.pt*"):
                 old.unlink(missing_ok=True)
             _save_state(path, model, info)
         model.eval()
@@ -722,7 +834,7 @@ def trained_model(exp: Experiment, owner: OwnerData, out_dir: Path, tag: str, va
     steps are not applied), in eval mode, taken from the cache that :func:`build_variants` fills (trained and
     cached if absent). Input float32 NCHW [N, C, H, W], output logits [N, n_classes]."""
     steps = tuple(s for s in parse_variant(variant) if s.startswith(("prune-", "cluster-")))
-    with _torch_settings():
+    with _torch_settings(train_threads(exp.train)):
         return _Builder(exp, owner, Path(out_dir), tag, lambda m: None).fp32(steps)[0]
 
 
@@ -789,7 +901,7 @@ def build_variants(
     toolchain = _versions()
     built: list[BuiltArtifact] = []
     try:
-        with _torch_settings():
+        with _torch_settings(train_threads(exp.train)):
             b = _Builder(exp, owner, out_dir, tag, rep.say)
             example = _example(owner)
             spec = _io_spec(b.input_shape, owner.n_classes)
@@ -812,36 +924,42 @@ def build_variants(
                     path = out_dir / artifact_id(FRAMEWORK, tag, v, f)
                     rep.say(f"exporting {path.name}")
                     c = dict(comp)
-                    if quant == "int8":
-                        n = min(exp.compress.representative_samples, len(owner.x_train))
-                        pick = np.random.default_rng(owner.seed).choice(len(owner.x_train), n, replace=False)
-                        export_pte_int8(model, example, _nchw(owner.x_train[np.sort(pick)]), path)
-                        c.update(quantization="int8",
-                                 quantizer="PT2E XNNPACKQuantizer, per-channel symmetric int8 weights, "
-                                 "static int8 activations",
-                                 calibration_samples=n, calibration_data="owner training data")  # fmt: skip
-                    elif quant == "dynamic-int8" and f == "ptl":
-                        qmodel = torch.ao.quantization.quantize_dynamic(
-                            copy.deepcopy(model), {nn.Linear}, dtype=torch.qint8
-                        )
-                        export_ptl(qmodel, example, path, spec)
-                        c.update(quantization="dynamic-int8",
-                                 quantizer="torch.ao quantize_dynamic, Linear layers, qint8 weights")  # fmt: skip
-                    elif quant == "dynamic-int8":
-                        fp32 = out_dir / CACHE_DIR / f"{tag}-{v}-fp32.onnx"
-                        export_onnx(model, example, fp32)
-                        qnames = quantize_onnx_dynamic(fp32, path)
-                        fp32.unlink(missing_ok=True)
-                        c.update(quantization="dynamic-int8",
-                                 quantizer="onnxruntime quantize_dynamic, MatMul/Gemm, QInt8 weights",
-                                 quantized_weights=qnames)  # fmt: skip
-                    elif f == "pte":
-                        export_pte_fp32(model, example, path)
-                        c["delegate"] = "XnnpackPartitioner (fp32)"
-                    elif f == "ptl":
-                        export_ptl(model, example, path, spec)
-                    else:
-                        export_onnx(model, example, path)
+                    with _warnings_to_log(f"torch export {path.name}"):  # deprecations: log only
+                        if quant == "int8":
+                            n = min(exp.compress.representative_samples, len(owner.x_train))
+                            pick = np.random.default_rng(owner.seed).choice(len(owner.x_train), n, replace=False)
+                            export_pte_int8(model, example, _nchw(owner.x_train[np.sort(pick)]), path)
+                            c.update(quantization="int8",
+                                     quantizer="PT2E XNNPACKQuantizer, per-channel symmetric int8 weights, "
+                                     "static int8 activations",
+                                     calibration_samples=n, calibration_data="owner training data")  # fmt: skip
+                        elif quant == "dynamic-int8" and f == "pte":
+                            export_pte_dynamic_int8(model, example, path)
+                            c.update(quantization="dynamic-int8",
+                                     quantizer="PT2E (torchao prepare_pt2e/convert_pt2e) XNNPACKQuantizer "
+                                     "dynamic config, Linear layers, per-channel symmetric int8 weights, "
+                                     "int8 activations at run time",
+                                     delegate="XnnpackPartitioner (dynamic int8)")  # fmt: skip
+                        elif quant == "dynamic-int8" and f == "ptl":
+                            export_ptl(quantize_dynamic_linear(model), example, path, spec)
+                            c.update(quantization="dynamic-int8",
+                                     quantizer="torch.ao quantize_dynamic (eager; the lite interpreter has no "
+                                     "PT2E path), Linear layers, qint8 weights")  # fmt: skip
+                        elif quant == "dynamic-int8":
+                            fp32 = out_dir / CACHE_DIR / f"{tag}-{v}-fp32.onnx"
+                            export_onnx(model, example, fp32)
+                            qnames = quantize_onnx_dynamic(fp32, path)
+                            fp32.unlink(missing_ok=True)
+                            c.update(quantization="dynamic-int8",
+                                     quantizer="onnxruntime quantize_dynamic, MatMul/Gemm, QInt8 weights",
+                                     quantized_weights=qnames)  # fmt: skip
+                        elif f == "pte":
+                            export_pte_fp32(model, example, path)
+                            c["delegate"] = "XnnpackPartitioner (fp32)"
+                        elif f == "ptl":
+                            export_ptl(model, example, path, spec)
+                        else:
+                            export_onnx(model, example, path)
                     if f == "pte":
                         c["max_batch"] = PTE_MAX_BATCH
                     built.append(BuiltArtifact(v, f, path, c, dict(toolchain), "logits"))

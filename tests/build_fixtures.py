@@ -5,7 +5,8 @@
     def test_something(tiny_run):  # tiny_run is the run directory (Path)
         ...
 
-The run is built into ``<pytest basetemp>/tiny_run``; ``build_run``'s own resume makes a second request in the same
+The run is built into ``<pytest basetemp>/tiny_run``, or into ``$COMPLEAK_TINY_RUN`` when set (a developer's
+reusable copy: a later session resumes it, so nothing is rebuilt while the build inputs stay the same); ``build_run``'s own resume makes a second request in the same
 session a no-op, so every module shares one build. It holds digits (8x8x1) splits of 300 per set, one shadow, and
 artifacts of both frameworks: every TF variant kind as ``.tflite`` and every torch variant as
 ``.pte``/``.ptl``/``.onnx``.
@@ -13,6 +14,7 @@ artifacts of both frameworks: every TF variant kind as ``.tflite`` and every tor
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -26,5 +28,6 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Build (or reuse) the tiny run and return its directory."""
     from harness.build import build_run
 
-    out = tmp_path_factory.getbasetemp() / "tiny_run"
+    cached = os.environ.get("COMPLEAK_TINY_RUN")
+    out = Path(cached) if cached else tmp_path_factory.getbasetemp() / "tiny_run"
     return build_run(TINY_TOML, out=out, console=Console(quiet=True))

@@ -7,4 +7,6 @@ names below resolve as top-level modules.
 pytest_plugins = [
     "build_fixtures",  # tiny_run
     "sshd_fixtures",  # sshd_server
+    "hostile_fixtures",  # TreeState, cli_refuses, copy_run (issue 11)
+    "results_fixtures",  # attacked_run: a synthetic run through the real attack stage (gate, export, action tests)
 ]

@@ -10,12 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from rich.console import Console
+from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
 
 from compleak.rundir import ArtifactRecord, Manifest, OutputBatch, RunDir, load_results
 from compleak.synthetic import VariantSpec as V
 from compleak.synthetic import make_splits, synthetic_outputs
-from harness.attack_stage import attack_run
+from harness.attack_stage import FitCache, attack_rows, attack_run, load_scores, scores_path
 from harness.cli import app
 
 # (framework, format, variant) of every target artifact; each gets one shadow artifact of the same kind
@@ -85,8 +86,9 @@ def test_attack_run_groups_artifacts_and_writes_results(base_run: Path) -> None:
     key = {(r.family, r.method, r.model_extra["artifact_id"]) for r in rows if r.family != "MR"}
     for fw, fmt, variant in ARTIFACTS:  # NR and LiRA on every collected artifact
         aid = f"{fw}-target-{variant}.{fmt}"
-        assert ("NR", "posterior-label-rf", aid) in key and ("baseline", "lira-offline", aid) in key
-    assert not any(r.method == "rmia-offline" for r in rows)  # config: baselines = ["lira"]
+        assert ("NR", "posterior-label-rf", aid) in key and ("NR", "sorted-posterior-label-rf", aid) in key
+        assert ("baseline", "lira-offline-per-class", aid) in key  # shadows not queried on the candidates
+    assert not any(r.method.startswith("rmia") for r in rows)  # config: baselines = ["lira"]
     sr = {r.model_extra["artifact_id"]: r.model_extra["original_artifact_id"] for r in rows if r.family == "SR"}
     assert sr == {
         "tf-target-prune-0.8.tflite": "tf-target-original.tflite",
@@ -105,7 +107,39 @@ def test_attack_run_groups_artifacts_and_writes_results(base_run: Path) -> None:
         assert r.model_extra["n_bootstrap"] == 10
     raw = json.loads(RunDir(base_run).results("local").read_text())
     assert set(raw[0]) >= {"family", "method", "variant", "auc", "balanced_accuracy", "tpr_at_fpr", "auc_ci",
-                           "n_members", "n_nonmembers", "framework", "format", "artifact_id"}
+                           "n_members", "n_nonmembers", "framework", "format", "artifact_id", "eps_lower_bound",
+                           "per_class", "score_key"}
+    # per-example scores beside the results: one array per row, in the order of the candidates
+    sc = load_scores(scores_path(RunDir(base_run), "local"))
+    splits = RunDir(base_run).load_splits()
+    assert np.array_equal(sc["index"], splits.candidates) and sc["y"].tolist() == [1] * 60 + [0] * 60
+    assert set(sc) == {"index", "y", "labels"} | {r.model_extra["score_key"] for r in rows}
+    assert len({r.model_extra["score_key"] for r in rows}) == len(rows)
+    for r in rows:
+        assert roc_auc_score(sc["y"], sc[r.model_extra["score_key"]]) == pytest.approx(r.auc)
+
+
+def test_fit_once_score_every_device(run: Path) -> None:
+    rd = RunDir(run)
+    dev = "ssh://pi@board:22"
+    for fw, fmt, variant in ARTIFACTS:  # every target also on the board, slightly different outputs
+        aid = f"{fw}-target-{variant}.{fmt}"
+        b = rd.load_outputs("local", aid)
+        _write_outputs(rd, dev, _record(fw, fmt, variant, "target"), OutputBatch(b.index, b.values * 1.01, "logits"))
+    fits = FitCache()
+    out = attack_run(run, device=None, families=["NR", "SR"], console=_quiet(), fits=fits)
+    assert set(out) == {"local", dev}
+    # the board has no shadow outputs: both devices use the host's shadows, so every group is fitted once
+    n_groups = fits.fitted
+    assert n_groups == len(fits) == 3  # tf primary set, torch primary set, torch onnx prune-0.8 (+ pte original)
+    assert len(out["local"]) == len(out[dev])
+    # scoring the same fits again (the compare stage's host-shadow case) fits nothing new and gives the same rows
+    rows, _ = attack_rows(run, dev, shadow_device="local", families=["NR", "SR"], fits=fits)
+    assert fits.fitted == n_groups
+    assert [r.model_dump() for r in rows] == [r.model_dump() for r in out[dev]]
+    fresh, _ = attack_rows(run, dev, shadow_device="local", families=["NR", "SR"])  # fit-and-score from scratch
+    assert [r.model_dump() for r in fresh] == [r.model_dump() for r in rows]
+    assert (run / "attacks" / "ssh_pi@board_22" / "scores.npz").is_file()
 
 
 def test_cli_attack_prints_a_table_and_respects_families(run: Path) -> None:
@@ -187,3 +221,25 @@ def test_bad_device_family_and_run_dir(run: Path, tmp_path: Path) -> None:
     assert "nothing collected for device 'adb://X1'" in _cli_error(run, "--device", "adb://X1")
     assert "unknown attack families ['XR']" in _cli_error(run, "--families", "NR,XR")
     assert "run directory not found" in _cli_error(tmp_path / "nope")
+
+
+def _write_perturbed(rd: RunDir, device: str, aid: str, seed: int) -> None:
+    b = rd.load_outputs(device, aid)
+    noise = np.random.default_rng(seed).normal(0.0, 0.05, size=(len(b.index), 4, b.values.shape[1]))
+    np.savez(rd.outputs_dir(device) / f"{aid}.perturbed.npz", index=b.index,
+             logits=(b.values[:, None, :] + noise).astype(np.float32), epsilon=np.float64(0.05))
+
+
+def test_samia_from_perturbed_outputs_and_a_corrupt_perturbed_file(run: Path) -> None:
+    rd = RunDir(run)
+    tf = [a for a in ARTIFACTS if a[0] == "tf"]
+    for i, (fw, fmt, variant) in enumerate(tf):  # the collect stage perturbs targets and reference 0
+        _write_perturbed(rd, "local", f"{fw}-target-{variant}.{fmt}", i)
+        _write_perturbed(rd, "local", f"{fw}-shadow0-{variant}.{fmt}", 10 + i)
+    out = attack_run(run, device="local", families=["NR"], console=_quiet())
+    samia = {r.model_extra["artifact_id"] for r in out["local"] if r.method == "samia"}
+    assert samia == {f"tf-target-{v}.tflite" for _, _, v in tf}  # torch has no perturbed outputs: no row
+    bad = rd.outputs_dir("local") / "tf-shadow0-int8.tflite.perturbed.npz"
+    bad.write_bytes(b"not a zip file")
+    msg = _cli_error(run, "--families", "NR")
+    assert str(bad) in msg and "re-collect" in msg

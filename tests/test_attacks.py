@@ -6,10 +6,12 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from sklearn.metrics import roc_auc_score
 
 from compleak.attacks import LearnedAttack, ThresholdAttack, shadow_split
 from compleak.engine import run_attacks
 from compleak.rundir import ContractError, OutputBatch, Splits
+from compleak.signals import entropy, log_posterior, modified_entropy
 from compleak.synthetic import VariantSpec as V
 from compleak.synthetic import make_splits, synthetic_outputs
 
@@ -20,7 +22,7 @@ def _best(rows, family, variant=None):  # type: ignore[no-untyped-def]
 
 @pytest.fixture(scope="module")
 def sharper_rows():  # type: ignore[no-untyped-def]
-    sp = make_splits((200, 200), (250, 250), n_shadows=2, seed=0)
+    sp = make_splits((200, 200), (250, 250), n_shadows=2, seed=0, n_population=300)
     variants = {"original": V(1.5, 0.0), "prune-0.8": V(2.0, 0.0), "int8": V(1.8, 0.0)}
     t, s = synthetic_outputs(sp, variants, seed=0, reference_on_target=True)
     return run_attacks(sp, t, s, bootstrap=50, seed=0)
@@ -31,9 +33,13 @@ def test_members_sharper_every_family_and_method_beats_chance(sharper_rows) -> N
     fams = {r.family for r in rows}
     assert fams == {"NR", "SR", "MR", "baseline"}
     methods = {r.method for r in rows}
-    assert {"posterior-lr", "posterior-label-rf", "entropy-threshold", "mentropy-threshold", "sr1-lr", "sr2-rf",
-            "sr2-mlp", "mr-fusion", "mr-no-original", "lira-offline", "rmia-offline"} <= methods
+    assert {"posterior-lr", "posterior-label-rf", "sorted-posterior-lr", "sorted-posterior-label-rf",
+            "entropy-threshold", "mentropy-threshold", "sr1-lr", "sr2-rf", "sr2-mlp", "mr-fusion", "mr-no-original",
+            "lira-offline", "rmia-offline"} <= methods
+    assert "samia" not in methods  # no perturbed outputs: skipped, not faked
     for r in rows:
+        if r.method in ("posterior-lr", "posterior-label-lr"):
+            continue  # a linear model on the raw (unsorted) posterior cannot form the true-class confidence p_y
         assert r.auc > 0.6 and r.auc_ci[0] > 0.5, (r.family, r.method, r.variant, r.auc, r.auc_ci)
         assert r.auc_ci[0] <= r.auc <= r.auc_ci[1]
         assert r.balanced_accuracy > 0.5
@@ -43,16 +49,22 @@ def test_members_sharper_every_family_and_method_beats_chance(sharper_rows) -> N
     mr = [r for r in rows if r.family == "MR"]
     assert all(r.variant == ["prune-0.8", "int8"] for r in mr)
     assert {r.model_extra["reference"] for r in rows if r.family == "baseline"} == {"per-example"}
+    assert {r.model_extra["population"] for r in rows if r.method.startswith("rmia")} == {"splits.population"}
+    for r in rows:
+        assert r.model_extra["eps_lower_bound"] >= 0.0 and r.model_extra["score_key"].endswith(
+            r.variant if isinstance(r.variant, str) else ",".join(r.variant))
+        assert set(r.model_extra["per_class"]["auc"]) <= {str(c) for c in range(10)}
 
 
 def test_identical_distributions_give_chance_auc_and_tpr() -> None:
     sp = make_splits((2500, 2500), (600, 600), n_shadows=1, seed=3)
     t, s = synthetic_outputs(sp, {"original": V(0.0, 0.0)}, seed=3)
     rows = run_attacks(sp, t, s, families=["NR"], baselines=["lira", "rmia"], bootstrap=100, seed=3)
-    assert len(rows) == 8
-    # each 95% CI covers 0.5 with probability 0.95, so with 8 attacks one miss is common: require 6 of 8
+    assert len(rows) == 12
+    assert {r.method for r in rows if r.family == "baseline"} == {"lira-offline-per-class", "rmia-offline-per-class"}
+    # each 95% CI covers 0.5 with probability 0.95, so with 12 attacks a miss or two is common: require 10 of 12
     # covering and every AUC within one CI width (~4 standard errors) of 0.5
-    assert sum(r.auc_ci[0] <= 0.5 <= r.auc_ci[1] for r in rows) >= 6, [(r.method, r.auc_ci) for r in rows]
+    assert sum(r.auc_ci[0] <= 0.5 <= r.auc_ci[1] for r in rows) >= 10, [(r.method, r.auc_ci) for r in rows]
     for r in rows:
         assert abs(r.auc - 0.5) <= r.auc_ci[1] - r.auc_ci[0], (r.method, r.auc, r.auc_ci)
         assert r.model_extra["fpr_resolvable"]["0.001"] is True
@@ -100,6 +112,7 @@ def test_per_example_reference_beats_per_class_for_lira() -> None:
         t, s = synthetic_outputs(sp, {"original": V(1.0, 0.0, noise=0.2)}, seed=5, reference_on_target=ref)
         (row,) = run_attacks(sp, t, s, families=[], baselines=["lira"], bootstrap=0, seed=5)
         got[row.model_extra["reference"]] = row.auc
+        assert row.method == ("lira-offline" if ref else "lira-offline-per-class")
     assert got["per-example"] > got["per-class"] + 0.03, got
 
 
@@ -140,14 +153,45 @@ def test_shadow_split_is_stratified_and_disjoint() -> None:
     assert np.array_equal(shadow_split(y, 0.3, 0)[1], val)
 
 
-def test_threshold_attack_fits_per_class_thresholds() -> None:
+def test_threshold_attack_fits_per_class_thresholds_for_decisions_only() -> None:
     # class 0: members have entropy < 1; class 1: members have entropy < 3 -> one global threshold cannot do both
     labels = np.array([0] * 4 + [1] * 4)
     ent = np.array([0.5, 0.8, 1.5, 2.0, 2.5, 2.8, 3.5, 4.0])
     y = np.array([1, 1, 0, 0, 1, 1, 0, 0])
     att = ThresholdAttack(2).fit(ent, labels, y)
     assert 0.8 < att.thresholds_[0] < 1.5 and 2.8 < att.thresholds_[1] < 3.5
-    assert np.array_equal(att.score(ent, labels) >= att.threshold_, y.astype(bool))
+    assert np.array_equal(att.decide(ent, labels), y.astype(bool))
+    assert np.array_equal(att.score(ent), -ent)  # the ranking is the raw signal's, no per-class offsets
+
+
+def test_threshold_attack_auc_is_the_raw_signal_auc() -> None:
+    # CompLeak / Song & Mittal: AUC and TPR rank the raw signal; per-class thresholds only for balanced accuracy
+    sp = make_splits((300, 300), (300, 300), n_shadows=1, seed=12)
+    t, s = synthetic_outputs(sp, {"original": V(0.8, 0.0, noise=0.6)}, seed=12)
+    rows = run_attacks(sp, t, s, families=["NR"], baselines=[], bootstrap=0, seed=12, return_scores=True)
+    by = {r.method: r for r in rows[0]}
+    lp = log_posterior(t["original"].rows(sp.candidates), "logits")
+    y = np.r_[np.ones(300), np.zeros(300)]
+    labels = sp.labels[sp.candidates]
+    assert by["entropy-threshold"].auc == pytest.approx(roc_auc_score(y, -entropy(lp)), abs=1e-12)
+    assert by["mentropy-threshold"].auc == pytest.approx(roc_auc_score(y, -modified_entropy(lp, labels)), abs=1e-12)
+    sc = rows[1][by["entropy-threshold"].model_extra["score_key"]]
+    assert np.array_equal(sc, -entropy(lp))
+
+
+def test_unsorted_and_sorted_nr_are_different_attacks() -> None:
+    # the paper's NR (train_based_1/2) uses the raw posterior in class order; ML-Leaks sorts it
+    sp = make_splits((300, 300), (400, 400), n_shadows=1, seed=13)
+    t, s = synthetic_outputs(sp, {"original": V(1.5, 0.0)}, seed=13)
+    rows, scores = run_attacks(sp, t, s, families=["NR"], baselines=[], bootstrap=0, seed=13, return_scores=True)
+    by = {r.method: r for r in rows}
+    for model in ("lr", "rf"):
+        for feat in ("posterior", "posterior-label"):
+            a, b = by[f"{feat}-{model}"], by[f"sorted-{feat}-{model}"]
+            assert not np.allclose(scores[a.model_extra["score_key"]], scores[b.model_extra["score_key"]])
+    # a linear model cannot read the confidence from an unsorted posterior without the label; sorted, it can
+    assert by["sorted-posterior-lr"].auc > by["posterior-lr"].auc + 0.1
+    assert by["posterior-label-rf"].auc > by["posterior-lr"].auc + 0.1  # a forest can pair p_j with the label
 
 
 @pytest.mark.parametrize("model", ["lr", "rf", "mlp"])

@@ -83,6 +83,7 @@ def test_audit_local_and_ssh_then_resume(tmp_path: Path, sshd_server) -> None:
             str(sshd_server.identity),
             "--known-hosts",
             str(sshd_server.known_hosts),
+            "--shadows-on-devices",  # the device also runs the reference artifacts (compared with the host below)
         ],
     )
     assert result.exit_code == 0, (result.output, result.exception)
@@ -123,7 +124,8 @@ def test_audit_local_and_ssh_then_resume(tmp_path: Path, sshd_server) -> None:
     from harness.audit import audit_run
 
     index = audit_run(
-        cfg, [dev], out=run, identity=sshd_server.identity, known_hosts=sshd_server.known_hosts, console=console
+        cfg, [dev], out=run, identity=sshd_server.identity, known_hosts=sshd_server.known_hosts, console=console,
+        shadows_on_devices=True,
     )
     assert index == run / "report" / "index.html"
     assert _snapshot(run) == before

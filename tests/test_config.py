@@ -27,6 +27,18 @@ def test_shipped_configs_validate() -> None:
     assert tiny.data.dataset == "digits" and tiny.train.epochs <= 5
 
 
+def test_leaky_default_and_generalising_example() -> None:
+    """The demo overfits on purpose (issue 12); the former, well-generalising default stays as an example."""
+    fd = load_experiment(ROOT / "experiments" / "fashion-default.toml")
+    gen = load_experiment(ROOT / "experiments" / "fashion-generalising.toml")
+    assert fd.train.early_stopping_patience == 0 and fd.train.weight_decay == 0.0
+    assert fd.splits.target_in < gen.splits.target_in and fd.train.epochs > gen.train.epochs
+    assert fd.splits.target_out * 0.001 >= 1  # TPR at 0.1% FPR is resolvable
+    assert fd.attack.samia_perturbations > 0 and gen.attack.samia_perturbations == 0
+    assert set(gen.compress.tf) == set(fd.compress.tf) and set(gen.compress.torch) == set(fd.compress.torch)
+    assert gen.experiment.name == "fashion-generalising" and fd.experiment.name == "fashion-default"
+
+
 def test_default_config_has_one_source_shipped_in_the_package() -> None:
     packaged = resources.files("harness") / "experiments" / "fashion-default.toml"
     repo = ROOT / "experiments" / "fashion-default.toml"
@@ -95,3 +107,46 @@ def test_build_keys_follow_the_relevant_sections() -> None:
     assert build_key(rep, plain, "d", "s") == build_key(exp, plain, "d", "s")
     assert build_key(rep, static, "d", "s") != build_key(exp, static, "d", "s")
     assert build_key(rep, item, "d", "s") == k
+
+
+@pytest.mark.parametrize(
+    "text, k",
+    [
+        ("", 1),
+        ("[splits]\nn_shadows = 3\n", 3),  # the old key still works
+        ("[attack]\nreference_models = 16\n", 16),
+        ("[splits]\nn_shadows = 3\n[attack]\nreference_models = 5\n", 5),  # attack.reference_models wins
+    ],
+)
+def test_reference_models_resolve_from_either_key(tmp_path: Path, text: str, k: int) -> None:
+    p = tmp_path / "e.toml"
+    p.write_text(text)
+    exp = load_experiment(p)
+    assert exp.reference_models == exp.attack.reference_models == exp.splits.n_shadows == k
+    assert exp.attack.threat_model == "offline"
+    from harness.config import Experiment
+
+    assert Experiment.model_validate(exp.model_dump(mode="json")) == exp  # written back (import) reads the same
+
+
+@pytest.mark.parametrize(
+    "text, needles",
+    [
+        ('[attack]\nthreat_model = "online"\n', ["'online' needs attack.reference_models >= 2", "got 1"]),
+        ('[attack]\nthreat_model = "both"\n', ["attack.threat_model", "'online' or 'offline'"]),
+        ("[splits]\npool = 5000\n", ["splits.pool is the online attacker's pool", "threat_model = 'online'"]),
+        ('[splits]\npool = 100\n[attack]\nthreat_model = "online"\nreference_models = 4\n',
+         ["splits.pool = 100 is smaller than the target candidates", "4000"]),
+        ("[splits]\npopulation = -1\n", ["splits.population", "greater than or equal to 0"]),
+        ("[attack]\nreference_models = 0\n", ["attack.reference_models", "greater than or equal to 1"]),
+    ],
+)
+def test_bad_owner_configs_are_one_line(tmp_path: Path, text: str, needles: list[str]) -> None:
+    p = tmp_path / "bad.toml"
+    p.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_experiment(p)
+    msg = str(info.value)
+    assert "\n" not in msg and msg.startswith(str(p))
+    for n in needles:
+        assert n in msg, (n, msg)

@@ -71,16 +71,17 @@ def test_fashion_mnist_errors_name_the_path_and_fix(tmp_path: Path) -> None:
         load_dataset("fashion-mnist", d)
 
 
-def test_download_offline_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import urllib.request
+def test_download_offline_is_a_clear_error(tmp_path: Path) -> None:
+    from harness.data import download_verified
 
-    def offline(*a, **k):
-        raise urllib.error.URLError("Name or service not known")
-
-    monkeypatch.setattr(urllib.request, "urlopen", offline)
-    with pytest.raises(HarnessError, match=r"could not download .*train-images-idx3-ubyte.gz .*--data-dir"):
-        load_dataset("fashion-mnist", tmp_path / "dl", download=True)
-    assert not list((tmp_path / "dl").glob("*.gz"))  # nothing half-written
+    # nothing listens on port 1: a real connection failure (downloads are https only, with a pinned sha256)
+    with pytest.raises(HarnessError, match=r"could not download https://127.0.0.1:1/x.tar.gz .*--data-dir"):
+        download_verified("https://127.0.0.1:1/x.tar.gz", tmp_path / "dl" / "x.tar.gz", "0" * 64)
+    assert not list((tmp_path / "dl").iterdir())  # nothing half-written
+    # Fashion-MNIST's official host serves plain http only: refused in one line, before any network access
+    with pytest.raises(HarnessError, match=r"train-images-idx3-ubyte.gz: only https downloads .*--data-dir"):
+        load_dataset("fashion-mnist", tmp_path / "fm", download=True)
+    assert not (tmp_path / "fm").exists()
 
 
 def _cifar_batch(path: Path, n: int, label_key: bytes, seed: int) -> tuple[np.ndarray, list[int]]:
@@ -167,8 +168,10 @@ def test_splits_are_disjoint_seeded_and_sized() -> None:
     s = make_splits(exp, labels)
     assert [len(s.target_in), len(s.target_out)] == [100, 120] and s.n_shadows == 3
     assert all(len(a) == 90 for a in s.shadow_in) and all(len(b) == 80 for b in s.shadow_out)
-    every = np.concatenate([s.target_in, s.target_out, *s.shadow_in, *s.shadow_out])
-    assert len(np.unique(every)) == len(every)  # enough data: all sets pairwise disjoint
+    assert len(s.target_val) == 10 and all(len(v) == 9 for v in s.shadow_val)  # round(0.1 * members)
+    every = np.concatenate([s.target_in, s.target_out, s.target_val, *s.shadow_in, *s.shadow_out, *s.shadow_val])
+    assert len(np.unique(every)) == len(every)  # enough data: all sets (hold-outs included) pairwise disjoint
+    assert not s.online and s.population is None
     again = make_splits(exp, labels)
     assert np.array_equal(again.target_in, s.target_in) and np.array_equal(again.shadow_out[2], s.shadow_out[2])
     other = make_splits(_exp(target_in=100, target_out=120, shadow_in=90, shadow_out=80, n_shadows=3).model_copy(
@@ -181,8 +184,9 @@ def test_splits_shadows_may_overlap_each_other_but_never_the_target() -> None:
     s = make_splits(_exp(target_in=100, target_out=100, shadow_in=150, shadow_out=150, n_shadows=4), labels)
     target = np.concatenate([s.target_in, s.target_out])
     for k in range(4):
-        shadow = np.concatenate([s.shadow_in[k], s.shadow_out[k]])
-        assert len(np.unique(shadow)) == 300 and not np.intersect1d(shadow, target).size
+        shadow = np.concatenate([s.shadow_in[k], s.shadow_out[k], s.shadow_val[k]])
+        assert len(np.unique(shadow)) == 315 and not np.intersect1d(shadow, target).size
+        assert not np.intersect1d(shadow, s.target_val).size
 
 
 def test_splits_too_small_names_the_keys() -> None:
@@ -204,18 +208,29 @@ def test_query_inputs_preprocessing() -> None:
         query_inputs(ds, Preprocess(mean=[0.1, 0.2]), np.array([0]))
 
 
-def test_owner_data_holdout_and_isolation() -> None:
+def test_owner_data_trains_on_exactly_the_members_and_holds_out_outside_them() -> None:
     ds = load_dataset("digits")
     exp = _exp(target_in=200, target_out=150, shadow_in=200, shadow_out=150)
     s = make_splits(exp, ds.y)
-    o = owner_data(ds, s, exp.data.preprocess, "shadow", 0, 0.1, seed=11)
-    assert o.x_train.shape == (180, 8, 8, 1) and o.x_holdout.shape == (20, 8, 8, 1) and o.x_test.shape == (150, 8, 8, 1)
+    o = owner_data(ds, s, exp.data.preprocess, "shadow", 0, seed=11)
+    assert o.x_train.shape == (200, 8, 8, 1) and o.x_holdout.shape == (20, 8, 8, 1) and o.x_test.shape == (150, 8, 8, 1)
     assert o.x_train.dtype == np.float32 and float(o.x_train.max()) == 1.0
-    # train + hold-out are exactly the shadow's members, test its non-members
+    # train is exactly the shadow's members (as ids and as inputs); the hold-out is its own split; test = non-members
+    np.testing.assert_array_equal(np.sort(o.ids_train), s.shadow_in[0])
+    np.testing.assert_array_equal(np.sort(o.ids_holdout), s.shadow_val[0])
+    assert not np.intersect1d(o.ids_holdout, np.concatenate([s.shadow_in[0], s.shadow_out[0]])).size
     members = query_inputs(ds, exp.data.preprocess, s.shadow_in[0]).reshape(200, -1)
-    got = np.concatenate([o.x_train, o.x_holdout]).reshape(200, -1)
-    assert sorted(map(bytes, members)) == sorted(map(bytes, got))
-    np.testing.assert_array_equal(np.sort(np.concatenate([o.y_train, o.y_holdout])), np.sort(ds.y[s.shadow_in[0]]))
+    assert sorted(map(bytes, members)) == sorted(map(bytes, o.x_train.reshape(200, -1)))
+    np.testing.assert_array_equal(o.y_train, ds.y[o.ids_train])
+    np.testing.assert_array_equal(o.y_holdout, ds.y[o.ids_holdout])
     np.testing.assert_array_equal(o.y_test, ds.y[s.shadow_out[0]])
-    again = owner_data(ds, s, exp.data.preprocess, "shadow", 0, 0.1, seed=11)
-    assert np.array_equal(again.x_holdout, o.x_holdout)
+    again = owner_data(ds, s, exp.data.preprocess, "shadow", 0, 0.1, seed=11)  # the old positional fraction: unused
+    assert np.array_equal(again.x_train, o.x_train) and np.array_equal(again.x_holdout, o.x_holdout)
+    # the target likewise: target_in exactly, target_val (round(0.1 * 200) = 20 ids) outside in/out
+    t = owner_data(ds, s, exp.data.preprocess, "target", None, seed=3)
+    np.testing.assert_array_equal(np.sort(t.ids_train), s.target_in)
+    np.testing.assert_array_equal(np.sort(t.ids_holdout), s.target_val)
+    assert len(s.target_val) == 20
+    # no hold-out at all: holdout_fraction = 0
+    s0 = make_splits(_exp(target_in=200, target_out=150, shadow_in=200, shadow_out=150, holdout_fraction=0.0), ds.y)
+    assert len(s0.target_val) == 0 and owner_data(ds, s0, exp.data.preprocess, "target", None).x_holdout.shape[0] == 0

@@ -81,3 +81,52 @@ def test_identical_distributions_give_chance_figures() -> None:
     assert m.tpr_at_fpr["0.001"] == pytest.approx(0.001, abs=0.002)
     assert m.tpr_at_fpr["0.01"] == pytest.approx(0.01, abs=0.006)
     assert len(m.roc["fpr"]) == len(m.roc["tpr"]) and m.roc["tpr"][-1] == 1.0
+
+
+def test_clopper_pearson_eps_bound_against_scipy_beta() -> None:
+    from scipy.stats import beta
+
+    # 1000 members, 1000 non-members; the rule flags 300 members and 20 non-members
+    y = np.r_[np.ones(1000), np.zeros(1000)].astype(int)
+    dec = np.zeros(2000, dtype=bool)
+    dec[:300] = True
+    dec[1000:1020] = True
+    got = M.eps_lower_bound(y, dec, level=0.95)
+    tpr_lo = beta.ppf(0.025, 300, 1000 - 300 + 1)
+    fpr_hi = beta.ppf(0.975, 20 + 1, 1000 - 20)
+    tpr_hi = beta.ppf(0.975, 300 + 1, 1000 - 300)
+    fpr_lo = beta.ppf(0.025, 20, 1000 - 20 + 1)
+    assert got["tpr_lo"] == pytest.approx(tpr_lo) and got["fpr_hi"] == pytest.approx(fpr_hi)
+    assert got["tpr_hi"] == pytest.approx(tpr_hi) and got["fpr_lo"] == pytest.approx(fpr_lo)
+    expected = max(0.0, np.log(tpr_lo / fpr_hi), np.log((1 - fpr_hi) / (1 - tpr_lo)))
+    assert got["eps"] == pytest.approx(expected)
+    assert got["eps"] == pytest.approx(np.log(tpr_lo / fpr_hi))  # here the TPR/FPR side is the binding one
+    assert got["tpr"] == pytest.approx(0.3) and got["fpr"] == pytest.approx(0.02)
+    # the symmetric bound binds when the rule rarely misses members: FNR 0.01, TNR 0.3
+    dec2 = np.zeros(2000, dtype=bool)
+    dec2[:990] = True
+    dec2[1000:1700] = True
+    g2 = M.eps_lower_bound(y, dec2)
+    lo_tpr, hi_fpr = beta.ppf(0.025, 990, 11), beta.ppf(0.975, 701, 300)
+    assert g2["eps"] == pytest.approx(np.log((1 - hi_fpr) / (1 - lo_tpr)))
+    # no separation: the bound is 0, never negative
+    assert M.eps_lower_bound(y, np.r_[np.ones(1000), np.ones(1000)].astype(bool))["eps"] == 0.0
+    # ends of the interval: k = 0 and k = n
+    assert M.clopper_pearson(0, 50) == (0.0, pytest.approx(beta.ppf(0.975, 1, 50)))
+    assert M.clopper_pearson(50, 50) == (pytest.approx(beta.ppf(0.025, 50, 1)), 1.0)
+
+
+def test_per_class_auc_and_decisions_in_evaluate() -> None:
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1, 2], 200)
+    y = np.tile(np.r_[np.ones(100), np.zeros(100)], 3).astype(int)
+    s = rng.normal(size=600) + y * np.repeat([0.0, 1.0, 3.0], 200)
+    pc = M.per_class_auc(y, s, labels)
+    for c in range(3):
+        m = labels == c
+        assert pc["auc"][str(c)] == pytest.approx(roc_auc_score(y[m], s[m]), abs=1e-6)
+    assert pc["most_vulnerable"] == [2, 1, 0] and pc["n_classes"] == 3
+    dec = s >= 10.0  # flags nothing: balanced accuracy 0.5, whatever the threshold says
+    m = M.evaluate(y, s, threshold=0.0, n_bootstrap=0, decisions=dec, labels=labels)
+    assert m.balanced_accuracy == pytest.approx(0.5) and m.eps_lower_bound["eps"] == 0.0
+    assert m.per_class is not None and m.per_class["most_vulnerable"][0] == 2

@@ -45,6 +45,77 @@ def test_splits_round_trip_and_legacy_keys(tmp_path):
     assert Splits.load(tmp_path / "old.npz").n_shadows == 1
 
 
+def _online_splits(n: int = 200, k: int = 4) -> Splits:
+    """Online: each reference trains on a random half of a pool (the 60 candidates + 40 more ids)."""
+    rng = np.random.default_rng(1)
+    ids = rng.permutation(n)
+    labels = rng.integers(0, 10, size=n).astype(np.int64)
+    pool = ids[:100]
+    ins, outs, vals = [], [], []
+    for _ in range(k):
+        order = rng.permutation(pool)
+        ins.append(np.sort(order[:50])), vals.append(np.sort(order[50:55])), outs.append(np.sort(order[55:]))
+    return Splits(labels, np.sort(ids[:30]), np.sort(ids[30:60]), ins, outs, target_val=np.sort(ids[100:105]),
+                  shadow_val=vals, population=np.sort(ids[105:125]), online=True)
+
+
+def test_splits_new_keys_round_trip_and_old_files_still_load(tmp_path):
+    s = _online_splits()
+    s.save(tmp_path / "splits.npz")
+    z = np.load(tmp_path / "splits.npz")
+    assert {"target_val", "shadow_val_0", "shadow_val_3", "population", "online"} <= set(z.files)
+    back = Splits.load(tmp_path / "splits.npz")
+    assert back.online and back.threat_model == "online" and back.n_references == 4
+    np.testing.assert_array_equal(back.target_val, s.target_val)
+    np.testing.assert_array_equal(back.holdout("shadow", 2), s.shadow_val[2])
+    np.testing.assert_array_equal(back.population_ids, s.population)
+    # collected ids: each id once although an online reference's sets overlap the candidates; no hold-out queried
+    for role, k in (("target", None), ("shadow", 1)):
+        got = back.collected_ids(role, k)
+        assert len(np.unique(got)) == len(got)
+        assert set(s.candidates) <= set(got) and set(s.population) <= set(got)
+        assert not np.intersect1d(got, s.target_val).size
+    # a reference's hold-out is queried only where it holds a candidate (then it is neither IN nor OUT for it)
+    np.testing.assert_array_equal(np.intersect1d(back.collected_ids("shadow", 1), s.shadow_val[1]),
+                                  np.intersect1d(s.candidates, s.shadow_val[1]))  # fmt: skip
+    np.testing.assert_array_equal(back.collected_ids("target"), np.concatenate([s.target_in, s.target_out,
+                                                                               s.population]))  # fmt: skip
+    inn = back.reference_membership(s.candidates)
+    out = back.reference_nonmembership(s.candidates)
+    assert inn.shape == (4, 60) and not (inn & out).any()
+    # a file written before hold-outs / population / the threat model existed: empty hold-outs, offline
+    old = tmp_path / "old.npz"
+    a, b = np.setdiff1d(s.shadow_in[0], s.candidates), np.setdiff1d(s.shadow_out[0], s.candidates)
+    np.savez(old, labels=s.labels, target_in=s.target_in, target_out=s.target_out, shadow_in_0=a, shadow_out_0=b)
+    o = Splits.load(old)
+    assert not o.online and o.population is None and len(o.target_val) == 0 and len(o.holdout("shadow", 0)) == 0
+    o.save(tmp_path / "resaved.npz")
+    assert Splits.load(tmp_path / "resaved.npz").n_shadows == 1
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda d: d.update(online=np.array(False)), "shadow split 0 overlaps the target split"),
+        (lambda d: d.update(target_val=d["target_in"][:2]), "target_val overlaps target_in"),
+        (lambda d: d.update(shadow_val_1=d["shadow_in_1"][:2]), "shadow_in_1 and shadow_val_1 overlap"),
+        (lambda d: d.update(shadow_in_2=np.union1d(d["shadow_in_2"], d["target_val"][:1])), "uses ids of target_val"),
+        (lambda d: d.update(population=d["target_out"][:3]), "population overlaps the target's sets"),
+        (lambda d: d.update(population=np.array([1, 1])), "population contains duplicate ids"),
+        (lambda d: d.pop("shadow_val_3"), "do not match the 4 reference models"),
+        (lambda d: d.update(online=np.array([1, 0])), "'online' must be a boolean scalar"),
+    ],
+)
+def test_bad_owner_splits_name_the_file(tmp_path, mutate, message):
+    _online_splits().save(tmp_path / "splits.npz")
+    d = dict(np.load(tmp_path / "splits.npz"))
+    mutate(d)
+    np.savez(tmp_path / "bad.npz", **d)
+    with pytest.raises(ContractError) as err:
+        Splits.load(tmp_path / "bad.npz")
+    assert message in str(err.value) and "bad.npz" in str(err.value) and "\n" not in str(err.value)
+
+
 @pytest.mark.parametrize(
     "mutate, message",
     [

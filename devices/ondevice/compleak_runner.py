@@ -738,6 +738,10 @@ BOOTSTRAP = (
 )
 
 
+#: largest request header the runner reads (bytes of JSON)
+MAX_REQUEST_HEADER = 1 << 20
+
+
 def read_message(f: BinaryIO) -> dict[str, Any] | None:
     """One message header: 4-byte big-endian length, then that many bytes of JSON. None at a clean end of stream.
 
@@ -747,9 +751,18 @@ def read_message(f: BinaryIO) -> dict[str, Any] | None:
     if head is None:
         return None
     size = int.from_bytes(head, "big")
-    if size > 1 << 24:
+    if not 0 < size <= MAX_REQUEST_HEADER:
         raise RunnerError(f"protocol error: a {size}-byte message header (out of sync?)")
-    return json.loads(_read_exact(f, size).decode("utf-8"))
+    try:
+        header = json.loads(_read_exact(f, size).decode("utf-8"))  # type: ignore[union-attr]
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise RunnerError("protocol error: a message header that is not JSON (out of sync?)") from None
+    if not isinstance(header, dict):
+        raise RunnerError(f"protocol error: a JSON {type(header).__name__} header instead of an object")
+    nbytes = header.get("bytes", 0)
+    if nbytes is not None and (type(nbytes) is not int or nbytes < 0):
+        raise RunnerError(f"protocol error: 'bytes' is {nbytes!r:.60}, not a byte count")
+    return header
 
 
 def frame(header: dict[str, Any]) -> bytes:
@@ -834,7 +847,12 @@ def serve(stdin: BinaryIO, stdout: BinaryIO, preload: Sequence[str] = ()) -> int
     model_path = ""
     load_seconds = 0.0
     while True:
-        req = read_message(stdin)
+        try:
+            req = read_message(stdin)
+        except RunnerError as exc:  # out of step with the host: say so once and stop
+            stdout.write(frame({"ok": False, "error": str(exc)}))
+            stdout.flush()
+            return 3
         if req is None or req.get("op") == "exit":
             return 0
         op, payload, consumed = req.get("op"), int(req.get("bytes") or 0), [0]
@@ -855,7 +873,7 @@ def serve(stdin: BinaryIO, stdout: BinaryIO, preload: Sequence[str] = ()) -> int
                 if model is None:
                     raise RunnerError("protocol error: infer before load")
                 shape = [int(d) for d in req["shape"]]
-                if len(shape) != 4 or payload != 4 * int(np.prod(shape)):
+                if len(shape) != 4 or min(shape) < 0 or payload != 4 * int(np.prod(shape, dtype=np.int64)):
                     raise RunnerError(f"protocol error: {payload} payload bytes for float32 {shape}")
                 t_start = time.time()
                 batch_size = int(req.get("batch_size") or 256)

@@ -1,0 +1,375 @@
+"""Where units of work run: in this process (serial), on an embedded local Ray, or on a Ray cluster by address.
+
+Execution is a layer, not a stage. A stage (build, collect, ...) describes its units of work as :class:`Unit`
+records -- a module-level function plus its arguments and the resources one run needs -- hands them to an
+:class:`Executor` and consumes the results as they finish. The stage stays the one writer of its run-directory
+files (``manifest.json``, outputs); units write only their own files, atomically. This is the only module of the
+project that imports Ray.
+
+Executors (:func:`make_executor`):
+
+- :class:`SerialExecutor` (``--no-ray``): units run one after another in this process, in the order given.
+  Identical results; the path for debugging.
+- :class:`RayExecutor`: embedded local Ray by default (this machine's cores, nothing to start by hand, Ray's own
+  logs copied into ``RUN/logs/ray/`` when it stops, nothing printed on the terminal), or an existing cluster when
+  ``--ray-address ADDR`` or ``RAY_ADDRESS`` is given (every node needs compleak-harness installed and the run
+  directory on a shared file system at the same path). ``--workers N`` caps how many units run at once.
+
+Faults: a task whose worker process dies is retried by Ray (``max_retries``; ``retry_exceptions`` is off, so a
+user error is never retried); an actor whose process dies is restarted (``max_restarts``) and its call retried.
+Together with the stages' resumability (a unit skips what is already on disk) this gives no lost and no
+duplicated artifacts or rows. A user error raised inside a unit (``HarnessError``, ``ContractError``,
+``ConfigError``, ``DeviceError``) is re-raised in the driver as the same exception, so the CLI prints it as the
+same one line.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from harness.errors import HarnessError
+
+#: environment variable a unit reads for the number of CPUs it was given (set by the Ray executor in the worker)
+UNIT_CPUS_ENV = "COMPLEAK_UNIT_CPUS"
+#: how often Ray retries a unit whose worker process died (user errors are never retried)
+MAX_RETRIES = 3
+RAY_ADDRESS_ENV = "RAY_ADDRESS"
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One unit of work of a stage.
+
+    ``fn`` must be a module-level function (it is pickled by reference and imported on the worker); ``args`` and
+    ``kwargs`` must be picklable. ``num_cpus``/``num_gpus`` are what one run needs; ``num_gpus="auto"`` asks for one
+    GPU when the cluster has any. ``resources`` are Ray custom resources the unit must run where they exist (a
+    phone farm's USB hub host: ``{"hub-a": 1}``). ``actor`` runs the unit in its own Ray actor (a long-lived
+    process that keeps a device connection) instead of a task.
+    """
+
+    key: str
+    fn: Callable[..., Any]
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    num_cpus: float = 1.0
+    num_gpus: float | Literal["auto"] = 0.0
+    resources: dict[str, float] = field(default_factory=dict)
+    actor: bool = False
+
+
+class Executor(Protocol):
+    """Runs units; see the module docstring."""
+
+    name: str
+
+    def run(self, units: Sequence[Unit]) -> Iterator[tuple[Unit, Any]]:
+        """Yield ``(unit, result)`` as units finish (any order under Ray, the given order serially).
+
+        A unit's user error is re-raised here as the original exception; remaining units are cancelled."""
+        ...
+
+    def close(self) -> None: ...
+
+    def __enter__(self) -> "Executor": ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+
+@dataclass
+class ExecOptions:
+    """How to execute: ``serial`` (``--no-ray``) or ``ray`` (embedded unless an address is given)."""
+
+    serial: bool = False
+    address: str | None = None  # --ray-address; RAY_ADDRESS when None
+    workers: int | None = None  # --workers: at most this many units at once
+
+    def __post_init__(self) -> None:
+        if self.workers is not None and self.workers < 1:
+            raise HarnessError(f"--workers must be >= 1 (got {self.workers})")
+        if self.serial and self.address:
+            raise HarnessError("--no-ray and --ray-address exclude each other; give one of them")
+
+    @property
+    def cluster_address(self) -> str | None:
+        return self.address or os.environ.get(RAY_ADDRESS_ENV) or None
+
+
+def unit_cpus() -> int:
+    """CPUs this unit may use: the Ray task's allocation when running under Ray, else this machine's cores
+    (the CPUs this process may run on)."""
+    raw = os.environ.get(UNIT_CPUS_ENV, "")
+    if raw.isdigit() and int(raw) > 0:
+        return int(raw)
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def make_executor(options: ExecOptions | None, run_dir: Path | None = None) -> Executor:
+    """The executor ``options`` ask for (None: serial). ``run_dir`` receives Ray's logs (``logs/ray/``)."""
+    options = options or ExecOptions(serial=True)
+    if options.serial:
+        return SerialExecutor(options)
+    return RayExecutor(options, run_dir)
+
+
+# --------------------------------------------------------------------------- serial
+
+
+class SerialExecutor:
+    """Units run one after another in this process, in the given order."""
+
+    name = "serial"
+
+    def __init__(self, options: ExecOptions | None = None) -> None:
+        self.options = options or ExecOptions(serial=True)
+
+    def run(self, units: Sequence[Unit]) -> Iterator[tuple[Unit, Any]]:
+        for u in units:
+            yield u, u.fn(*u.args, **u.kwargs)
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> "SerialExecutor":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# --------------------------------------------------------------------------- Ray
+
+
+@dataclass
+class _UserFailure:
+    """A user error raised inside a unit, carried back to the driver to be re-raised as itself."""
+
+    error: BaseException
+
+
+def _call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], cpus: float) -> Any:
+    """Body of every Ray task / actor call: run the unit with its CPU allocation; user errors come back as values
+    (so Ray does not wrap them, and ``retry_exceptions`` stays off for them)."""
+    from harness.errors import user_errors
+
+    os.environ[UNIT_CPUS_ENV] = str(max(1, int(cpus)))
+    try:
+        return fn(*args, **kwargs)
+    except user_errors() as exc:
+        return _UserFailure(exc)
+
+
+class _UnitActor:
+    """A Ray actor running one unit (e.g. collect on one device): one process, pinned by the unit's resources."""
+
+    def __init__(self, cpus: float) -> None:
+        self.cpus = cpus
+
+    def call(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        return _call(fn, args, kwargs, self.cpus)
+
+
+class RayExecutor:
+    """Units as Ray tasks (or actors): embedded local Ray, or a cluster by address. See the module docstring.
+
+    Ray starts (or is joined) on the first :meth:`run`, so a stage with nothing to do starts nothing and writes
+    nothing (no ``RUN/logs/``)."""
+
+    name = "ray"
+
+    def __init__(self, options: ExecOptions, run_dir: Path | None = None) -> None:
+        self.options = options
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self._temp: Path | None = None
+        self._started = False
+        self._ray: Any = None
+        self.mode = "cluster" if options.cluster_address else "embedded"
+
+    def start(self) -> None:
+        """Start the embedded instance or join the cluster (once)."""
+        if self._ray is not None:
+            return
+        try:
+            import ray
+        except ImportError:
+            raise HarnessError(
+                "Ray is not installed: pip install 'ray==2.60.0' (or pass --no-ray to run serially)"
+            ) from None
+        options = self.options
+        address = options.cluster_address
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage-stats prompt, file or upload
+        if ray.is_initialized():  # an embedding program (a notebook, a test) started Ray already: use it
+            self.mode = "existing"
+        elif address:
+            self.mode = "cluster"
+            try:
+                ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR,
+                         include_dashboard=False)  # fmt: skip
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                raise HarnessError(
+                    f"cannot join the Ray cluster at {address}: {str(exc).strip().splitlines()[0] if str(exc) else exc}"
+                    "; check `ray status --address ADDR` on the head node, or pass --no-ray"
+                ) from None
+            self._started = True
+        else:
+            self.mode = "embedded"
+            # a private temp dir (short path: Ray's Unix sockets live there), copied into RUN/logs/ray/ at close
+            self._temp = Path(tempfile.mkdtemp(prefix="compleak-ray-"))
+            env_addr = os.environ.pop(RAY_ADDRESS_ENV, None)  # empty string only: cluster_address was None
+            try:
+                ray.init(
+                    address="local",
+                    num_cpus=unit_cpus(),
+                    include_dashboard=False,
+                    log_to_driver=False,
+                    logging_level=logging.ERROR,
+                    _node_ip_address="127.0.0.1",
+                    _temp_dir=str(self._temp),
+                )
+            except Exception as exc:  # noqa: BLE001  (Ray raises many types when it cannot start)
+                shutil.rmtree(self._temp, ignore_errors=True)
+                raise HarnessError(
+                    f"could not start an embedded Ray instance ({exc.__class__.__name__}: "
+                    f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}); pass --no-ray to run serially"
+                ) from None
+            finally:
+                if env_addr is not None:
+                    os.environ[RAY_ADDRESS_ENV] = env_addr
+            self._started = True
+        self._remote_call = ray.remote(_call)
+        self._remote_actor = ray.remote(_UnitActor)
+        self._ray = ray
+
+    # ----------------------------------------------------------------- resources
+
+    def cluster_gpus(self) -> float:
+        """GPUs in the cluster (0 on this machine when it has none)."""
+        self.start()
+        return float(self._ray.cluster_resources().get("GPU", 0.0))
+
+    def _gpus(self, unit: Unit) -> float:
+        if unit.num_gpus == "auto":
+            return 1.0 if self.cluster_gpus() >= 1 else 0.0
+        return float(unit.num_gpus)
+
+    def _check_resources(self, unit: Unit) -> None:
+        have = self._ray.cluster_resources()
+        for name, amount in unit.resources.items():
+            if have.get(name, 0.0) < amount:
+                raise HarnessError(
+                    f"unit {unit.key} needs Ray resource {name!r} x{amount:g} but no node of the cluster has it; "
+                    f"start that node with `ray start --resources '{{\"{name}\": 1}}'`, or drop '@ray:{name}'"
+                )
+
+    def _submit(self, unit: Unit) -> tuple[Any, Any]:
+        """(object ref of the result, the actor or None)."""
+        self._check_resources(unit)
+        opts: dict[str, Any] = {"num_cpus": unit.num_cpus, "num_gpus": self._gpus(unit)}
+        if unit.resources:
+            opts["resources"] = dict(unit.resources)
+        if unit.actor:
+            actor = self._remote_actor.options(
+                **opts, max_restarts=MAX_RETRIES, max_task_retries=MAX_RETRIES
+            ).remote(unit.num_cpus)
+            return actor.call.remote(unit.fn, unit.args, unit.kwargs), actor
+        ref = self._remote_call.options(**opts, max_retries=MAX_RETRIES, retry_exceptions=False).remote(
+            unit.fn, unit.args, unit.kwargs, unit.num_cpus
+        )
+        return ref, None
+
+    # ----------------------------------------------------------------- running
+
+    def run(self, units: Sequence[Unit]) -> Iterator[tuple[Unit, Any]]:
+        self.start()
+        ray = self._ray
+        from ray.exceptions import RayActorError, RayTaskError, WorkerCrashedError
+
+        limit = self.options.workers or len(units) or 1
+        queue = list(units)
+        pending: dict[Any, tuple[Unit, Any]] = {}
+        try:
+            while queue or pending:
+                while queue and len(pending) < limit:
+                    u = queue.pop(0)
+                    ref, actor = self._submit(u)
+                    pending[ref] = (u, actor)
+                done, _ = ray.wait(list(pending), num_returns=1)
+                unit, actor = pending.pop(done[0])
+                try:
+                    result = ray.get(done[0])
+                except RayTaskError as exc:  # an unexpected (non-user) exception: re-raise the original
+                    cause = getattr(exc, "cause", None)
+                    if isinstance(cause, BaseException):
+                        raise cause from None
+                    raise
+                except (WorkerCrashedError, RayActorError) as exc:
+                    raise HarnessError(
+                        f"unit {unit.key}: its Ray worker died {MAX_RETRIES + 1} times "
+                        f"({exc.__class__.__name__}); finished work is kept, rerun to resume"
+                    ) from None
+                finally:
+                    if actor is not None:
+                        ray.kill(actor, no_restart=True)
+                if isinstance(result, _UserFailure):
+                    raise result.error
+                yield unit, result
+        finally:
+            for ref, (_, actor) in pending.items():
+                try:
+                    if actor is not None:
+                        ray.kill(actor, no_restart=True)
+                    else:
+                        ray.cancel(ref, force=True)
+                except Exception:  # noqa: BLE001  (best effort on the way out)
+                    pass
+
+    def close(self) -> None:
+        if not self._started:
+            return
+        self._started = False
+        if self.mode != "existing":
+            self._ray.shutdown()
+        if self._temp is not None:
+            self._keep_logs()
+            shutil.rmtree(self._temp, ignore_errors=True)
+            self._temp = None
+
+    def _keep_logs(self) -> None:
+        """Copy the embedded instance's logs into RUN/logs/ray/<session>/ (best effort, never fails the run)."""
+        if self.run_dir is None or self._temp is None:
+            return
+        for session in sorted(self._temp.glob("session_2*")):
+            logs = session / "logs"
+            if logs.is_dir():
+                dest = self.run_dir / "logs" / "ray" / session.name
+                try:
+                    shutil.copytree(logs, dest, dirs_exist_ok=True, symlinks=False,
+                                    ignore=shutil.ignore_patterns("*.sock", "old"))  # fmt: skip
+                except (OSError, shutil.Error):
+                    pass
+
+    def __enter__(self) -> "RayExecutor":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def describe(executor: Executor) -> str:
+    """One line for the terminal: how units run."""
+    if isinstance(executor, RayExecutor):
+        where = {"embedded": "embedded local Ray", "cluster": "Ray cluster", "existing": "running Ray"}[executor.mode]
+        cap = f", at most {executor.options.workers} at once" if executor.options.workers else ""
+        executor.start()
+        res = executor._ray.cluster_resources()
+        return f"{where} ({res.get('CPU', 0):g} CPUs, {res.get('GPU', 0):g} GPUs{cap})"
+    return "serially in this process"

@@ -1,0 +1,350 @@
+"""The CI gate: ``--fail-on`` expressions evaluated over a run's attack results (``compleak check`` and
+``compleak audit --fail-on``; the grammar and exit statuses are documented in docs/ci.md).
+
+An expression is ``[SCOPE:]METRIC OP NUMBER``:
+
+- ``METRIC``: ``auc``, ``auc_lo`` / ``auc_hi`` (the ends of the 95% bootstrap CI), ``bacc`` (balanced accuracy),
+  ``eps`` (the empirical ε lower bound) or ``tpr@FPR`` (TPR at a false-positive rate the attack stage measured,
+  e.g. ``tpr@0.001``);
+- ``OP``: ``>``, ``>=``, ``<``, ``<=``; ``NUMBER``: a plain decimal (``0.6``, ``1e-3``; no ``%``);
+- ``SCOPE`` (optional; default: every row of every device, variant and family): selectors joined by ``,`` that
+  must all hold: a family (``NR``, ``SR``, ``MR``, ``baseline``) or ``KEY=PATTERN`` with KEY one of ``family``,
+  ``method``, ``variant``, ``device``, ``framework``, ``format``, ``artifact``, ``seed`` and PATTERN a value with
+  shell wildcards (``variant=prune-*``, ``device=adb://*``). A device matches by its id or its folder name; an MR
+  row matches ``variant=`` when any of its variants does. The scope ends at the LAST ``:``, so device URIs with
+  ports work (``device=ssh://pi@board:22:auc>0.6``).
+
+A row *trips* a rule when it is in the rule's scope and its metric compares true. Rows whose sample cannot resolve
+the rule's FPR level (``n_nonmembers * FPR < 1``) or that lack the metric are left out and counted in a note; a
+rule that leaves out every row of its scope, or whose scope matches no row, is an error (exit 2): a gate that
+measured nothing must not pass.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+import operator
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from compleak.results import RunResult, eps_of, result_rows, tpr_at
+from harness.errors import HarnessError, esc
+
+MAX_TABLE_ROWS = 40  # tripped rows printed; the rest are counted (a CI log stays readable)
+EXIT_TRIPPED = 3  # the exit status of `compleak check` / `audit --fail-on` when a rule trips
+FAMILIES = ("NR", "SR", "MR", "baseline")
+SCOPE_KEYS = ("family", "method", "variant", "device", "framework", "format", "artifact", "seed")
+METRICS = ("auc", "auc_lo", "auc_hi", "bacc", "eps", "tpr@FPR")
+_ALIASES = {"balanced_accuracy": "bacc", "eps_lower_bound": "eps"}
+OPS: dict[str, Callable[[float, float], bool]] = {
+    ">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt,
+}  # fmt: skip
+GRAMMAR = "[SCOPE:]METRIC OP NUMBER, e.g. 'auc>0.6', 'tpr@0.01>=0.05' or 'NR,device=local:auc_lo>0.55' (docs/ci.md)"
+_COND = re.compile(r"^\s*([A-Za-z_]+)(?:@([^<>=\s]*))?\s*(>=|<=|>|<|==|=|!=)?\s*(.*?)\s*$")
+
+
+@dataclass(frozen=True)
+class Selector:
+    """One scope selector: ``key`` matches ``pattern`` (fnmatch wildcards; families case-insensitively)."""
+
+    key: str
+    pattern: str
+
+    def matches(self, r: RunResult) -> bool:
+        row, extra = r.row, r.row.model_extra or {}
+        if self.key == "family":
+            return row.family.lower() == self.pattern.lower() or fnmatch.fnmatchcase(row.family, self.pattern)
+        if self.key == "device":
+            return any(fnmatch.fnmatchcase(v, self.pattern) for v in (r.device, r.dirname))
+        if self.key == "seed":
+            return r.seed is not None and fnmatch.fnmatchcase(str(r.seed), self.pattern)
+        value = {"method": row.method, "variant": row.variant, "framework": extra.get("framework"),
+                 "format": extra.get("format"), "artifact": extra.get("artifact_id", extra.get("artifact"))}[self.key]
+        values = value if isinstance(value, list) else [value]
+        return any(isinstance(v, str) and fnmatch.fnmatchcase(v, self.pattern) for v in values)
+
+    def __str__(self) -> str:
+        return f"{self.key}={self.pattern}"
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One parsed ``--fail-on`` expression."""
+
+    text: str  # as the user typed it
+    scope: tuple[Selector, ...]
+    metric: str  # auc | auc_lo | auc_hi | bacc | eps | tpr
+    level: float | None  # the FPR of tpr@FPR
+    op: str
+    threshold: float
+
+    @property
+    def metric_name(self) -> str:
+        return f"tpr@{self.level:g}" if self.metric == "tpr" else self.metric
+
+    def in_scope(self, r: RunResult) -> bool:
+        return all(s.matches(r) for s in self.scope)
+
+    def value(self, r: RunResult) -> tuple[float | None, bool]:
+        """(the row's value of this rule's metric or None, whether the row resolves it)."""
+        row = r.row
+        if self.metric == "tpr":
+            assert self.level is not None
+            return tpr_at(row, self.level)
+        ci = list(row.auc_ci) + [None, None]
+        v = {"auc": row.auc, "auc_lo": ci[0], "auc_hi": ci[1], "bacc": row.balanced_accuracy,
+             "eps": eps_of(row)}[self.metric]  # fmt: skip
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        return (float(v) if ok else None), True  # type: ignore[arg-type]
+
+    def trips(self, value: float) -> bool:
+        return OPS[self.op](value, self.threshold)
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def _bad(text: str, why: str) -> HarnessError:
+    return HarnessError(f"--fail-on {text!r}: {why}; write {GRAMMAR}")
+
+
+def _parse_scope(text: str, scope: str) -> tuple[Selector, ...]:
+    out = []
+    for part in scope.split(","):
+        part = part.strip()
+        if not part:
+            raise _bad(text, "empty selector in the scope before ':' (a stray ',')")
+        if "=" not in part:
+            fam = next((f for f in FAMILIES if f.lower() == part.lower()), None)
+            if fam is None:
+                raise _bad(text, f"unknown scope {part!r}: a family ({', '.join(FAMILIES)}) or KEY=PATTERN with KEY "
+                                 f"one of {', '.join(SCOPE_KEYS)}")
+            out.append(Selector("family", fam))
+            continue
+        key, _, pattern = part.partition("=")
+        key, pattern = key.strip().lower(), pattern.strip()
+        if key not in SCOPE_KEYS:
+            raise _bad(text, f"unknown scope key {key!r}; use one of {', '.join(SCOPE_KEYS)}")
+        if not pattern:
+            raise _bad(text, f"scope key {key!r} has no value (write {key}=VALUE)")
+        if key == "family":
+            pattern = next((f for f in FAMILIES if f.lower() == pattern.lower()), pattern)
+        out.append(Selector(key, pattern))
+    return tuple(out)
+
+
+def parse_rule(text: str) -> Rule:
+    """Parse one ``--fail-on`` expression (module doc). A malformed one raises :class:`HarnessError` with one line
+    naming the problem and the grammar."""
+    if not isinstance(text, str) or not text.strip():
+        raise _bad(str(text), "empty expression")
+    if len(text) > 500 or not text.isprintable():
+        raise _bad(text[:60], "not a short printable expression")
+    scope_text, sep, cond = text.rpartition(":")
+    if sep and not any(c in cond for c in "<>=") and any(c in scope_text for c in "<>"):
+        raise _bad(text, "the scope goes first and the condition last, as in 'NR:auc>0.6'")
+    scope = _parse_scope(text, scope_text) if sep else ()
+    m = _COND.match(cond)
+    if not m or not m.group(1):
+        raise _bad(text, f"expected METRIC OP NUMBER after the scope, got {cond.strip()!r}")
+    name, level_text, op, num = m.group(1).lower(), m.group(2), m.group(3), m.group(4)
+    name = _ALIASES.get(name, name)
+    if name not in ("auc", "auc_lo", "auc_hi", "bacc", "eps", "tpr"):
+        hint = " (the FPR goes after '@': tpr@0.001)" if name.startswith("tpr") else ""
+        raise _bad(text, f"unknown metric {m.group(1)!r}{hint}; metrics are {', '.join(METRICS)}")
+    level = None
+    if name == "tpr":
+        if not level_text:
+            raise _bad(text, "tpr needs its false-positive rate: tpr@0.001 or tpr@0.01")
+        if level_text.endswith("%"):
+            raise _bad(text, f"write the false-positive rate as a fraction: tpr@{_fraction(level_text.rstrip('%'))}, "
+                             f"not tpr@{level_text}")
+        try:
+            level = float(level_text)
+        except ValueError:
+            raise _bad(text, f"{level_text!r} after 'tpr@' is not a false-positive rate such as 0.001") from None
+        if not 0.0 < level <= 1.0:
+            raise _bad(text, f"tpr@{level_text}: the false-positive rate must be in (0, 1], e.g. tpr@0.001")
+    elif level_text is not None:
+        raise _bad(text, f"only tpr takes '@FPR', not {name}")
+    if op is None:
+        raise _bad(text, f"no comparison after {m.group(1)!r}; use one of > >= < <=")
+    if op not in OPS:
+        raise _bad(text, f"comparison {op!r} is not supported; use one of > >= < <=")
+    if num.endswith("%"):
+        raise _bad(text, f"write the threshold as a fraction ({num.rstrip('%')}% is "
+                         f"{_fraction(num.rstrip('%'))}), not a percentage")
+    try:
+        threshold = float(num)
+    except ValueError:
+        raise _bad(text, f"threshold {num!r} is not a number") from None
+    if not math.isfinite(threshold):
+        raise _bad(text, f"threshold {num!r} is not a finite number")
+    return Rule(text.strip(), scope, name, level, op, threshold)
+
+
+def _fraction(pct: str) -> str:
+    try:
+        return f"{float(pct) / 100:g}"
+    except ValueError:
+        return "a fraction"
+
+
+def parse_rules(texts: Sequence[str]) -> list[Rule]:
+    """:func:`parse_rule` of each expression (the first malformed one raises)."""
+    return [parse_rule(t) for t in texts]
+
+
+@dataclass
+class Trip:
+    """A row that trips a rule, with the value that did it."""
+
+    rule: Rule
+    result: RunResult
+    value: float
+
+
+@dataclass
+class GateOutcome:
+    """What the gate found: every tripped (rule, row) and notes about rows it could not judge."""
+
+    rules: list[Rule]
+    n_rows: int
+    trips: list[Trip] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.trips
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.passed else EXIT_TRIPPED
+
+
+def _available(results: list[RunResult]) -> str:
+    devs = sorted({r.device for r in results})
+    fams = sorted({r.row.family for r in results})
+    return f"this run has devices {', '.join(devs)} and families {', '.join(fams)}"
+
+
+def evaluate_gate(results: list[RunResult], rules: Sequence[Rule]) -> GateOutcome:
+    """Evaluate ``rules`` over ``results`` (``compleak.results.result_rows``). Raises :class:`HarnessError` when
+    there are no rows, when a rule's scope matches no row, or when no row in its scope has a resolvable value of
+    its metric (the gate would pass without having measured anything)."""
+    if not results:
+        raise HarnessError("no attack results to check; run 'compleak attack RUN' (or 'compleak audit') first")
+    out = GateOutcome(list(rules), len(results))
+    for rule in rules:
+        scoped = [r for r in results if rule.in_scope(r)]
+        if not scoped:
+            raise HarnessError(f"--fail-on {rule.text!r}: no result row matches the scope "
+                               f"{','.join(map(str, rule.scope))}; {_available(results)}")  # fmt: skip
+        judged, missing, unresolved = 0, 0, 0
+        for r in scoped:
+            v, ok = rule.value(r)
+            if not ok:
+                unresolved += 1
+            elif v is None:
+                missing += 1
+            else:
+                judged += 1
+                if rule.trips(v):
+                    out.trips.append(Trip(rule, r, v))
+        need = f"at least {math.ceil(1 / rule.level - 1e-9)} non-members" if rule.level else ""
+        if judged == 0:
+            if unresolved:
+                n0 = max(r.row.n_nonmembers for r in scoped)
+                raise HarnessError(
+                    f"--fail-on {rule.text!r}: no row in its scope can resolve {rule.metric_name} ({need} are "
+                    f"needed; the rows have {n0}); enlarge the evaluation set or gate an FPR of at least "
+                    f"1/{n0} = {_fmt(1 / max(n0, 1))} (or gate auc / auc_lo instead)"
+                )
+            if rule.metric == "tpr":
+                have = sorted({float(k) for r in scoped for k in r.row.tpr_at_fpr if _is_rate(k)})
+                raise HarnessError(
+                    f"--fail-on {rule.text!r}: no row in its scope measured {rule.metric_name} (measured: "
+                    f"{', '.join(f'tpr@{x:g}' for x in have) or 'none'}); gate one of those, or add {rule.level:g} "
+                    "to [attack] fprs and rerun 'compleak attack RUN'"
+                )
+            what = "the ε lower bound" if rule.metric == "eps" else rule.metric_name
+            raise HarnessError(f"--fail-on {rule.text!r}: no row in its scope has {what}; rerun 'compleak attack RUN' "
+                               "with this version to add it, or gate another metric")  # fmt: skip
+        if unresolved:
+            out.notes.append(f"{rule.text}: {unresolved} of {len(scoped)} rows cannot resolve {rule.metric_name} "
+                             f"({need}) and were not judged")  # fmt: skip
+        if missing:
+            out.notes.append(f"{rule.text}: {missing} of {len(scoped)} rows have no {rule.metric_name} "
+                             "and were not judged")  # fmt: skip
+    return out
+
+
+def check_run(run: Path | str, rules: Sequence[Rule] | Sequence[str]) -> GateOutcome:
+    """Evaluate ``rules`` (parsed or as text) over every result row of ``run`` and of its per-seed runs. Reads only;
+    raises :class:`HarnessError` / ``ContractError`` on bad input (exit 2 in the CLI)."""
+    parsed = [r if isinstance(r, Rule) else parse_rule(r) for r in rules]
+    if not parsed:
+        raise HarnessError("no --fail-on expression given; add one such as --fail-on 'auc>0.6' (docs/ci.md)")
+    if not Path(run).is_dir():
+        raise HarnessError(f"{run}: no such run directory; give the folder 'compleak audit' or 'compleak build' made")
+    return evaluate_gate(result_rows(run), parsed)
+
+
+def _is_rate(key: str) -> bool:
+    try:
+        return 0.0 < float(key) <= 1.0
+    except ValueError:
+        return False
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.4f}".rstrip("0").rstrip(".") if abs(v) < 1e4 else f"{v:.3g}"
+
+
+def gate_table(outcome: GateOutcome, max_rows: int = MAX_TABLE_ROWS) -> Table:
+    """The tripped rows as a rich table, per rule the furthest over its threshold first, at most ``max_rows`` (a
+    caption counts the rest); every string from the run escaped."""
+    seeds = any(t.result.seed is not None for t in outcome.trips)
+    order = {r.text: i for i, r in enumerate(outcome.rules)}
+    trips = sorted(outcome.trips, key=lambda t: (order.get(t.rule.text, 0), -abs(t.value - t.rule.threshold)))
+    left = len(trips) - max_rows
+    table = Table(title="rows over the --fail-on thresholds", title_justify="left",
+                  caption=f"… and {left} more (all of them: compleak export RUN)" if left > 0 else None,
+                  caption_justify="left")  # fmt: skip
+    for col in ("rule", "device", *(["seed"] if seeds else []), "family", "method", "variant", "artifact", "value"):
+        table.add_column(col, justify="right" if col in ("value", "seed") else "left", overflow="fold")
+    for t in trips[:max_rows]:
+        row, extra = t.result.row, t.result.row.model_extra or {}
+        variant = " + ".join(row.variant) if isinstance(row.variant, list) else row.variant
+        art = extra.get("artifact_id", extra.get("artifact", ""))
+        art = ", ".join(map(str, art)) if isinstance(art, list) else str(art or "")
+        cells = [t.rule.text, t.result.device, *([str(t.result.seed)] if seeds else []), row.family, row.method,
+                 variant, art]  # fmt: skip
+        value = f"[bold red]{_fmt(t.value)}[/] {esc(t.rule.op)} {_fmt(t.rule.threshold)}"
+        table.add_row(*[esc(c) for c in cells], value)
+    return table
+
+
+def print_outcome(outcome: GateOutcome, console: Console) -> None:
+    """Print the gate's verdict: the tripped rows as a table, or one line saying every rule held; notes after."""
+    n = len(outcome.rules)
+    if outcome.passed:
+        console.print(f"[green]gate passed[/]: {n} rule{'s' if n != 1 else ''} held on {outcome.n_rows} result rows",
+                      highlight=False)  # fmt: skip
+    else:
+        rows = {id(t.result) for t in outcome.trips}
+        rules = {t.rule.text for t in outcome.trips}
+        console.print(gate_table(outcome))
+        console.print(
+            f"[bold red]gate failed[/]: {len(rows)} result row{'s' if len(rows) != 1 else ''} over "
+            f"{len(rules)} of {n} rule{'s' if n != 1 else ''} (exit status {EXIT_TRIPPED})",
+            highlight=False,
+        )
+    for note in outcome.notes:
+        console.print(f"[yellow]note[/]: {esc(note)}", highlight=False)

@@ -1,0 +1,237 @@
+"""The reusable GitHub composite action (.github/actions/compleak-audit/action.yml) and the Android-emulator workflow
+that uses it.
+
+GitHub's runner cannot run here (no Actions runner, no KVM, no Android images), so: the YAML is checked like a
+schema (required keys, every input used and every used input declared, shells set, inputs only ever reach scripts
+through ``env:``, outputs wired to steps that write them), and the action's ``run:`` steps are executed locally the
+way the runner does (``bash --noprofile --norc -eo pipefail``, ``$GITHUB_OUTPUT``, ``${{ }}`` in ``env:`` resolved
+from the inputs and earlier steps' outputs) against real run directories with the real ``compleak``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from hostile_fixtures import copy_run
+
+ROOT = Path(__file__).resolve().parents[1]
+ACTION_DIR = ROOT / ".github" / "actions" / "compleak-audit"
+ACTION = ACTION_DIR / "action.yml"
+WORKFLOW = ROOT / ".github" / "workflows" / "android-emulator-audit.yml"
+COMPLEAK = ROOT / ".venv" / "bin" / "compleak"
+EXPR = re.compile(r"\$\{\{\s*(.*?)\s*\}\}")
+
+
+def _action() -> dict[str, Any]:
+    return yaml.safe_load(ACTION.read_text())
+
+
+def _expressions(obj: Any) -> list[str]:
+    """Every ``${{ ... }}`` expression (and bare ``if:`` condition) anywhere in ``obj``."""
+    if isinstance(obj, dict):
+        out = [e for k, v in obj.items() for e in _expressions(v)]
+        if isinstance(obj.get("if"), str) and "${{" not in obj["if"]:
+            out.append(obj["if"])
+        return out
+    if isinstance(obj, list):
+        return [e for v in obj for e in _expressions(v)]
+    return EXPR.findall(obj) if isinstance(obj, str) else []
+
+
+# --------------------------------------------------------------------------- structure
+
+
+def test_action_yaml_structure() -> None:
+    action = _action()
+    assert {"name", "description", "inputs", "outputs", "runs"} <= set(action)
+    assert action["runs"]["using"] == "composite"
+    inputs, steps = action["inputs"], action["runs"]["steps"]
+    assert inputs["config"]["required"] is True
+    for name, spec in inputs.items():
+        assert spec.get("description"), name
+        assert spec.get("required", False) or "default" in spec, f"optional input {name} needs a default"
+    expressions = _expressions(steps)
+    used = {m.group(1) for e in expressions for m in re.finditer(r"\binputs\.([A-Za-z0-9_-]+)", e)}
+    assert used == set(inputs), f"declared but unused: {set(inputs) - used}; used but undeclared: {used - set(inputs)}"
+    ids = [s["id"] for s in steps if "id" in s]
+    assert len(ids) == len(set(ids))
+    for e in expressions:  # only inputs, earlier steps' outputs, the action's path and always()
+        assert re.fullmatch(r"inputs\.[\w-]+( == '')?|steps\.[\w-]+\.outputs\.[\w-]+|github\.action_path|always\(\)",
+                            e), e  # fmt: skip
+    for i, s in enumerate(steps):
+        assert s.get("name"), s
+        if "run" in s:
+            assert s.get("shell") == "bash", s["name"]
+            assert "${{" not in s["run"], f"{s['name']}: inputs reach scripts through env:, never pasted in"
+        else:
+            assert re.fullmatch(r"actions/(setup-python|upload-artifact)@v\d+", s["uses"]), s["uses"]
+        for e in _expressions(s):
+            m = re.match(r"steps\.([\w-]+)\.outputs\.([\w-]+)", e)
+            if m:  # an output of an EARLIER step, which that step's script writes
+                src = next(p for p in steps[:i] if p.get("id") == m.group(1))
+                assert f'{m.group(2)}=' in src["run"], e
+    for name, spec in action["outputs"].items():
+        assert spec.get("description"), name
+        sid, out = re.fullmatch(r"\$\{\{ steps\.([\w-]+)\.outputs\.([\w-]+) \}\}", spec["value"]).groups()
+        assert f"{out}=" in next(s for s in steps if s.get("id") == sid)["run"], name
+    upload = next(s for s in steps if s.get("uses", "").startswith("actions/upload-artifact@"))
+    assert upload["if"] == "always()" and "${{ inputs.run-dir }}/report/" in upload["with"]["path"]
+    assert upload["with"]["name"] == "${{ inputs.artifact-name }}"
+    assert steps[-1]["id"] == "status"  # the exit status comes last, after the upload
+
+
+def test_android_workflow_uses_the_action() -> None:
+    """The workflow cannot run here (no KVM, no Android images): it is valid YAML, creates the AVD, and audits on it
+    through the reusable action with declared inputs only."""
+    wf = yaml.safe_load(WORKFLOW.read_text())
+    on = wf.get("on", wf.get(True))  # YAML 1.1 reads a bare `on` key as True
+    assert "workflow_dispatch" in on and "fail-on" in on["workflow_dispatch"]["inputs"]
+    job = wf["jobs"]["audit"]
+    assert job["runs-on"] == "ubuntu-latest"
+    steps = job["steps"]
+    names = [s.get("uses", "") for s in steps]
+    assert names[0].startswith("actions/checkout@")  # a local action needs the checkout
+    assert any("kvm" in s.get("run", "").lower() for s in steps)
+    emu_i = next(i for i, u in enumerate(names) if u.startswith("reactivecircus/android-emulator-runner@"))
+    emu = steps[emu_i]["with"]
+    assert emu["arch"] == "x86_64" and emu["avd-name"] == "${{ env.AVD }}" and wf["env"]["AVD"]
+    config_i = next(i for i, s in enumerate(steps) if "[[audit.devices]]" in s.get("run", ""))
+    assert 'uri = "emulator://%s"' in steps[config_i]["run"] and '"$AVD"' in steps[config_i]["run"]
+    act_i = names.index("./.github/actions/compleak-audit")
+    assert act_i > max(emu_i, config_i)
+    given = steps[act_i]["with"]
+    inputs = _action()["inputs"]
+    assert set(given) <= set(inputs)
+    assert {k for k, v in inputs.items() if v.get("required")} <= set(given)
+    assert given["config"] == "ci-audit.toml" and given["fail-on"] == "${{ env.FAIL_ON }}"
+    assert not any(u.startswith("actions/upload-artifact@") for u in names)  # the action uploads the report
+
+
+# --------------------------------------------------------------------------- the steps, run locally
+
+
+class Runner:
+    """Runs the action's ``run:`` steps as GitHub's runner does, in a workspace folder."""
+
+    def __init__(self, workspace: Path, inputs: dict[str, str]) -> None:
+        action = _action()
+        self.steps = action["runs"]["steps"]
+        self.inputs = {k: str(v.get("default", "")) for k, v in action["inputs"].items()} | inputs
+        self.workspace = workspace
+        self.outputs: dict[str, dict[str, str]] = {}
+        self.logs: dict[str, str] = {}
+        self.rc: dict[str, int] = {}
+
+    def _resolve(self, value: str) -> str:
+        def sub(m: re.Match[str]) -> str:
+            e = m.group(1)
+            if e.startswith("inputs."):
+                return self.inputs[e.removeprefix("inputs.")]
+            if e == "github.action_path":
+                return str(ACTION_DIR)
+            sid, name = re.fullmatch(r"steps\.([\w-]+)\.outputs\.([\w-]+)", e).groups()  # type: ignore[union-attr]
+            return self.outputs.get(sid, {}).get(name, "")
+
+        return EXPR.sub(sub, str(value))
+
+    def run(self, ids: list[str]) -> None:
+        for step in self.steps:
+            if step.get("id") not in ids:
+                continue
+            sid = step["id"]
+            out = self.workspace / f".github-output-{sid}"
+            out.write_text("")
+            env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root"), "GITHUB_OUTPUT": str(out),
+                   "RUNNER_TEMP": str(self.workspace / ".runner-temp"), "COLUMNS": "160"}  # fmt: skip
+            env |= {k: self._resolve(v) for k, v in step.get("env", {}).items()}
+            proc = subprocess.run(["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", step["run"]],
+                                  cwd=self.workspace, env=env, capture_output=True, text=True, timeout=900)  # fmt: skip
+            self.rc[sid] = proc.returncode
+            self.logs[sid] = proc.stdout + proc.stderr
+            self.outputs[sid] = dict(ln.split("=", 1) for ln in out.read_text().splitlines() if "=" in ln)
+
+
+def test_install_step_takes_a_given_compleak_or_refuses_it(tmp_path: Path) -> None:
+    r = Runner(tmp_path, {"config": "x.toml", "compleak": str(COMPLEAK)})
+    r.run(["install"])
+    assert r.rc["install"] == 0, r.logs["install"]
+    assert r.outputs["install"] == {"compleak": str(COMPLEAK)}
+    r = Runner(tmp_path, {"config": "x.toml", "compleak": str(tmp_path / "nope")})
+    r.run(["install"])
+    assert r.rc["install"] == 2 and "::error::compleak input:" in r.logs["install"]
+
+
+def _gate_run(tmp_path: Path, run: Path, **inputs: str) -> Runner:
+    """install (the given compleak) -> gate -> status on a finished run, as if the audit step had succeeded."""
+    r = Runner(tmp_path, {"config": "x.toml", "compleak": str(COMPLEAK), "run-dir": str(run), **inputs})
+    r.run(["install"])
+    r.outputs["audit"] = {"exit-code": "0", "run-dir": str(run), "report": f"{run}/report/index.html"}
+    r.run(["gate", "status"])
+    return r
+
+
+def test_gate_step_trips_and_the_action_exits_3(attacked_run: Path, tmp_path: Path) -> None:
+    run = copy_run(attacked_run, tmp_path / "run")
+    r = _gate_run(tmp_path, run, **{"fail-on": "\n  auc_lo>0.55  \nMR:auc>2\n\n"})
+    assert r.rc["gate"] == 0, r.logs["gate"]
+    assert r.outputs["gate"] == {"exit-code": "3", "gate": "failed"}
+    assert "gate failed:" in r.logs["gate"] and "over 1 of 2 rules" in r.logs["gate"]
+    assert "::error::compleak: a --fail-on rule tripped" in r.logs["gate"]
+    assert (run / "report" / "results.csv").is_file()  # exported next to the report for the upload
+    assert r.rc["status"] == 3 and r.outputs["status"] == {"exit-code": "3", "gate": "failed"}
+    soft = _gate_run(tmp_path, run, **{"fail-on": "auc_lo>0.55", "fail-job": "false"})
+    assert soft.rc["status"] == 0 and soft.outputs["status"]["exit-code"] == "3"
+
+
+@pytest.mark.parametrize(
+    ("fail_on", "gate", "rc"),
+    [("auc>0.999\nNR:eps>50", "passed", 0), ("", "none", 0), ("auc>>1", "error", 2),
+     ("device=adb://x:auc>0", "error", 2)],
+)
+def test_gate_step_outcomes(attacked_run: Path, tmp_path: Path, fail_on: str, gate: str, rc: int) -> None:
+    r = _gate_run(tmp_path, attacked_run, **{"fail-on": fail_on, "fail-job": "true"})
+    assert r.outputs["status"] == {"exit-code": str(rc), "gate": gate}, r.logs
+    assert r.rc["status"] == rc
+    if rc == 2:
+        assert "error: --fail-on" in r.logs["gate"]
+    (attacked_run / "report" / "results.csv").unlink(missing_ok=True)  # the shared run stays as it was
+
+
+def test_audit_step_passes_devices_and_arguments_and_a_failure_skips_the_gate(tmp_path: Path) -> None:
+    # extra-args reach `compleak audit` as separate words (an unknown one is refused by the CLI itself)
+    r = Runner(tmp_path, {"config": "missing.toml", "compleak": str(COMPLEAK), "extra-args": "--no-ray  --bogus"})
+    r.run(["install", "audit"])
+    assert r.rc["audit"] == 0 and r.outputs["audit"]["exit-code"] == "2"
+    assert "No such option: --bogus" in r.logs["audit"]
+    # a bad config: the audit fails (exit 2), the gate is not run, the action exits 2
+    (tmp_path / "bad.toml").write_text("[experiment\n")
+    r = Runner(tmp_path, {"config": "bad.toml", "compleak": str(COMPLEAK), "devices": "adb://emulator-5554\n local",
+                          "extra-args": "--no-ray", "fail-on": "auc>0.6", "run-dir": "runs/ci"})  # fmt: skip
+    r.run(["install", "audit", "gate", "status"])
+    assert r.outputs["audit"] == {"exit-code": "2", "run-dir": "runs/ci", "report": "runs/ci/report/index.html"}
+    assert "bad.toml" in r.logs["audit"] and "::error::compleak audit failed (exit status 2)" in r.logs["audit"]
+    assert r.outputs["gate"] == {"gate": "error"} and "gate" not in r.logs["gate"].replace("gate=", "")
+    assert r.rc["status"] == 2 and r.outputs["status"] == {"exit-code": "2", "gate": "error"}
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.slow
+def test_action_audits_the_tiny_config_end_to_end(tiny_run: Path, tmp_path: Path) -> None:
+    """Every run step for real on the tiny config (build resumed from the shared tiny run): audit, gate, export."""
+    from test_report import FAST_ATTACKS
+
+    run = copy_run(tiny_run, tmp_path / "run")
+    config = tmp_path / "tiny.toml"  # the tiny config with fast attack settings (the build keys do not change)
+    config.write_text((ROOT / "tests" / "data" / "tiny.toml").read_text() + FAST_ATTACKS)
+    r = Runner(tmp_path, {"config": str(config), "compleak": str(COMPLEAK),
+                          "run-dir": str(run), "extra-args": "--no-ray", "fail-on": "auc>0"})  # fmt: skip
+    r.run(["install", "audit", "gate", "status"])
+    assert r.outputs["audit"]["exit-code"] == "0", r.logs["audit"]
+    assert (run / "report" / "index.html").is_file() and (run / "report" / "results.csv").is_file()
+    assert r.outputs["status"] == {"exit-code": "3", "gate": "failed"} and r.rc["status"] == 3

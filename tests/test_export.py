@@ -1,0 +1,212 @@
+"""`compleak export` and the DataFrame API (`compleak.load_results`, `compleak.load_scores`) over real run directories.
+
+``attacked_run`` (tests/results_fixtures.py) went through the real attack stage, so it has ε bounds, per-class
+figures and ``scores.npz``; every exported value is compared with the run's own files read directly.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from hostile_fixtures import TreeState, cli, cli_refuses, copy_run
+from test_report import DEVICE, make_synthetic_run
+
+import compleak
+from compleak.rundir import ContractError
+
+ROOT = Path(__file__).resolve().parents[1]
+DEVICE_DIR = "ssh_tester@127.0.0.1_2222"
+
+
+def _raw(run: Path) -> list[tuple[str, dict]]:
+    out = []
+    for res in sorted((run / "attacks").glob("*/results.json")):
+        out += [(res.parent.name, r) for r in json.loads(res.read_text())]
+    return out
+
+
+def _key(device: str, family: str, method: str, variant: object) -> tuple[str, str, str, str]:
+    v = "+".join(variant) if isinstance(variant, list) else str(variant)
+    return (device, family, method, v)
+
+
+def _same(a: object, b: object) -> bool:
+    if a is None or (isinstance(a, float) and math.isnan(a)):
+        return b is None or (isinstance(b, float) and math.isnan(b))
+    return a == pytest.approx(b, abs=1e-12)
+
+
+def test_load_results_flattens_every_row(attacked_run: Path) -> None:
+    df = compleak.load_results(attacked_run)
+    raw = _raw(attacked_run)
+    assert len(df) == len(raw) > 40
+    assert list(df.columns[:8]) == ["device", "family", "method", "variant", "artifact_id", "framework", "format",
+                                    "shadow_device"]  # fmt: skip
+    for col in ("auc", "auc_lo", "auc_hi", "balanced_accuracy", "eps", "tpr@0.001", "tpr@0.01", "resolvable@0.01",
+                "eps_bound.tpr_lo", "per_class", "score_key"):  # fmt: skip
+        assert col in df.columns, col
+    assert "roc" not in df.columns and "seed" not in df.columns
+    assert set(df.device) == {"local", DEVICE}
+    by_key = {_key(r["device"], r["family"], r["method"], r["variant"]): r for r in df.to_dict("records")}
+    ids = {"local": "local", DEVICE_DIR: DEVICE}
+    for d, r in raw:
+        got = by_key[_key(ids[d], r["family"], r["method"], r["variant"])]
+        assert _same(got["auc"], r["auc"]) and _same(got["auc_lo"], r["auc_ci"][0])
+        assert _same(got["auc_hi"], r["auc_ci"][1])
+        assert _same(got["eps"], r["eps_lower_bound"]) and _same(got["balanced_accuracy"], r["balanced_accuracy"])
+        assert not got["resolvable@0.01"]  # 60 non-members
+        assert json.loads(got["per_class"]) == r["per_class"]
+
+
+def test_load_scores_match_the_npz_and_the_rows(attacked_run: Path) -> None:
+    df = compleak.load_scores(attacked_run, DEVICE)
+    with np.load(attacked_run / "attacks" / DEVICE_DIR / "scores.npz") as z:
+        assert df.example_id.tolist() == z["index"].tolist() and df.member.tolist() == z["y"].astype(bool).tolist()
+        assert df.label.tolist() == z["labels"].tolist()
+        keys = [k for k in z.files if k not in ("index", "y", "labels")]
+        for k in keys:
+            assert np.array_equal(df[k].to_numpy(), z[k])
+    assert list(df.columns[:3]) == ["example_id", "member", "label"] and set(df.columns[3:]) == set(keys)
+    # every result row's score_key names a score column, and its AUC is recomputed from that column
+    from sklearn.metrics import roc_auc_score
+
+    rows = json.loads((attacked_run / "attacks" / DEVICE_DIR / "results.json").read_text())
+    assert {r["score_key"] for r in rows} == set(keys)
+    for r in rows[:10]:
+        assert roc_auc_score(df.member, df[r["score_key"]]) == pytest.approx(r["auc"], abs=1e-9)
+    assert compleak.load_scores(attacked_run, DEVICE_DIR).equals(df)  # the folder name works too
+
+
+def test_load_scores_errors_are_one_line_contract_errors(attacked_run: Path, tmp_path: Path) -> None:
+    with pytest.raises(ContractError, match=r"no per-example scores for device adb://x .*devices with scores: "
+                                            r"local, ssh_tester.*rerun 'compleak attack"):  # fmt: skip
+        compleak.load_scores(attacked_run, "adb://x")
+    run = copy_run(attacked_run, tmp_path / "run")
+    npz = run / "attacks" / "local" / "scores.npz"
+    npz.write_bytes(b"not a zip")
+    with pytest.raises(ContractError, match="not a readable .npz file"):
+        compleak.load_scores(run, "local")
+    with np.load(attacked_run / "attacks" / "local" / "scores.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["NR|x|y"] = np.zeros(3)
+    np.savez(npz, **arrays)
+    with pytest.raises(ContractError, match=r"array 'NR\|x\|y' has shape \(3,\), expected \(120,\)"):
+        compleak.load_scores(run, "local")
+    arrays["NR|x|y"] = np.array(["a"] * 120)
+    np.savez(npz, **arrays)
+    with pytest.raises(ContractError, match="expected numbers"):
+        compleak.load_scores(run, "local")
+    with pytest.raises(ContractError, match="no attack results yet"):
+        (tmp_path / "empty").mkdir()
+        compleak.load_results(tmp_path / "empty")
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet", "json"])
+def test_export_formats_round_trip(attacked_run: Path, tmp_path: Path, fmt: str) -> None:
+    run = copy_run(attacked_run, tmp_path / "run")
+    res = cli(["export", str(run), "--format", fmt])
+    assert res.exit_code == 0, res.output
+    out = run / "report" / f"results.{fmt}"
+    assert out.is_file() and str(out) in res.output.replace("\n", "")
+    want = compleak.load_results(run)
+    read = {"csv": pd.read_csv, "parquet": pd.read_parquet, "json": lambda p: pd.DataFrame(json.loads(p.read_text()))}
+    got = read[fmt](out)
+    assert list(got.columns) == list(want.columns) and len(got) == len(want)
+    for col in ("auc", "auc_lo", "auc_hi", "eps", "balanced_accuracy"):
+        assert np.allclose(got[col].astype(float), want[col].astype(float), equal_nan=True), col
+    assert got["method"].tolist() == want["method"].tolist()
+    assert got["tpr@0.01"].isna().all()  # not resolvable with 60 non-members: empty, never a number
+    if fmt == "json":
+        assert json.loads(out.read_text())[0]["tpr@0.01"] is None
+
+
+def test_export_scores_and_stdout(attacked_run: Path, tmp_path: Path) -> None:
+    run = copy_run(attacked_run, tmp_path / "run")
+    res = cli(["export", str(run), "--scores", "--format", "parquet", "--out", str(tmp_path / "s.parquet")])
+    assert res.exit_code == 0, res.output
+    df = pd.read_parquet(tmp_path / "s.parquet")
+    assert list(df.columns[:4]) == ["device", "example_id", "member", "label"]
+    assert df.groupby("device").size().to_dict() == {"local": 120, DEVICE: 120}
+    dev = df[df.device == DEVICE].drop(columns="device").reset_index(drop=True)
+    assert np.allclose(dev.drop(columns=["member"]).to_numpy(float),
+                       compleak.load_scores(run, DEVICE)[dev.columns].drop(columns=["member"]).to_numpy(float))
+    with TreeState(run):
+        out = cli(["export", str(run), "--format", "csv", "--out", "-"])
+    assert out.exit_code == 0
+    lines = out.output.strip().splitlines()
+    assert lines[0].startswith("device,family,method,variant,") and len(lines) == 1 + len(_raw(run))
+
+
+def test_export_keeps_mixed_type_fields_as_text(synthetic_dir: Path, tmp_path: Path) -> None:
+    run = copy_run(synthetic_dir, tmp_path / "run")
+    res = run / "attacks" / "local" / "results.json"
+    rows = json.loads(res.read_text())
+    rows[0]["note"], rows[1]["note"] = 3, "three"  # a hand-edited results.json: one column, two types
+    rows[2]["nested"] = {"a": [1, 2]}
+    res.write_text(json.dumps(rows))
+    out = cli(["export", str(run), "--format", "parquet"])
+    assert out.exit_code == 0, out.output
+    df = pd.read_parquet(run / "report" / "results.parquet")
+    assert df.note.tolist()[:2] == ["3", "three"] and json.loads(df.nested[2]) == {"a": [1, 2]}
+    assert df.variant[df.family == "MR"].tolist() == ["prune-0.6+prune-0.8+cluster-4"] * 2  # local, device
+
+
+@pytest.fixture(scope="module")
+def synthetic_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("export") / "run"
+    root.mkdir()
+    make_synthetic_run(root, n=60)
+    return root
+
+
+@pytest.mark.parametrize(
+    ("args", "expect"),
+    [
+        (["--format", "xlsx"], ["--format 'xlsx'", "csv, parquet, json"]),
+        (["--format", "parquet", "--out", "-"], ["standard output", "--out FILE.parquet"]),
+        (["--scores"], ["no per-example scores", "compleak attack"]),
+    ],
+)
+def test_export_refuses_bad_input(synthetic_dir: Path, tmp_path: Path, args: list[str], expect: list[str]) -> None:
+    with TreeState(synthetic_dir, tmp_path):
+        cli_refuses(["export", str(synthetic_dir), *args], *expect)
+
+
+def test_export_refuses_a_folder_as_out_and_a_missing_run(synthetic_dir: Path, tmp_path: Path) -> None:
+    with TreeState(synthetic_dir, tmp_path):
+        cli_refuses(["export", str(synthetic_dir), "--out", str(tmp_path)], "is a folder", "results.csv")
+        cli_refuses(["export", str(tmp_path / "nope")], "no such run directory")
+
+
+def test_export_does_not_follow_a_planted_report_link(synthetic_dir: Path, tmp_path: Path) -> None:
+    run = copy_run(synthetic_dir, tmp_path / "run")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (run / "report").symlink_to(outside)
+    with TreeState(run, outside):
+        cli_refuses(["export", str(run)], "report", "symbolic link", "--out FILE")
+
+
+def test_seeds_get_a_seed_column(tmp_path: Path) -> None:
+    for seed in (3, 4):
+        (tmp_path / "seeds" / str(seed)).mkdir(parents=True)
+        make_synthetic_run(tmp_path / "seeds" / str(seed), n=60, seed=seed, variants=["original", "int8"])
+    df = compleak.load_results(tmp_path)
+    assert df.columns[1] == "seed" and sorted(df.seed.unique().tolist()) == [3, 4]
+    assert len(df) == sum(len(_raw(tmp_path / "seeds" / str(s))) for s in (3, 4))
+
+
+def test_results_module_does_not_import_the_harness(attacked_run: Path) -> None:
+    code = ("import sys, compleak; df = compleak.load_results(sys.argv[1]); s = compleak.load_scores(sys.argv[1]);"
+            "bad = [m for m in sys.modules if m == 'harness' or m.startswith(('harness.', 'devices'))];"
+            "assert not bad, bad; print(len(df), len(s))")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code, str(attacked_run)], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == [str(len(_raw(attacked_run))), "120"]

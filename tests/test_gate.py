@@ -1,0 +1,270 @@
+"""The CI gate (harness/gate.py): the --fail-on grammar, its scopes, `compleak check` and `compleak audit --fail-on`.
+
+Rows come from real run directories: ``make_synthetic_run`` (tests/test_report.py: hand-made rows with known AUCs, a
+hostile method name on the SSH device) and ``attacked_run`` (tests/results_fixtures.py: the real attack stage, with
+ε lower bounds). Expected trips are computed from the results.json files directly, not through the gate's code.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from hostile_fixtures import TreeState, cli, cli_refuses, copy_run
+from test_report import DEVICE, FAST_ATTACKS, make_synthetic_run
+
+from compleak.results import result_rows
+from harness.errors import HarnessError
+from harness.gate import EXIT_TRIPPED, GRAMMAR, evaluate_gate, parse_rule
+
+DEVICE_DIR = "ssh_tester@127.0.0.1_2222"
+
+
+@pytest.fixture(scope="module")
+def synthetic_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("gate") / "run"
+    root.mkdir()
+    make_synthetic_run(root, n=150, variants=["original", "prune-0.6", "prune-0.8", "int8"])
+    return root
+
+
+def _json_rows(run: Path) -> list[tuple[str, dict]]:
+    """(device folder, row) of every results.json row, read without the gate's code."""
+    out = []
+    for res in sorted((run / "attacks").glob("*/results.json")):
+        out += [(res.parent.name, r) for r in json.loads(res.read_text())]
+    return out
+
+
+def _trip_keys(outcome) -> list[tuple[str, str, str, str]]:
+    return sorted((t.result.dirname, t.result.row.family, t.result.row.method, str(t.result.row.variant))
+                  for t in outcome.trips)  # fmt: skip
+
+
+def _expected(run: Path, pred) -> list[tuple[str, str, str, str]]:
+    return sorted((d, r["family"], r["method"], str(r["variant"])) for d, r in _json_rows(run) if pred(d, r))
+
+
+# --------------------------------------------------------------------------- grammar
+
+
+@pytest.mark.parametrize(
+    ("text", "metric", "level", "op", "threshold", "scope"),
+    [
+        ("auc>0.60", "auc", None, ">", 0.6, []),
+        ("tpr@0.001>0.01", "tpr", 0.001, ">", 0.01, []),
+        ("NR:auc>=0.6", "auc", None, ">=", 0.6, [("family", "NR")]),
+        ("nr:auc>0.6", "auc", None, ">", 0.6, [("family", "NR")]),
+        ("device=local:auc>0.6", "auc", None, ">", 0.6, [("device", "local")]),
+        ("variant=int8,family=sr:auc_lo>0.55", "auc_lo", None, ">", 0.55, [("variant", "int8"), ("family", "SR")]),
+        ("device=ssh://pi@board:22:auc_hi<0.9", "auc_hi", None, "<", 0.9, [("device", "ssh://pi@board:22")]),
+        ("balanced_accuracy<=0.5", "bacc", None, "<=", 0.5, []),
+        ("  eps > 1e-1 ", "eps", None, ">", 0.1, []),
+        ("baseline,method=rmia*:tpr@0.01 >= 0.05", "tpr", 0.01, ">=", 0.05, [("family", "baseline"),
+                                                                             ("method", "rmia*")]),
+    ],
+)
+def test_parse_valid(text: str, metric: str, level: float | None, op: str, threshold: float, scope: list) -> None:
+    rule = parse_rule(text)
+    assert (rule.metric, rule.level, rule.op, rule.threshold) == (metric, level, op, threshold)
+    assert [(s.key, s.pattern) for s in rule.scope] == scope
+    assert rule.text == text.strip()
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("", "empty expression"),
+        ("auc", "no comparison"),
+        ("auc=0.6", "comparison '=' is not supported"),
+        ("auc>x", "threshold 'x' is not a number"),
+        ("auc>60%", "(60% is 0.6)"),
+        ("auc>nan", "not a finite number"),
+        ("tpr>0.1", "tpr needs its false-positive rate"),
+        ("tpr0.01>0.1", "tpr needs its false-positive rate"),
+        ("tpr@1%>0.1", "tpr@0.01, not tpr@1%"),
+        ("tpr@2>0.1", "must be in (0, 1]"),
+        ("tpr@abc>0.1", "not a false-positive rate"),
+        ("auc@0.1>0.5", "only tpr takes '@FPR'"),
+        ("accuracy>0.5", "unknown metric 'accuracy'"),
+        ("XR:auc>0.6", "unknown scope 'XR'"),
+        ("colour=red:auc>0.6", "unknown scope key 'colour'"),
+        ("variant=:auc>0.6", "has no value"),
+        ("NR,:auc>0.6", "empty selector"),
+        ("auc>0.6:NR", "the scope goes first"),
+        ("NR:", "expected METRIC OP NUMBER after the scope"),
+    ],
+)
+def test_parse_errors_name_the_problem_and_the_grammar(text: str, fragment: str) -> None:
+    with pytest.raises(HarnessError) as err:
+        parse_rule(text)
+    msg = str(err.value)
+    assert fragment in msg and GRAMMAR in msg and "\n" not in msg
+    assert msg.startswith(f"--fail-on {text!r}") or text == ""
+
+
+# --------------------------------------------------------------------------- scopes select exactly the right rows
+
+
+def test_scopes_select_exactly_the_rows_they_name(synthetic_run: Path) -> None:
+    rows = result_rows(synthetic_run)
+    assert len(rows) == len(_json_rows(synthetic_run))
+    assert {r.device for r in rows} == {"local", DEVICE}  # ids from provenance, not folder names
+
+    def check(text: str, pred) -> list:
+        got = _trip_keys(evaluate_gate(rows, [parse_rule(text)]))
+        assert got == _expected(synthetic_run, pred), text
+        return got
+
+    assert check("auc>0.7", lambda d, r: r["auc"] > 0.7)
+    assert check("device=local:auc>0.7", lambda d, r: d == "local" and r["auc"] > 0.7)
+    by_folder = check(f"device={DEVICE_DIR}:auc>0", lambda d, r: d == DEVICE_DIR)
+    assert by_folder == _trip_keys(evaluate_gate(rows, [parse_rule(f"device={DEVICE}:auc>0")]))  # id with ':' works
+    check("device=ssh://*,SR:auc>0.6", lambda d, r: d == DEVICE_DIR and r["family"] == "SR" and r["auc"] > 0.6)
+    prune = check("variant=prune-*:auc>0", lambda d, r: any(str(v).startswith("prune-") for v in
+                                                           (r["variant"] if isinstance(r["variant"], list)
+                                                            else [r["variant"]])))  # fmt: skip
+    assert any(k[1] == "MR" for k in prune)  # an MR row matches when any of its variants does
+    assert len(check("MR:auc>=0.81", lambda d, r: r["family"] == "MR")) == 2
+    check("method=<script>*:auc>0", lambda d, r: r["method"].startswith("<script>"))
+    check("artifact=*int8*,family=NR:auc_hi>0", lambda d, r: r["family"] == "NR" and "int8" in r.get("artifact_id", ""))
+    check("auc_lo>0.75", lambda d, r: r["auc_ci"][0] > 0.75)
+    check("bacc<0.6", lambda d, r: r["balanced_accuracy"] < 0.6)
+    check("SR:tpr@0.01>=0.03", lambda d, r: r["family"] == "SR")  # 150 non-members resolve 1%
+    # two rules: each trip is reported under its own rule
+    both = evaluate_gate(rows, [parse_rule("MR:auc>0.8"), parse_rule("device=local,MR:auc>0.8")])
+    assert [t.rule.text for t in both.trips].count("MR:auc>0.8") == 2 and len(both.trips) == 3
+
+
+def test_gate_over_real_attack_rows_uses_ci_and_eps(attacked_run: Path) -> None:
+    rows = result_rows(attacked_run)
+    raw = _json_rows(attacked_run)
+    assert all(isinstance(r["eps_lower_bound"], float) for _, r in raw)
+    eps_cut = sorted(r["eps_lower_bound"] for _, r in raw)[-5]  # the top few rows
+    out = evaluate_gate(rows, [parse_rule(f"eps>={eps_cut}")])
+    assert _trip_keys(out) == _expected(attacked_run, lambda d, r: r["eps_lower_bound"] >= eps_cut)
+    assert 5 <= len(out.trips) < len(raw)
+    out = evaluate_gate(rows, [parse_rule("auc_lo>0.55")])
+    assert _trip_keys(out) == _expected(attacked_run, lambda d, r: r["auc_ci"][0] > 0.55)
+    # 60 non-members cannot resolve 1%: the rule is refused rather than passed without measuring anything
+    with pytest.raises(HarnessError, match=r"can resolve tpr@0.01 \(at least 100 non-members .* the rows have 60"):
+        evaluate_gate(rows, [parse_rule("tpr@0.01>0.1")])
+
+
+def test_rows_that_cannot_be_judged_are_counted_in_a_note(synthetic_run: Path, tmp_path: Path) -> None:
+    run = copy_run(synthetic_run, tmp_path / "run")
+    res = run / "attacks" / "local" / "results.json"
+    rows = json.loads(res.read_text())
+    rows[0]["n_nonmembers"] = 50  # one row's sample too small for 1%
+    rows[1]["auc_ci"] = []  # one row without a CI
+    res.write_text(json.dumps(rows))
+    out = evaluate_gate(result_rows(run), [parse_rule("tpr@0.01>0.5"), parse_rule("auc_lo>0.99")])
+    assert out.passed and out.exit_code == 0
+    assert any("1 of" in n and "cannot resolve tpr@0.01" in n for n in out.notes)
+    assert any("1 of" in n and "have no auc_lo" in n for n in out.notes)
+
+
+# --------------------------------------------------------------------------- compleak check
+
+
+def test_check_exit_statuses_and_the_offending_rows(synthetic_run: Path, tmp_path: Path) -> None:
+    with TreeState(synthetic_run):
+        ok = cli(["check", str(synthetic_run), "--fail-on", "auc>0.99", "--fail-on", "NR:tpr@0.01>0.5"])
+        assert ok.exit_code == 0, ok.output
+        assert "gate passed: 2 rules held on" in ok.output
+        bad = cli(["check", str(synthetic_run), "--fail-on", "MR:auc>0.8", "--fail-on", "auc>0.99"])
+    assert bad.exit_code == EXIT_TRIPPED == 3, bad.output
+    assert "gate failed: 2 result rows over 1 of 2 rules (exit status 3)" in bad.output
+    assert "fusion-mlp" in bad.output and "0.81 > 0.8" in bad.output
+    assert "<script>alert" in bad.output  # the device's hostile method name, printed literally
+
+    # markup in a run's strings is printed, not interpreted
+    run = copy_run(synthetic_run, tmp_path / "run")
+    res = run / "attacks" / "local" / "results.json"
+    rows = json.loads(res.read_text())
+    rows[0].update(method="[bold]evil[/]", auc=0.995)
+    res.write_text(json.dumps(rows))
+    out = cli(["check", str(run), "--fail-on", "auc>0.99"])
+    assert out.exit_code == 3 and "[bold]evil[/]" in out.output, out.output
+
+
+def test_check_across_seeds(tmp_path: Path) -> None:
+    for seed in (3, 4):
+        (tmp_path / "seeds" / str(seed)).mkdir(parents=True)
+        make_synthetic_run(tmp_path / "seeds" / str(seed), n=60, seed=seed, variants=["original", "int8"])
+    rows = result_rows(tmp_path)
+    assert {r.seed for r in rows} == {3, 4}
+    out = evaluate_gate(rows, [parse_rule("seed=4,MR:auc>0.8")])
+    assert {(t.result.seed, t.result.row.family) for t in out.trips} == {(4, "MR")} and len(out.trips) == 2
+    res = cli(["check", str(tmp_path), "--fail-on", "seed=4,MR:auc>0.8"])
+    assert res.exit_code == 3 and "seed" in res.output
+
+
+@pytest.mark.parametrize(
+    ("args", "expect"),
+    [
+        (["--fail-on", "auc>>0.6"], ["--fail-on 'auc>>0.6'", "METRIC OP NUMBER"]),
+        (["--fail-on", "device=adb://nope:auc>0.5"], ["no result row matches the scope", "local"]),
+        (["--fail-on", "tpr@0.001>0.01"], ["tpr@0.001", "1000 non-members"]),
+        (["--fail-on", "eps>0.5"], ["has the ε lower bound", "compleak attack"]),
+        (["--fail-on", "tpr@0.05>0.1"], ["measured tpr@0.05", "measured: tpr@0.001, tpr@0.01", "[attack] fprs"]),
+        (["--fail-on", "auc>0.5", "--fail-on", "bogus"], ["'bogus'", "unknown metric"]),
+    ],
+)
+def test_check_refuses_bad_input(synthetic_run: Path, tmp_path: Path, args: list[str], expect: list[str]) -> None:
+    with TreeState(synthetic_run, tmp_path):
+        cli_refuses(["check", str(synthetic_run), *args], *expect)
+
+
+def test_check_refuses_missing_or_broken_runs(synthetic_run: Path, tmp_path: Path) -> None:
+    with TreeState(tmp_path):
+        cli_refuses(["check", str(tmp_path / "nope"), "--fail-on", "auc>0.6"], "no such run directory")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "experiment.toml").write_text('[experiment]\nname = "x"\n')
+    with TreeState(tmp_path):
+        cli_refuses(["check", str(empty), "--fail-on", "auc>0.6"], "no attack results", "compleak attack")
+    run = copy_run(synthetic_run, tmp_path / "run")
+    (run / "attacks" / "local" / "results.json").write_text('[{"family": "NR", "method": 3')
+    with TreeState(tmp_path):
+        cli_refuses(["check", str(run), "--fail-on", "auc>0.6"], "results.json", "invalid JSON")
+    (run / "attacks" / "local" / "results.json").write_text('[{"family": "XX"}]')
+    with TreeState(tmp_path):
+        cli_refuses(["check", str(run), "--fail-on", "auc>0.6"], "results.json", "family")
+
+
+def test_check_without_fail_on_is_a_usage_error(synthetic_run: Path) -> None:
+    res = cli(["check", str(synthetic_run)])
+    assert res.exit_code == 2 and "--fail-on" in res.output
+
+
+# --------------------------------------------------------------------------- compleak audit --fail-on
+
+
+def test_audit_refuses_a_malformed_rule_before_any_work(tmp_path: Path) -> None:
+    tiny = Path(__file__).parent / "data" / "tiny.toml"
+    with TreeState(tmp_path):
+        cli_refuses(["audit", str(tiny), "--out", str(tmp_path / "run"), "--no-ray", "--fail-on", "auc>0.6",
+                     "--fail-on", "NR:auc_low>0.5"], "auc_low", "unknown metric")  # fmt: skip
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_audit_fail_on_exits_3_after_the_report(tiny_run: Path, tmp_path: Path) -> None:
+    """A real audit of the tiny config (build resumed from the shared tiny run): the gate runs after the report is
+    written, prints the offending rows and exits 3; a rule nothing crosses lets the (resumed) audit exit 0."""
+    tiny = tmp_path / "tiny.toml"  # the tiny config with fast attack settings (the build keys do not change)
+    tiny.write_text((Path(__file__).parent / "data" / "tiny.toml").read_text() + FAST_ATTACKS)
+    run = copy_run(tiny_run, tmp_path / "run")
+    shutil.rmtree(run / "report", ignore_errors=True)
+    res = cli(["audit", str(tiny), "--out", str(run), "--no-ray", "--fail-on", "auc>0.0", "--fail-on", "MR:auc>2"])
+    assert res.exit_code == 3, res.output
+    assert (run / "report" / "index.html").is_file() and (run / "report" / "summary.json").is_file()
+    n = len(_json_rows(run))
+    assert f"gate failed: {n} result rows over 1 of 2 rules (exit status 3)" in res.output
+    assert res.output.index("report:") < res.output.index("gate failed")
+    again = cli(["audit", str(tiny), "--out", str(run), "--no-ray", "--fail-on", "auc>0.999"])
+    assert again.exit_code == 0, again.output
+    assert "gate passed: 1 rule held on" in again.output
