@@ -1145,7 +1145,10 @@ def _supplied_shadows(
         "n_shadows": k_total,
         "approximation": False,
         "note": "shadow artifacts supplied by the user; assumed trained and compressed like the targets",
-        "artifacts": [{"id": r.id, "sha256": r.sha256, "source_path": r.source_path} for r in records],  # type: ignore[attr-defined]
+        "artifacts": [
+            {"id": r.id, "sha256": r.sha256, "source_path": r.source_path}  # type: ignore[attr-defined]
+            for r in records
+        ],
     }
 
 

@@ -6,8 +6,8 @@
         ...
 
 The run is built into ``<pytest basetemp>/tiny_run``, or into ``$COMPLEAK_TINY_RUN`` when set (a developer's
-reusable copy: a later session resumes it, so nothing is rebuilt while the build inputs stay the same); ``build_run``'s own resume makes a second request in the same
-session a no-op, so every module shares one build. It holds digits (8x8x1) splits of 300 per set, one shadow, and
+reusable copy: a later session resumes it, so nothing is rebuilt while the build inputs stay the same);
+``build_run``'s own resume makes a second request in the same session a no-op, so every module shares one build. It holds digits (8x8x1) splits of 300 per set, one shadow, and
 artifacts of both frameworks: every TF variant kind as ``.tflite`` and every torch variant as
 ``.pte``/``.ptl``/``.onnx``.
 """

@@ -26,7 +26,7 @@ from typer.testing import CliRunner, Result
 
 
 def tree_state(root: Path) -> dict[str, tuple]:
-    """Relative path -> (kind, mode, content sha256 / link target) for everything under ``root`` (links not followed)."""
+    """Relative path -> (kind, mode, sha256 or link target) of everything under ``root`` (links not followed)."""
     state: dict[str, tuple] = {}
     root = Path(root)
     if not root.exists() and not root.is_symlink():

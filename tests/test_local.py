@@ -22,7 +22,8 @@ def record_for(path: Path, fmt: str = "tflite", aid: str | None = None) -> Artif
     """A manifest record for an artifact file, described by the runner itself."""
     desc = cr.describe(path)
     return ArtifactRecord(
-        id=aid or path.name, role="target", variant="original", framework="tf", format=fmt, path=f"artifacts/{path.name}",
+        id=aid or path.name, role="target", variant="original", framework="tf", format=fmt,
+        path=f"artifacts/{path.name}",
         sha256=hashlib.sha256(path.read_bytes()).hexdigest(), bytes=path.stat().st_size,
         inputs=[TensorSpec(**t) for t in desc["inputs"]], outputs=[TensorSpec(**t) for t in desc["outputs"]],
     )
