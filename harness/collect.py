@@ -40,7 +40,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from rich.console import Console
@@ -139,10 +139,10 @@ def _chunks(n: int, size: int) -> list[tuple[int, int]]:
     return [(s, min(s + size, n)) for s in range(0, n, size)]
 
 
-def _load_chunk(path: Path, ids: np.ndarray, rec: ArtifactRecord | None = None, n_labels: int = 0
+def _load_chunk(path: Path, ids: np.ndarray, rec: ArtifactRecord | None = None, n_labels: int = 0, copies: int = 1
                 ) -> tuple[np.ndarray, dict[str, Any]] | None:
-    """A stored chunk if it is complete, for exactly ``ids`` and (given ``rec``) of the manifest's output shape
-    (else None: it is recomputed)."""
+    """A stored chunk if it is complete, for exactly ``ids`` and (given ``rec``) of the manifest's output shape:
+    [len(ids), C], or [len(ids), copies, C] for ``copies`` > 1 perturbed copies (else None: it is recomputed)."""
     meta_path = path.with_suffix(".json")
     if not (path.is_file() and meta_path.is_file()):
         return None
@@ -154,9 +154,59 @@ def _load_chunk(path: Path, ids: np.ndarray, rec: ArtifactRecord | None = None, 
         return None
     if not np.array_equal(index, ids) or len(values) != len(ids) or not isinstance(meta, dict):
         return None
-    if rec is not None and bad_outputs(rec, values, len(ids), n_labels) is not None:
+    if copies > 1 and (values.ndim != 3 or values.shape[1] != copies):
+        return None
+    flat = values.reshape(-1, values.shape[-1]) if copies > 1 else values
+    if rec is not None and bad_outputs(rec, flat, len(ids) * copies, n_labels) is not None:
         return None
     return values.astype(np.float32), meta
+
+
+def _query_chunks(
+    dev: Any,
+    runner: Any,
+    rec: ArtifactRecord,
+    artifact_file: Path,
+    ids: np.ndarray,
+    spans: list[tuple[int, int]],
+    partial: Path,
+    queries: Callable[[int, int], np.ndarray],
+    copies: int,
+    label: str,
+    progress: Progress,
+    overall: Any,
+    n_labels: int,
+) -> tuple[np.ndarray, list[dict[str, Any]], Any]:
+    """Query ``rec`` chunk by chunk, resumably: every span of ``spans`` (positions into ``ids``) already stored under
+    ``partial`` is reused; the rest is inferred through one runner session and stored as it arrives.
+
+    ``queries(a, b)`` gives the float32 inputs of ``ids[a:b]``, ``copies`` rows per example (perturbed copies in
+    order). Returns the values, float32 [len(ids), C] (``copies`` == 1) or [len(ids), copies, C], the per-chunk
+    runner metadata in span order, and the progress task. Outputs that disagree with the manifest are refused before
+    anything of them is stored.
+    """
+    stored: dict[tuple[int, int], tuple[np.ndarray, dict[str, Any]]] = {}
+    for a, b in spans:
+        got = _load_chunk(partial / f"{a}-{b}.npz", ids[a:b], rec, n_labels, copies)
+        if got is not None:
+            stored[(a, b)] = got
+            progress.advance(overall, (b - a) * copies)
+    task = progress.add_task(label, total=len(ids) * copies, completed=sum(b - a for a, b in stored) * copies)
+    missing = [s for s in spans if s not in stored]
+    if missing:
+        with runner.session(dev, artifact_file, rec) as infer:
+            for a, b in missing:
+                values, meta = infer(queries(a, b))
+                refuse_bad_outputs(rec, values, (b - a) * copies, n_labels, dev.id)  # nothing stored
+                if copies > 1:
+                    values = np.asarray(values, np.float32).reshape(b - a, copies, -1)
+                atomic_save_npz(partial / f"{a}-{b}.npz", index=ids[a:b], values=values)
+                atomic_write_json(partial / f"{a}-{b}.json", meta)
+                stored[(a, b)] = (values, meta)
+                progress.advance(task, (b - a) * copies)
+                progress.advance(overall, (b - a) * copies)
+    values = np.concatenate([stored[s][0] for s in spans]) if spans else np.zeros((0, 0), np.float32)
+    return values, [stored[s][1] for s in spans], task
 
 
 # --------------------------------------------------------------------------- perturbed queries (SAMIA)
@@ -274,30 +324,13 @@ def _collect_perturbed(
     key = f"{rec.sha256[:16]}-p{p.count}-e{p.epsilon:g}-s{p.seed}"
     partial = rd.outputs_dir(device_id) / ".partial" / f"{rec.id}{PERTURBED}" / key
     spans = _chunks(len(ids), max(1, chunk_size // p.count))
-    stored: dict[tuple[int, int], tuple[np.ndarray, dict[str, Any]]] = {}
-    for a, b in spans:
-        got = _load_chunk(partial / f"{a}-{b}.npz", ids[a:b])
-        if got is not None and got[0].ndim == 3 and got[0].shape[1] == p.count and bad_outputs(
-                rec, got[0].reshape(-1, got[0].shape[-1]), (b - a) * p.count, n_labels) is None:
-            stored[(a, b)] = got
-            progress.advance(overall, (b - a) * p.count)
-    task = progress.add_task(f"  {esc(rec.id)} ×{p.count} perturbed", total=len(ids) * p.count,
-                             completed=sum(b - a for a, b in stored) * p.count)
-    missing = [s for s in spans if s not in stored]
-    if missing:
-        with runner.session(dev, artifact_file, rec) as infer:
-            for a, b in missing:
-                chunk = perturbed_inputs(inputs.rows(ids[a:b]), ids[a:b], p)
-                flat, meta = infer(chunk.reshape(-1, *chunk.shape[2:]))
-                refuse_bad_outputs(rec, flat, len(chunk) * p.count, n_labels, device_id)  # nothing stored
-                values = np.asarray(flat, np.float32).reshape(len(chunk), p.count, -1)
-                atomic_save_npz(partial / f"{a}-{b}.npz", index=ids[a:b], values=values)
-                atomic_write_json(partial / f"{a}-{b}.json", meta)
-                stored[(a, b)] = (values, meta)
-                progress.advance(task, (b - a) * p.count)
-                progress.advance(overall, (b - a) * p.count)
-    values = np.concatenate([stored[s][0] for s in spans])
-    metas = [stored[s][1] for s in spans]
+
+    def queries(a: int, b: int) -> np.ndarray:
+        chunk = perturbed_inputs(inputs.rows(ids[a:b]), ids[a:b], p)
+        return chunk.reshape(-1, *chunk.shape[2:])
+
+    values, metas, task = _query_chunks(dev, runner, rec, artifact_file, ids, spans, partial, queries, p.count,
+                                        f"  {esc(rec.id)} ×{p.count} perturbed", progress, overall, n_labels)
     npz = perturbed_npz(rd, device_id, rec.id)
     atomic_save_npz(npz, index=ids.astype(np.int64), **{rec.output_kind: values.astype(np.float32)},
                     epsilon=np.float64(p.epsilon), seed=np.int64(p.seed))
@@ -462,26 +495,9 @@ def _collect_one(
         )
     partial = rd.outputs_dir(device_id) / ".partial" / rec.id / rec.sha256[:16]
     spans = _chunks(len(ids), chunk_size)
-    stored: dict[tuple[int, int], tuple[np.ndarray, dict[str, Any]]] = {}
-    for a, b in spans:
-        got = _load_chunk(partial / f"{a}-{b}.npz", ids[a:b], rec, n_labels)
-        if got is not None:
-            stored[(a, b)] = got
-            progress.advance(overall, b - a)
-    task = progress.add_task(f"  {esc(rec.id)}", total=len(ids), completed=sum(b - a for a, b in stored))
-    missing = [s for s in spans if s not in stored]
-    if missing:
-        with runner.session(dev, artifact_file, rec) as infer:
-            for a, b in missing:
-                values, meta = infer(inputs.rows(ids[a:b]))
-                refuse_bad_outputs(rec, values, b - a, n_labels, device_id)  # nothing stored
-                atomic_save_npz(partial / f"{a}-{b}.npz", index=ids[a:b], values=values)
-                atomic_write_json(partial / f"{a}-{b}.json", meta)
-                stored[(a, b)] = (values, meta)
-                progress.advance(task, b - a)
-                progress.advance(overall, b - a)
-    values = np.concatenate([stored[s][0] for s in spans]) if spans else np.zeros((0, 0), np.float32)
-    metas = [stored[s][1] for s in spans]
+    values, metas, task = _query_chunks(dev, runner, rec, artifact_file, ids, spans, partial,
+                                        lambda a, b: inputs.rows(ids[a:b]), 1, f"  {esc(rec.id)}", progress, overall,
+                                        n_labels)
     batch = OutputBatch(ids.astype(np.int64), values.astype(np.float32), rec.output_kind)
     try:
         batch.validate(f"{rec.id} on {device_id}")
