@@ -162,6 +162,29 @@ def _load_chunk(path: Path, ids: np.ndarray, rec: ArtifactRecord | None = None, 
     return values.astype(np.float32), meta
 
 
+def _verified_artifact(rd: RunDir, rec: ArtifactRecord) -> Path:
+    """``rec``'s artifact file, after checking it is there with the manifest's sha256 (one line naming the fix)."""
+    artifact_file = rd.artifact_path(rec)
+    if not artifact_file.is_file():
+        raise HarnessError(f"{artifact_file}: artifact file of {rec.id} is missing; rerun `compleak build`")
+    actual = sha256_file(artifact_file)
+    if actual != rec.sha256:
+        raise HarnessError(
+            f"{artifact_file}: sha256 {actual[:12]}… does not match the manifest ({rec.sha256[:12]}…); "
+            f"the file changed after it was built: rebuild with `compleak build --force` or restore it"
+        )
+    return artifact_file
+
+
+def _drop_partial(partial: Path) -> None:
+    """Remove a finished artifact's stored chunks (``.partial/<artifact>/``), and ``.partial/`` when left empty."""
+    shutil.rmtree(partial.parent, ignore_errors=True)
+    try:
+        partial.parent.parent.rmdir()
+    except OSError:
+        pass
+
+
 def _query_chunks(
     dev: Any,
     runner: Any,
@@ -317,10 +340,7 @@ def _collect_perturbed(
     """Query ``rec`` on ``p.count`` perturbed copies of each of ``ids`` through ``runner`` on ``dev``; write
     ``<artifact>.perturbed.npz`` + ``.json``. Resumable per chunk of ``chunk_size // p.count`` examples."""
     device_id = dev.id
-    artifact_file = rd.artifact_path(rec)
-    if not artifact_file.is_file() or sha256_file(artifact_file) != rec.sha256:
-        raise HarnessError(f"{artifact_file}: artifact file of {rec.id} is missing or changed since it was built; "
-                           f"rebuild with `compleak build --force` or restore it")
+    artifact_file = _verified_artifact(rd, rec)
     key = f"{rec.sha256[:16]}-p{p.count}-e{p.epsilon:g}-s{p.seed}"
     partial = rd.outputs_dir(device_id) / ".partial" / f"{rec.id}{PERTURBED}" / key
     spans = _chunks(len(ids), max(1, chunk_size // p.count))
@@ -339,11 +359,7 @@ def _collect_perturbed(
     which = "target candidates" if rec.role == "target" else "shadow 0 members, non-members"
     prov["perturbation"] = {**p.to_dict(), "n_examples": int(len(ids)), "examples": which}
     atomic_write_json(npz.with_suffix(".json"), prov)
-    shutil.rmtree(partial.parent, ignore_errors=True)
-    try:
-        partial.parent.parent.rmdir()  # .partial/ when empty
-    except OSError:
-        pass
+    _drop_partial(partial)
     progress.update(task, description=f"  [green]✓[/] {esc(rec.id)} ×{p.count} perturbed")
     return npz
 
@@ -483,16 +499,7 @@ def _collect_one(
     n_labels: int = 0,
 ) -> Path:
     device_id = dev.id
-    artifact_file = rd.artifact_path(rec)
-    if not artifact_file.is_file():
-        raise HarnessError(f"{artifact_file}: artifact file of {rec.id} is missing; rerun `compleak build`")
-    actual = sha256_file(artifact_file)
-    if actual != rec.sha256:
-        raise HarnessError(
-            f"{artifact_file}: sha256 {actual[:12]}… does not match the manifest ({rec.sha256[:12]}…); "
-            f"the file changed "
-            f"after it was built: rebuild with `compleak build --force` or restore it"
-        )
+    artifact_file = _verified_artifact(rd, rec)
     partial = rd.outputs_dir(device_id) / ".partial" / rec.id / rec.sha256[:16]
     spans = _chunks(len(ids), chunk_size)
     values, metas, task = _query_chunks(dev, runner, rec, artifact_file, ids, spans, partial,
@@ -508,11 +515,7 @@ def _collect_one(
     batch.save(npz)
     atomic_write_json(rd.output_provenance(device_id, rec.id), _provenance(rec, dev, props, metas, spans, batch_size,
                                                                            chunk_size, inputs))
-    shutil.rmtree(partial.parent, ignore_errors=True)
-    try:
-        partial.parent.parent.rmdir()  # .partial/ when empty
-    except OSError:
-        pass
+    _drop_partial(partial)
     progress.update(task, description=f"  [green]✓[/] {esc(rec.id)}")
     return npz
 
