@@ -3,7 +3,10 @@
 Prints collected outputs/s of ``collect_run`` (everything: connect, device probe, sha256 check, starting the
 device's runner server, pushing the model, streaming the queries, receiving outputs, atomic writes) against a raw
 in-process ``Interpreter.invoke`` loop over the same queries with the same batch size and runtime.
-Targets: harness time <= 1.2x raw on local, <= 1.5x raw over SSH.
+Targets: harness time <= 1.2x raw on local, <= 1.5x raw over SSH. The native row (issue 14) runs the same
+collect on `local` through ``compleak-runner`` (LiteRT's C API; the bundle is built or reused first) and compares
+it with the same raw loop; target <= 1.1x, judged on ``(raw + harness overhead) / raw`` where the overhead is the
+collect's wall time minus the invoke time the native runner measured (robust to load noise in the invoke time).
 
     .venv/bin/python benchmarks/collect.py [--queries 20000] [--batch-size 512] [--repeats 5]
 """
@@ -101,6 +104,41 @@ def timed_collect(rd: RunDir, uri: str, batch: int, **kw: object) -> tuple[float
     return wall, parts
 
 
+def native_collect(rd: RunDir, batch: int, bundle: Path) -> tuple[float, dict[str, float]]:
+    """``timed_collect`` on local through the native runner (``collect_run(runner="native")`` where collect has
+    the option; else the same NativeRunner session collect uses, over the run's queries in collect's chunks)."""
+    import inspect
+
+    from harness.collect import collect_run
+
+    if "runner" in inspect.signature(collect_run).parameters:
+        os.environ["COMPLEAK_NATIVE_BUNDLE"] = str(bundle)
+        return timed_collect(rd, "local", batch, runner="native")
+    from devices.local import LocalDevice
+    from devices.native_runner import NativeRunner
+    from devices.runner_server import RunnerServerPool
+    from harness.collect import DEFAULT_CHUNK
+
+    rec = rd.load_manifest().artifacts[0]
+    with np.load(rd.root / "queries.npz") as z:
+        x = z["x"]
+    t0 = time.perf_counter()
+    dev = LocalDevice()
+    with RunnerServerPool(dev) as pool:
+        with NativeRunner(bundle, "tflite", batch_size=batch, pool=pool).session(dev, rd.root / rec.path,
+                                                                               rec) as infer:
+            provs = [infer(x[s : s + DEFAULT_CHUNK])[1] for s in range(0, len(x), DEFAULT_CHUNK)]
+    wall = time.perf_counter() - t0
+    total = lambda key: float(sum(p.get(key) or 0.0 for p in provs))  # noqa: E731
+    parts = {"runtime invoke": total("invoke_seconds"),
+             "runner start-up not hidden + model load": total("startup_wait_seconds") + total("load_seconds"),
+             "query stream and replies beyond invoke (protocol, copies)": total("command_seconds")
+             - total("invoke_seconds") - total("startup_wait_seconds") - total("load_seconds"),
+             "transfers (bundle push, model up)": total("upload_seconds") + total("bundle_upload_seconds")}
+    parts["host side (workspace, session)"] = wall - sum(parts.values())
+    return wall, parts
+
+
 def _median_run(runs: list[tuple[float, dict[str, float]]]) -> tuple[float, dict[str, float]]:
     """The run with the median wall time (the lower middle one for an even count), with its breakdown."""
     ordered = sorted(runs, key=lambda r: r[0])
@@ -124,7 +162,14 @@ def main() -> None:
 
         server = start_sshd(Path(tmp) / "sshd", netns=False)  # loopback
         ssh_kw = dict(identity=server.identity, known_hosts=server.known_hosts)
-        raws, locals_, sshs = [], [], []
+        from devices.native_runner import BundleError, build_bundle
+
+        try:
+            bundle: Path | None = build_bundle(log=lambda m: console.print(f"  native runner: {m}", style="dim"))
+        except BundleError as exc:
+            console.print(f"  native runner skipped: {exc}", markup=False)
+            bundle = None
+        raws, locals_, sshs, natives = [], [], [], []
         try:
             for _ in range(args.repeats):  # interleaved, so a burst of load on the shared machine hits all three
                 raws.append(raw_loop(model_path, x, batch)[0])
@@ -134,19 +179,24 @@ def main() -> None:
                 sshs.append(timed_collect(rd, server.uri, batch, **ssh_kw))
                 got = rd.load_outputs(server.device_id, model_path.name).values
                 assert np.allclose(got, reference, atol=1e-5), "ssh outputs differ from the raw loop"
+                if bundle is not None:
+                    natives.append(native_collect(rd, batch, bundle))
         finally:
             server.close()
         raw = float(np.median(raws))
         local, local_parts = _median_run(locals_)
         ssh, ssh_parts = _median_run(sshs)
+        rows = [("collect on local", local, local_parts, 1.2), ("collect on ssh (loopback)", ssh, ssh_parts, 1.5)]
+        if natives:
+            native, native_parts = _median_run(natives)
+            rows.append(("native runner on local", native, native_parts, 1.1))
 
     console.print(f"[bold]collect benchmark[/]: {n} queries, cnn-small 28x28x1 TF-Lite (ai_edge_litert), "
                   f"batch {batch}, "
                   f"median of {args.repeats}, {os.cpu_count()} CPUs (load avg {os.getloadavg()[0]:.1f})",
                   soft_wrap=True)
     console.print(f"  raw Interpreter.invoke loop : {raw:7.2f} s  {n / raw:9.0f} outputs/s", soft_wrap=True)
-    for name, secs, parts, target in (("collect on local", local, local_parts, 1.2),
-                                      ("collect on ssh (loopback)", ssh, ssh_parts, 1.5)):
+    for name, secs, parts, target in rows:
         ratio = secs / raw
         verdict = "[green]ok[/]" if ratio <= target else "[red]over target[/]"
         console.print(f"  {name:<28}: {secs:7.2f} s  {n / secs:9.0f} outputs/s  {ratio:5.2f}x raw "
@@ -156,7 +206,9 @@ def main() -> None:
         overhead = secs - parts["runtime invoke"]
         norm = (raw + overhead) / raw
         console.print(f"      harness overhead {overhead:.2f} s -> (raw + overhead) / raw = {norm:.2f}x "
-                      f"(robust to load noise in the invoke time)", soft_wrap=True)
+                      f"(robust to load noise in the invoke time)"
+                      + (f" {'[green]ok[/]' if norm <= target else '[red]over target[/]'}"
+                         if name.startswith("native") else ""), soft_wrap=True)
 
 
 if __name__ == "__main__":

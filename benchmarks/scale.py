@@ -3,15 +3,18 @@
 1. Build: the demo config (``experiments/fashion-default.toml``) with K reference models (default 8), built
    serially (``--no-ray``) and on an embedded Ray with 1..W workers; a table of wall seconds and speed-up.
    Target: >= 1.7x on 2 cores.
-2. Device farm: four SSH devices (``tests/sshd_fixtures.start_sshd``, each in its own network namespace) each
-   behind 50 ms of added latency (``tc qdisc ... netem delay 50ms`` inside the namespace), collecting the target
-   artifacts of the run built in part 1: sequential (serial executor) versus parallel (one Ray actor per device).
-   Target: parallel <= 0.4x sequential. Needs root (namespaces, tc); without it the farm part is skipped with a
-   note.
+2. Device farm: four SSH devices (``tests/sshd_fixtures.start_sshd``, each in its own network namespace as root,
+   on loopback otherwise) each behind 50 ms of added device -> host latency, collecting the target artifacts of
+   the run built in part 1: sequential (serial executor) versus parallel (one Ray actor per device), the median
+   of a few repetitions, with the load average. Target: parallel <= 0.4x sequential. The latency is
+   ``tc qdisc ... netem delay 50ms`` inside each namespace where the kernel has ``sch_netem``, else the
+   userspace delay line ``benchmarks/latency_proxy.py`` between the host and each sshd; the script prints which,
+   and the added round-trip time it measured.
 
 Every build is a fresh ``compleak build`` process (imports and model training included), timed by wall clock.
 
-    .venv/bin/python benchmarks/scale.py [--k 8] [--workers 1,2] [--devices 4] [--delay-ms 50]
+    .venv/bin/python benchmarks/scale.py [--k 8] [--workers 1,2] [--devices 4] [--delay-ms 50] [--repeats 3]
+    .venv/bin/python benchmarks/scale.py --smoke --farm-only --devices 4 --repeats 3   # the farm figure only
     .venv/bin/python benchmarks/scale.py --smoke     # digits, K = 2, two torch variants: checks the script only
 """
 
@@ -21,6 +24,7 @@ import argparse
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -29,6 +33,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the sshd fixture
+sys.path.insert(0, str(ROOT / "benchmarks"))  # the latency proxy
 
 SMOKE = """
 [experiment]
@@ -99,7 +104,7 @@ def _netem(server: object, delay_ms: int) -> str | None:
     None when done, else why not."""
     ns = getattr(server, "netns", None)
     if ns is None:
-        return "the device is not in a network namespace"
+        return "the device is not in a network namespace (needs root)"
     if shutil.which("tc") is None:
         return "no tc (apt-get install iproute2)"
     links = subprocess.run(["ip", "netns", "exec", ns.name, "ip", "-o", "link"], capture_output=True, text=True)
@@ -111,62 +116,128 @@ def _netem(server: object, delay_ms: int) -> str | None:
     return None if r.returncode == 0 else f"tc netem: {r.stderr.strip()[:100]} (the kernel needs sch_netem)"
 
 
-def bench_farm(run: Path, tmp: Path, n_devices: int, delay_ms: int) -> None:
+def _ssh_probe(host: str, port: int, identity: Path, known_hosts: Path, n: int = 5) -> tuple[float, float]:
+    """Over one open paramiko connection: (median ms of an SSH-level ping, median ms of running ``true``).
+
+    The ping is a ``keepalive@openssh.com`` global request with want-reply (sshd answers at once, no process is
+    started): exactly one round trip. ``true`` is a channel open, an exec and the exit status (a few round trips
+    plus the device's login shell)."""
+    from devices.ssh import SshDevice
+
+    dev = SshDevice(host, port, identity=identity, known_hosts=known_hosts)
+    try:
+        transport = dev._client.get_transport()
+        pings, execs = [], []
+        for _ in range(n):
+            t = time.perf_counter()
+            transport.global_request("keepalive@openssh.com", wait=True)
+            pings.append((time.perf_counter() - t) * 1000)
+        for _ in range(n):
+            t = time.perf_counter()
+            dev.run(["true"], timeout=30)
+            execs.append((time.perf_counter() - t) * 1000)
+        return statistics.median(pings), statistics.median(execs)
+    finally:
+        dev.close()
+
+
+def _probe(endpoints: list[tuple[str, int, Path, Path]]) -> tuple[float, float]:
+    """(median round-trip ms, median ssh exec ms) over the devices' ``(host, port, identity, known_hosts)``."""
+    probes = [_ssh_probe(*e) for e in endpoints]
+    return statistics.median(p[0] for p in probes), statistics.median(p[1] for p in probes)
+
+
+def bench_farm(run: Path, tmp: Path, n_devices: int, delay_ms: int, repeats: int) -> None:
+    """Sequential vs parallel collect of ``run``'s target artifacts on ``n_devices`` SSH devices, each behind
+    ``delay_ms`` of added device -> host latency: netem in the device's namespace where the kernel has it, else
+    the userspace delay line of ``benchmarks/latency_proxy.py``. Prints the method, the measured added latency,
+    per-repetition seconds, medians and the load average."""
     from rich.console import Console
 
     from harness.audit import AuditDevice, collect_devices
     from harness.execution import ExecOptions, RayExecutor, SerialExecutor
+    from latency_proxy import start_proxy
     from sshd_fixtures import start_sshd
 
-    if os.geteuid() != 0:
-        print("device farm: skipped (needs root for network namespaces and netem)")
-        return
-    servers = []
+    servers, proxy = [], None
+    load_before = os.getloadavg()
     try:
-        why_not = None
         for i in range(n_devices):
-            s = start_sshd(tmp / f"sshd{i}")
-            servers.append(s)
-            why_not = _netem(s, delay_ms) or why_not
-        devices = [AuditDevice(s.uri, identity=s.identity, known_hosts=s.known_hosts) for s in servers]
-        times = {}
-        for name in ("sequential", "parallel"):
-            copy = tmp / f"farm-{name}"
-            shutil.copytree(run, copy)
-            with (SerialExecutor() if name == "sequential" else RayExecutor(ExecOptions(), copy)) as ex:
-                if isinstance(ex, RayExecutor):
-                    ex.start()  # Ray's start-up is not part of the collect time (the audit's build started it)
-                t = time.perf_counter()
-                collect_devices(copy, devices, ex, Console(quiet=True))
-                times[name] = time.perf_counter() - t
+            servers.append(start_sshd(tmp / f"sshd{i}"))
+        direct = [(s.host, s.port, s.identity, s.known_hosts) for s in servers]
+        base = _probe(direct)
+        why_not = _netem(servers[0], delay_ms)
+        if why_not is None:
+            for s in servers[1:]:
+                if (err := _netem(s, delay_ms)) is not None:
+                    raise SystemExit(f"error: netem worked on the first device but not on another: {err}")
+            method, endpoints = f"tc netem delay {delay_ms}ms in each device's namespace", direct
+            uris = [s.uri for s in servers]
+        else:
+            proxy, ports = start_proxy([(s.host, s.port) for s in servers], delay_ms)
+            method = f"userspace delay line (benchmarks/latency_proxy.py), {delay_ms} ms device -> host; " \
+                     f"no netem: {why_not}"  # fmt: skip
+            endpoints, uris = [], []
+            for s, port in zip(servers, ports):
+                kh = s.workdir / "known_hosts-proxy"
+                kh.write_text(f"[127.0.0.1]:{port} {s.host_key_line.split(' ', 1)[1]}\n")
+                endpoints.append(("127.0.0.1", port, s.identity, kh))
+                uris.append(s.uri.replace(f"@{s.host}:{s.port}?", f"@127.0.0.1:{port}?", 1))
+        added = _probe(endpoints)
+        print(f"device farm: {n_devices} SSH devices; added latency: {method}")
+        print(f"  SSH round trip (keepalive request): {base[0]:.1f} ms direct, {added[0]:.1f} ms with the added "
+              f"latency (+{added[0] - base[0]:.1f} ms)")  # fmt: skip
+        print(f"  ssh exec of 'true' (open connection): {base[1]:.1f} ms direct, {added[1]:.1f} ms with it")
+        devices = [AuditDevice(u, identity=e[2], known_hosts=e[3]) for u, e in zip(uris, endpoints)]
+        times: dict[str, list[float]] = {"sequential": [], "parallel": []}
+        with SerialExecutor() as serial, RayExecutor(ExecOptions(), None) as ray:
+            ray.start()  # Ray's start-up is not part of the collect time (the audit's build started it)
+            for r in range(repeats):
+                for name, ex in (("sequential", serial), ("parallel", ray)):
+                    copy = tmp / f"farm-{name}-{r}"
+                    shutil.copytree(run, copy)
+                    t = time.perf_counter()
+                    collect_devices(copy, devices, ex, Console(quiet=True))
+                    times[name].append(time.perf_counter() - t)
+                    shutil.rmtree(copy, ignore_errors=True)
     finally:
+        if proxy is not None:
+            proxy.terminate()
+            proxy.wait(timeout=10)
         for s in servers:
             s.close()
-    note = f"{delay_ms} ms netem latency each" if why_not is None else f"NO added latency: {why_not}"
-    print(f"device farm: {n_devices} SSH devices ({note}), target artifacts of the run")
-    print(f"{'collect':<12} {'seconds':>9}")
-    for name, s in times.items():
-        print(f"{name:<12} {s:>9.1f}")
-    print(f"parallel / sequential = {times['parallel'] / times['sequential']:.2f} (target <= 0.4)")
+    load_after = os.getloadavg()
+    print(f"  collect of the run's target artifacts, {repeats} repetition(s), seconds:")
+    print(f"  {'collect':<12} {'median':>8}   each")
+    for name, ts in times.items():
+        print(f"  {name:<12} {statistics.median(ts):>8.1f}   {' '.join(f'{t:.1f}' for t in ts)}")
+    ratio = statistics.median(times["parallel"]) / statistics.median(times["sequential"])
+    print(f"  parallel / sequential (medians) = {ratio:.2f} (target <= 0.4)")
+    print(f"  load average (1/5/15 min) before: {' '.join(f'{x:.2f}' for x in load_before)}, "
+          f"after: {' '.join(f'{x:.2f}' for x in load_after)} ({os.cpu_count()} CPUs)")  # fmt: skip
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--k", type=int, default=None, help="reference models (default 8; 2 with --smoke)")
     ap.add_argument("--workers", default=None, help="comma-separated worker counts (default 1,2,...,CPUs)")
-    ap.add_argument("--devices", type=int, default=4)
+    ap.add_argument("--devices", type=int, default=None, help="SSH devices of the farm (default 4; 2 with --smoke)")
     ap.add_argument("--delay-ms", type=int, default=50)
+    ap.add_argument("--repeats", type=int, default=None, help="farm repetitions (default 3; 1 with --smoke)")
     ap.add_argument("--smoke", action="store_true", help="a tiny digits config: checks the script, not the figures")
     ap.add_argument("--skip-farm", action="store_true")
+    ap.add_argument("--farm-only", action="store_true", help="build the run serially only (no Ray build table)")
     a = ap.parse_args()
     k = a.k if a.k is not None else (2 if a.smoke else 8)
     cpus = os.cpu_count() or 1
     workers = [int(w) for w in a.workers.split(",")] if a.workers else list(range(1, cpus + 1))
     with tempfile.TemporaryDirectory(prefix="compleak-bench-scale-") as d:
         tmp = Path(d)
-        run = bench_build(tmp, k, workers, a.smoke)
+        run = bench_build(tmp, k, [] if a.farm_only else workers, a.smoke)
         if not a.skip_farm:
-            bench_farm(run, tmp, 2 if a.smoke else a.devices, a.delay_ms)
+            devices = a.devices if a.devices is not None else (2 if a.smoke else 4)
+            repeats = a.repeats if a.repeats is not None else (1 if a.smoke else 3)
+            bench_farm(run, tmp, devices, a.delay_ms, repeats)
 
 
 if __name__ == "__main__":

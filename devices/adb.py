@@ -26,7 +26,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from devices.base import PRIVATE_BASE_CHECK, CommandResult, Device, DeviceProperties, _keyed, unsafe_base_error
+from devices.base import (
+    LIBC_SCRIPT, PRIVATE_BASE_CHECK, CommandResult, Device, DeviceProperties, _keyed, fill_runners, unsafe_base_error,
+)
 from devices.errors import DeviceError, UnreachableDevice
 
 WORKSPACE_BASE = "/data/local/tmp/compleak"
@@ -276,9 +278,10 @@ class AdbDevice(Device):
         extra = {"abilist": self.abis(), "serial": self.serial, "fingerprint": gp.get("ro.build.fingerprint"),
                  "board": gp.get("ro.board.platform")}
         props.extra = {k: v for k, v in extra.items() if v}
-        uname = self.run(["uname", "-m"], timeout=self.timeout)
-        props.arch = (uname.text.strip() if uname.ok and uname.text.strip() else
-                      ABI_MACHINES.get(props.android_abi or "", props.android_abi))
+        uname = self.run(["sh", "-c", f'echo "arch=$(uname -m)"; {LIBC_SCRIPT}'], timeout=self.timeout)
+        facts = _keyed(uname.text) if uname.ok else {}
+        props.arch = facts.get("arch") or ABI_MACHINES.get(props.android_abi or "", props.android_abi)
+        props.libc = facts.get("libc") or None
         props.workspace_base = self.workspace_base()
         df = self.run(["df", "-k", props.workspace_base], timeout=self.timeout)
         if df.ok:
@@ -289,6 +292,7 @@ class AdbDevice(Device):
         self._fill_runtimes(props)
         if props.python and self.python_command():
             props.extra["python_cmd"] = self.python_command()
+        fill_runners(props)
         return props
 
 

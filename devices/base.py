@@ -112,7 +112,7 @@ def failure_detail(status: int | None, stderr: str) -> str:
     if own:
         return own[-1]
     last = lines[-1][:300] if lines else "no message"
-    if status in (-11, 139):
+    if status in (-11, 139) or "(Segmentation fault)" in last:  # qemu-user: "uncaught target signal 11 (...)"
         return f"the runtime crashed (segmentation fault): {last}"
     return f"exited with status {status}: {last}" if status is not None else last
 
@@ -162,6 +162,12 @@ class DeviceProperties:
     runtimes: dict[str, str] = field(default_factory=dict)
     free_bytes: int | None = None
     workspace_base: str | None = None
+    #: C library of the device's native programs: ``gnu`` (glibc loader present), ``musl``, ``bionic`` (Android) or
+    #: None when unknown; decides which native runner build can run there
+    libc: str | None = None
+    #: runner kind (``python``, ``native``) -> one line saying whether it can run here and with what (see
+    #: :func:`devices.runners.usable_runners`); filled by :meth:`Device.properties`
+    runners: dict[str, str] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -317,7 +323,7 @@ class Device(ABC):
         script = (
             'echo "arch=$(uname -m)"; echo "kernel=$(uname -sr)"; echo "host=$(hostname 2>/dev/null || uname -n)"; '
             'echo "pretty=$( (. /etc/os-release 2>/dev/null && echo "$PRETTY_NAME") )"; '
-            'echo "python=$(command -v python3 || command -v python)"; '
+            'echo "python=$(command -v python3 || command -v python)"; ' + LIBC_SCRIPT + '; '
             + self._base_script() + '; echo "df=$(df -Pk "$b" 2>/dev/null | tail -n 1)"'
         )
         fused = self.fuse_probe
@@ -339,11 +345,13 @@ class Device(ABC):
             props.free_bytes = int(info.get("df", "").split()[3]) * 1024
         except (IndexError, ValueError):
             pass
+        props.libc = info.get("libc") or None
         python = self.python or info.get("python")
         if python and fused:
             self._read_probe(props, [python], res)
         elif python:
             self._fill_runtimes(props, [python])
+        fill_runners(props)
         return props
 
     def _fill_runtimes(self, props: DeviceProperties, py: list[str] | None = None) -> None:
@@ -379,6 +387,23 @@ class Device(ABC):
         props.python = text(probe.get("python"))
         props.numpy = text(probe.get("numpy"))
         props.runtimes = {str(k)[:100]: text(v) for k, v in runtimes.items() if text(v)}
+
+
+#: POSIX shell printing ``libc=gnu|musl|bionic`` (which dynamic loader the device has; nothing when none is known):
+#: a native program built against one C library does not start on a device with another
+LIBC_SCRIPT = (
+    'g=""; m=""; for f in /lib/ld-linux* /lib64/ld-linux*; do [ -e "$f" ] && g=1; done; '
+    'for f in /lib/ld-musl-*; do [ -e "$f" ] && m=1; done; '
+    'if [ -e /system/bin/linker64 ] || [ -e /system/bin/linker ]; then echo "libc=bionic"; '
+    'elif [ -n "$g" ]; then echo "libc=gnu"; elif [ -n "$m" ]; then echo "libc=musl"; fi'
+)
+
+
+def fill_runners(props: DeviceProperties) -> None:
+    """Set ``props.runners`` (which runner kinds can run on the device; see :func:`devices.runners.usable_runners`)."""
+    from devices.runners import usable_runners
+
+    props.runners = usable_runners(props)
 
 
 #: POSIX shell (``$b`` is the base): fails, printing ``unsafe_base=`` and ``unsafe=<why>``, unless ``$b`` is a real

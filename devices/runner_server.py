@@ -7,6 +7,11 @@ pushed into the server's job workspace), one ``infer`` per query chunk (rows str
 batch by batch while the rest is in transit; outputs come back as raw float32); the next ``load`` deletes the
 previous model file. Interpreter start-up and runtime imports are paid once per collection, not once per artifact.
 
+Query inputs that are raw uint8 pixels under an affine preprocessing (:class:`DeviceDataset`) go to a runner that
+advertises the ``dataset`` op once per runner process (:meth:`RunnerServer.send_dataset`); each chunk then names
+its rows (:meth:`RunnerServer.infer_rows`: 4 bytes per query instead of ``4 * H * W * C``) and the runner
+preprocesses them with the host's exact float32 arithmetic. A runner without the op gets float32 queries.
+
 A :class:`RunnerServerPool` owns the servers of one collection (keyed by the device's Python command) and closes them
 and their workspaces at the end. Message framing is the runner's own (:func:`read_message` / :func:`frame` in
 ``devices/ondevice/compleak_runner.py``), so both ends share one definition.
@@ -14,9 +19,11 @@ and their workspaces at the end. Message framing is the runner's own (:func:`rea
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from contextlib import ExitStack
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -25,7 +32,7 @@ import numpy as np
 from devices.base import Device, DeviceProcess
 from devices.errors import DeviceError
 from devices.ondevice import RUNNER_FILENAME, runner_path
-from devices.ondevice.compleak_runner import BOOTSTRAP, PROTOCOL, frame
+from devices.ondevice.compleak_runner import BOOTSTRAP, MAX_INFER_ROWS, PROTOCOL, frame, preprocess_uint8
 
 #: largest reply header accepted (bytes of JSON); an infer reply may add 64 bytes per query row (batch timings)
 MAX_HEADER_BYTES = 1 << 20
@@ -35,6 +42,65 @@ MAX_CLASSES = 1 << 16
 MAX_PAYLOAD_BYTES = 1 << 30
 #: seconds to wait for a runner's hello (interpreter start, NumPy and runtime imports) unless told otherwise
 DEFAULT_START_TIMEOUT_S = 30.0
+#: requests every protocol-1 runner answers; any other op is used only when the hello lists it in ``ops``
+BASE_OPS = ("load", "infer", "exit")
+#: largest query dataset the host sends (uint8 bytes), and the limit assumed when a runner lists ``dataset`` but
+#: states no ``max_dataset_bytes``; larger query sets travel as float32 rows
+MAX_DATASET_BYTES = 1 << 30
+#: what :attr:`RunnerServer.bytes_sent` counts: the runner's source, model files, query datasets, query payloads
+#: (float32 rows, or row numbers), request headers
+TRAFFIC_KINDS = ("runner", "model", "dataset", "queries", "headers")
+
+
+class RunnerRefusal(DeviceError):
+    """The runner answered ``ok: false``: it refused one request and keeps serving."""
+
+
+@dataclass(frozen=True, eq=False)
+class DeviceDataset:
+    """Query inputs as raw pixels to keep on the device: ``raw`` uint8 [N, H, W, C] (NHWC, C-order) and the affine
+    preprocessing that makes rows of it model inputs (``compleak_runner.preprocess_uint8``: ``x * scale``, then
+    ``- mean[c]``, then ``/ std[c]`` in float32; ``mean`` / ``std`` with 1 or C values, or None). ``key`` is the
+    sha256 of ``raw``'s bytes, computed here."""
+
+    raw: np.ndarray
+    scale: float
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    key: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        if self.raw.dtype != np.uint8 or self.raw.ndim != 4:
+            raise ValueError(f"a device dataset is uint8 [N, H, W, C], got {self.raw.dtype} {list(self.raw.shape)}")
+        raw = np.ascontiguousarray(self.raw)
+        object.__setattr__(self, "raw", raw)
+        object.__setattr__(self, "key", hashlib.sha256(memoryview(raw).cast("B")).hexdigest() if raw.size
+                           else hashlib.sha256(b"").hexdigest())
+
+    def preprocess(self) -> dict[str, Any]:
+        """The ``preprocess`` object of the ``dataset`` request: every number a float32 value (exact in JSON)."""
+        f32 = lambda v: None if v is None else [float(np.float32(a)) for a in v]  # noqa: E731
+        return {"scale": float(np.float32(self.scale)), "mean": f32(self.mean), "std": f32(self.std)}
+
+    def inputs(self, rows: np.ndarray) -> np.ndarray:
+        """Model inputs float32 [len(rows), H, W, C] of ``rows``, computed on the host exactly as the runner does."""
+        return preprocess_uint8(self.raw[rows], np.float32(self.scale), self.mean, self.std)
+
+
+@dataclass(frozen=True, eq=False)
+class DatasetRows:
+    """Queries named by rows of a :class:`DeviceDataset`: ``rows`` int64 [M], each in [0, N). A runner session's
+    ``infer`` takes it where the runner says so (``Runner.accepts_dataset_rows``)."""
+
+    dataset: DeviceDataset
+    rows: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def inputs(self) -> np.ndarray:
+        """The float32 [M, H, W, C] queries these rows stand for (the fallback for runners without ``dataset``)."""
+        return self.dataset.inputs(self.rows)
 
 
 def _short(value: Any) -> str:
@@ -79,6 +145,9 @@ class RunnerServer:
         self._start_error: DeviceError | None = None
         self._stack = ExitStack()
         self._models = 0
+        self.dataset_key = ""  # sha256 of the query dataset the runner holds ("" none)
+        self.dataset_refused = ""  # why the runner refused a dataset (then this server gets float32 queries)
+        self.bytes_sent = dict.fromkeys(TRAFFIC_KINDS, 0)  # bytes the host sent this runner, by kind
 
     # ------------------------------------------------------------------ life cycle
 
@@ -90,6 +159,7 @@ class RunnerServer:
         self._proc = self.device.spawn(argv, label=RUNNER_FILENAME)
         source = self.runner.read_bytes()
         try:
+            self.bytes_sent["runner"] += len(source) + len(f"{len(source)}\n")
             self._proc.send(f"{len(source)}\n".encode() + source, time.monotonic() + 60.0)
         except DeviceError as exc:  # e.g. no Python there: reported when the runner is first needed
             self._start_error = exc
@@ -156,6 +226,23 @@ class RunnerServer:
             self.hello = hello
         return self._proc
 
+    def supports(self, op: str) -> bool:
+        """Whether the runner answers ``op``: the base ops always, others when its hello lists them in ``ops``
+        (call after :meth:`ready`)."""
+        if op in BASE_OPS:
+            return True
+        ops = (self.hello or {}).get("ops")
+        return isinstance(ops, list) and any(o == op for o in ops if isinstance(o, str))
+
+    @property
+    def max_dataset_bytes(self) -> int:
+        """Largest query dataset to send this runner: its hello's ``max_dataset_bytes`` (default and cap
+        :data:`MAX_DATASET_BYTES`); 0 when it does not list the ``dataset`` op."""
+        if not self.supports("dataset"):
+            return 0
+        limit = (self.hello or {}).get("max_dataset_bytes", MAX_DATASET_BYTES)
+        return min(limit, MAX_DATASET_BYTES) if type(limit) is int and limit > 0 else 0
+
     def _stop(self) -> None:
         """Stop the runner now (its stream is out of step); the pool starts a fresh one for the next artifact."""
         if self._proc is not None:
@@ -200,8 +287,8 @@ class RunnerServer:
             if nbytes:
                 raise self._garbled(what, "an error reply with a payload")
             error = header.get("error")
-            raise DeviceError(_one_line(error) if isinstance(error, str) and error.strip()
-                              else "the runner failed without a message")
+            raise RunnerRefusal(_one_line(error) if isinstance(error, str) and error.strip()
+                                else "the runner failed without a message")
         if check is not None:
             check(header)
         if nbytes > max_payload:
@@ -209,14 +296,20 @@ class RunnerServer:
         payload = self._proc.recv_exact(nbytes, deadline) if nbytes else b""
         return header, payload
 
-    def _request(self, header: dict[str, Any], payload: bytes, what: str, timeout_s: float, max_payload: int = 0,
-                 max_header: int = MAX_HEADER_BYTES, check: Callable[[dict[str, Any]], None] | None = None
+    def _request(self, header: dict[str, Any], payload: bytes | memoryview, what: str, timeout_s: float,
+                 max_payload: int = 0, max_header: int = MAX_HEADER_BYTES,
+                 check: Callable[[dict[str, Any]], None] | None = None, kind: str = "queries"
                  ) -> tuple[dict[str, Any], bytes]:
+        """Send one request (header, then ``payload``, counted in :attr:`bytes_sent` under ``kind``) and read its
+        reply (:meth:`_reply`)."""
         proc = self.ready()
         deadline = time.monotonic() + timeout_s
-        proc.send(frame(header), deadline)
+        head = frame(header)
+        self.bytes_sent["headers"] += len(head)
+        proc.send(head, deadline)
         if payload:
-            proc.send(payload, deadline)
+            self.bytes_sent[kind] += len(payload) if isinstance(payload, bytes) else payload.nbytes
+            proc.send(payload, deadline)  # type: ignore[arg-type]
         return self._reply(what, deadline, max_payload, max_header, check)
 
     def load(self, artifact_file: Path, fmt: str, runtime: str, threads: int | None = None, layout: str = "auto",
@@ -232,6 +325,7 @@ class RunnerServer:
         t0 = time.perf_counter()
         self.device.put(Path(artifact_file), remote)
         upload = time.perf_counter() - t0
+        self.bytes_sent["model"] += Path(artifact_file).stat().st_size
         header, _ = self._request({"op": "load", "model": remote, "runtime": runtime, "threads": threads,
                                    "layout": layout, "workspace": self.workspace, "remove_previous": True},
                                   b"", f"loading {Path(artifact_file).name}", timeout_s)
@@ -249,7 +343,46 @@ class RunnerServer:
         """
         x = np.ascontiguousarray(x, dtype=np.float32)
         body = memoryview(x).cast("B") if x.size else b""
-        m = len(x)
+        return self._infer({"op": "infer", "shape": list(x.shape), "bytes": x.nbytes, "batch_size": batch_size},
+                           body, len(x), timeout_s, n_classes)
+
+    def send_dataset(self, dataset: DeviceDataset, timeout_s: float) -> int:
+        """Leave ``dataset`` on the runner (one ``dataset`` request) unless it holds it already; returns the payload
+        bytes sent (0: already held). The runner holds one dataset: this replaces any other. Raises
+        :class:`RunnerRefusal` when the runner refuses it (it keeps serving) and DeviceError otherwise."""
+        if self.dataset_key == dataset.key:
+            return 0
+        raw = dataset.raw
+        what = f"the query dataset ({len(raw)} rows of {list(raw.shape[1:])} uint8)"
+        self.dataset_key = ""  # the runner drops what it held before it reads the new one
+        header, _ = self._request({"op": "dataset", "key": dataset.key, "shape": list(raw.shape), "dtype": "uint8",
+                                   "bytes": raw.nbytes, "preprocess": dataset.preprocess()},
+                                  memoryview(raw).cast("B") if raw.size else b"", what, timeout_s, kind="dataset")
+        if header.get("key") != dataset.key or header.get("rows") != len(raw):
+            raise self._garbled(what, f"key {_short(header.get('key'))} and rows {_short(header.get('rows'))}, not "
+                                      f"the dataset's")
+        self.dataset_key = dataset.key
+        return raw.nbytes
+
+    def infer_rows(self, rows: DatasetRows, batch_size: int, timeout_s: float, n_classes: int | None = None
+                   ) -> tuple[np.ndarray, dict[str, Any]]:
+        """Like :meth:`infer` for the queries ``rows`` names in the dataset the runner holds (:meth:`send_dataset`
+        first): the request carries 4 bytes (a uint32 row number) per query."""
+        if self.dataset_key != rows.dataset.key:
+            raise DeviceError(f"{self.device.id}: the runner does not hold query dataset {rows.dataset.key[:16]}...; "
+                              f"send_dataset() first")
+        index = np.asarray(rows.rows, dtype=np.int64)
+        n = len(rows.dataset.raw)
+        if len(index) > MAX_INFER_ROWS or (len(index) and (index.min() < 0 or index.max() >= n)):
+            raise DeviceError(f"{self.device.id}: {len(index)} rows of a {n}-row query dataset named (each must be "
+                              f"in [0, {n}), at most {MAX_INFER_ROWS} per request); use a smaller chunk size")
+        body = index.astype("<u4").tobytes()
+        return self._infer({"op": "infer", "dataset": rows.dataset.key, "rows": len(index), "bytes": len(body),
+                            "batch_size": batch_size}, body, len(index), timeout_s, n_classes)
+
+    def _infer(self, request: dict[str, Any], body: bytes | memoryview, m: int, timeout_s: float,
+               n_classes: int | None) -> tuple[np.ndarray, dict[str, Any]]:
+        """Send one infer request for ``m`` queries and read its float32 [m, C] outputs, bounded and type-checked."""
         what = f"inference on {m} queries"
         limit = 4 * m * n_classes if n_classes else min(4 * m * MAX_CLASSES, MAX_PAYLOAD_BYTES)
 
@@ -267,10 +400,8 @@ class RunnerServer:
             if header.get("bytes") != 4 * shape[0] * shape[1]:
                 raise self._garbled(what, f"a {header.get('bytes')}-byte payload for float32 outputs of shape {shape}")
 
-        header, payload = self._request(
-            {"op": "infer", "shape": list(x.shape), "bytes": x.nbytes, "batch_size": batch_size},
-            body, what, timeout_s, max_payload=limit, max_header=MAX_HEADER_BYTES + 64 * m,  # type: ignore[arg-type]
-            check=check)
+        header, payload = self._request(request, body, what, timeout_s, max_payload=limit,
+                                        max_header=MAX_HEADER_BYTES + 64 * m, check=check)
         shape = header["shape"]
         for key, kind in (("meta", dict), ("batch_seconds", list), ("batch_sizes", list)):
             if not isinstance(header.get(key, kind()), kind):
@@ -293,6 +424,7 @@ class RunnerServerPool:
         self.device = device
         self.start_timeout_s = start_timeout_s  # seconds each runner may take to say hello
         self._servers: dict[tuple[str, ...], RunnerServer] = {}
+        self._sent = dict.fromkeys(TRAFFIC_KINDS, 0)  # traffic of runners closed or replaced
 
     def start_default(self, preload: Sequence[str] = ()) -> RunnerServer:
         """Start (non-blocking) the server for ``device.default_python_argv()``."""
@@ -312,14 +444,26 @@ class RunnerServerPool:
             return server
         if server is not None:
             server.close()
+            for k in TRAFFIC_KINDS:  # a replaced runner's traffic still counts
+                self._sent[k] += server.bytes_sent[k]
             self._servers = {k: v for k, v in self._servers.items() if v is not server}
         server = RunnerServer(self.device, python, preload, hello_timeout_s=self.start_timeout_s).start()
         self._servers[key] = server
         return server
 
+    def bytes_sent(self) -> dict[str, int]:
+        """Bytes the host has sent this device's runners so far, by kind (:data:`TRAFFIC_KINDS`), replaced runners
+        included."""
+        return {k: self._sent[k] + sum(s.bytes_sent[k] for s in self._unique()) for k in TRAFFIC_KINDS}
+
+    def _unique(self) -> list[RunnerServer]:
+        return list({id(s): s for s in self._servers.values()}.values())
+
     def close(self) -> None:
-        servers, self._servers = list({id(s): s for s in self._servers.values()}.values()), {}
+        servers, self._servers = self._unique(), {}
         for server in servers:
+            for k in TRAFFIC_KINDS:
+                self._sent[k] += server.bytes_sent[k]
             server.close()
 
     def __enter__(self) -> "RunnerServerPool":

@@ -47,6 +47,8 @@ class AuditDevice:
     resource: str | None = None  # Ray custom resource its collect actor is pinned to (``URI@ray:NAME``, docs/scale.md)
     start_timeout: float = 30.0  # seconds its runner may take to start (collect_run's start_timeout; a loaded host)
     batch_size: int = 512  # examples per device invocation (collect_run's batch_size; ``audit --batch-size``)
+    runner: str = "auto"  # auto | python | native (collect_run's runner; ``audit --runner``)
+    bundle: Path | None = None  # a native runner bundle instead of the built one (``audit --bundle``)
 
     def __post_init__(self) -> None:
         from devices.uri import parse_device_uri
@@ -133,6 +135,8 @@ def _collect_unit(
         console=console or Console(quiet=True),
         password_env=device.password_env,
         start_timeout=device.start_timeout,
+        runner=device.runner,
+        bundle=device.bundle,
     )
     return device.device_id, len(written)
 
@@ -417,6 +421,8 @@ def audit_run(
     force: bool = False,
     container: str | None = None,
     engine: str | None = None,
+    runner: str = "auto",
+    bundle: Path | None = None,
 ) -> Path:
     """build -> collect (every device; ``local`` always) -> attack -> compare -> report. Returns report/index.html.
 
@@ -432,6 +438,8 @@ def audit_run(
             the attack stage takes their outputs from ``local``).
         families: attack families (subset of NR, SR, MR; None: the config's ``[attack] families``).
         batch_size: collect's examples per device invocation.
+        runner / bundle: collect's runner choice on every device (``auto``: Python where the device has a usable
+            one, else native; ``python`` / ``native`` force one) and a native runner bundle to use.
         force / container / engine: the build stage's options (rebuild everything; build in a toolchain image).
     """
     from harness.config import ATTACK_FAMILIES
@@ -444,6 +452,7 @@ def audit_run(
     devs = audit_devices(exp, list(devices), identity, known_hosts, trust_new_host)
     for d in devs:
         d.batch_size = int(batch_size)
+        d.runner, d.bundle = runner, bundle
     stage = StageOptions(list(families) if families else None, int(batch_size), force, container, engine)
     return _run_audit(Path(experiment), exp, devs, out, data_dir, console, execution, shadows_on_devices, stage)
 

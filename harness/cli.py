@@ -204,6 +204,19 @@ IDENTITY_HELP = "ssh private key for ssh:// devices (default: ssh's own keys, or
 KNOWN_HOSTS_HELP = "known_hosts file for ssh:// devices (default ~/.ssh/known_hosts)"
 TRUST_HELP = "accept and record an unknown ssh host key (first contact only; a changed key is always refused)"
 ENGINE_HELP = "container engine: podman or docker (default: the one found)"
+RUNNER_HELP = ("on-device runner: auto (Python where the device has a usable one, else the native compleak-runner), "
+               "python or native (docs/native.md)")
+BUNDLE_HELP = "native runner bundle folder (default: the one `compleak runners build` made for the device's arch)"
+
+
+def _check_runner(runner: str) -> str:
+    """``--runner`` checked before any work starts (one line naming the choices)."""
+    from devices.runners import RUNNER_KINDS
+    from harness.errors import HarnessError
+
+    if runner not in RUNNER_KINDS:
+        raise HarnessError(f"--runner {runner[:40]!r}: not a runner; use one of {', '.join(RUNNER_KINDS)}")
+    return runner
 
 
 # --------------------------------------------------------------------------- build
@@ -312,10 +325,13 @@ def collect(
     start_timeout: float = typer.Option(
         30.0, "--start-timeout", help="seconds the device's runner may take to start (interpreter + runtime imports)"
     ),
+    runner: str = typer.Option("auto", "--runner", help=RUNNER_HELP),
+    bundle: Optional[Path] = typer.Option(None, "--bundle", help=BUNDLE_HELP),
 ) -> None:
     """Run the artifacts of RUN on a device and store its raw outputs."""
     from harness.collect import collect_run
 
+    _check_runner(runner)
     for one in _split(device) or ["local"]:
         collect_run(
             run,
@@ -329,6 +345,8 @@ def collect(
             console=console,
             perturbations=perturbations,
             start_timeout=start_timeout,
+            runner=runner,
+            bundle=bundle,
         )
 
 
@@ -500,12 +518,15 @@ def audit(
     fail_on: list[str] = typer.Option(
         [], "--fail-on", metavar="EXPR", help=FAIL_ON_HELP + "; checked after the report is written"
     ),
+    runner: str = typer.Option("auto", "--runner", help=RUNNER_HELP),
+    bundle: Optional[Path] = typer.Option(None, "--bundle", help=BUNDLE_HELP),
 ) -> None:
     """build -> collect (every device) -> attack -> report, resumable at every stage."""
     from harness.audit import audit_run
     from harness.gate import parse_rules
 
     rules = parse_rules(fail_on)  # a malformed rule fails now, not after hours of building
+    _check_runner(runner)
     index = audit_run(
         experiment,
         devices=_split(device) or [],
@@ -522,6 +543,8 @@ def audit(
         console=console,
         execution=_execution(ray_address, workers, no_ray),
         shadows_on_devices=shadows_on_devices,
+        runner=runner,
+        bundle=bundle,
     )
     if rules:
         _gate(Path(index).parent.parent, rules)  # RUN/report/index.html -> RUN
@@ -581,7 +604,9 @@ def devices_probe(
 @devices_app.command("up")
 @friendly
 def devices_up(
-    name: str = typer.Argument(..., help="edge-arm64 | edge-amd64"),
+    name: str = typer.Argument(
+        ..., help="edge-arm64 | edge-amd64 | edge-arm64-native | edge-amd64-native (no Python)"
+    ),
     runtime: list[str] = typer.Option([], "--runtime", help="pip requirement for the device runtime; repeat"),
     engine: Optional[str] = typer.Option(None, "--engine", help=ENGINE_HELP),
     port: Optional[int] = typer.Option(None, "--port", help="loopback port for ssh (default: a free one)"),
@@ -596,7 +621,10 @@ def devices_up(
 @devices_app.command("down")
 @friendly
 def devices_down(
-    name: str = typer.Argument(..., help="the edge device 'devices up' started: edge-arm64 | edge-amd64"),
+    name: str = typer.Argument(
+        ..., help="the edge device 'devices up' started: edge-arm64 | edge-amd64 | edge-arm64-native | "
+        "edge-amd64-native"
+    ),
     engine: Optional[str] = typer.Option(None, "--engine", help=ENGINE_HELP),
 ) -> None:
     """Stop an edge device container started by 'devices up'."""
@@ -624,7 +652,9 @@ def images_base(
 @images_app.command("build")
 @friendly
 def images_build(
-    name: str = typer.Argument(..., help="toolchain-tf[:TF_VERSION] | toolchain-torch | device-linux"),
+    name: str = typer.Argument(
+        ..., help="toolchain-tf[:TF_VERSION] | toolchain-torch | device-linux | device-linux-native"
+    ),
     arch: str = typer.Option("amd64", "--arch", help="image architecture: amd64 | arm64 (arm64 runs emulated)"),
     engine: Optional[str] = typer.Option(None, "--engine", help=ENGINE_HELP),
     force: bool = typer.Option(False, "--force", help="rebuild the image even if it exists"),
@@ -639,6 +669,11 @@ def images_build(
         build_image(name, arch=arch, engine=engine, force=force, console=console, runtimes=runtime or None),
         markup=False,
     )
+
+
+from harness.runners_cmd import register_runners  # noqa: E402 - needs friendly/console above
+
+register_runners(app, friendly, console)
 
 
 def main() -> None:  # console-script entry point

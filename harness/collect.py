@@ -8,6 +8,12 @@ candidates). Hold-outs (``target_val``, ``shadow_val_k``) are not queried for th
 Query inputs are ``RUN/queries.npz`` (``index`` int64 [M], ``x`` float32 [M, H, W, C]) when the run carries one
 (imported runs), else rebuilt from the dataset and ``experiment.toml``'s preprocessing (``harness.data``).
 
+Where those inputs are exactly raw uint8 pixels under an affine preprocessing (a uint8 dataset, no resize; checked
+bit for bit), a runner that lists the ``dataset`` op gets them once per runner process as uint8 and each chunk names
+its rows (``DatasetRows``; docs/devices.md, "Runner protocol"); otherwise, and for SAMIA's perturbed queries, the
+chunks carry float32 queries. The outputs are the same either way; the provenance says which (``query_transport``)
+and what the host sent (``bytes_sent``).
+
 Outputs: ``outputs/<device>/<artifact>.npz`` (``index`` + ``logits``/``probs``) and ``<artifact>.json``
 (provenance), both written atomically, the ``.json`` last.
 
@@ -69,10 +75,15 @@ _NOISE_STREAM = 0x5A311A  # separates the perturbation noise from any other stre
 
 
 class QueryInputs:
-    """Model inputs for example ids of one run, float32 [M, H, W, C] (NHWC), from ``queries.npz`` or the dataset."""
+    """Model inputs for example ids of one run, float32 [M, H, W, C] (NHWC), from ``queries.npz`` or the dataset.
 
-    def __init__(self, run: RunDir, needed: np.ndarray) -> None:
+    ``dataset`` (a :class:`~devices.runner_server.DeviceDataset`, or None) holds the same inputs as raw uint8 pixels
+    plus the affine preprocessing, when they are exactly that (a uint8 dataset, no resize, and the runner's float32
+    arithmetic checked bit for bit against ``x`` here); ``device_dataset=False`` never makes one."""
+
+    def __init__(self, run: RunDir, needed: np.ndarray, device_dataset: bool = True) -> None:
         self.source: str
+        self.dataset: Any = None
         queries = run.root / "queries.npz"
         needed = np.unique(np.asarray(needed, dtype=np.int64))
         if queries.is_file():
@@ -105,6 +116,17 @@ class QueryInputs:
             self.ids = needed
             self.x = query_inputs(ds, exp.data.preprocess, needed)
             self.source = f"{exp.data.dataset} + {run.experiment.name} [data.preprocess]"
+            if device_dataset:
+                self.dataset = _device_dataset(ds.x, exp.data.preprocess, needed, self.x)
+
+    def for_runner(self, runner: Any, ids: np.ndarray) -> Any:
+        """The queries of ``ids`` as ``runner``'s session takes them: rows of :attr:`dataset` (``DatasetRows``)
+        when there is one and the runner takes rows (``accepts_dataset_rows``), else float32 [len(ids), H, W, C]."""
+        if self.dataset is None or not getattr(runner, "accepts_dataset_rows", False):
+            return self.rows(ids)
+        from devices.runner_server import DatasetRows
+
+        return DatasetRows(self.dataset, np.searchsorted(self.ids, ids))
 
     def rows(self, ids: np.ndarray) -> np.ndarray:
         """Inputs for ``ids`` in that order, float32 [len(ids), H, W, C] (``self.ids`` is sorted and unique)."""
@@ -112,6 +134,28 @@ class QueryInputs:
         if len(pos) and pos[-1] - pos[0] == len(pos) - 1 and np.all(np.diff(pos) == 1):
             return self.x[pos[0] : pos[-1] + 1]  # a contiguous run of ids: a view, no copy
         return self.x[pos]
+
+
+def _device_dataset(raw_all: np.ndarray, pre: Any, ids: np.ndarray, x: np.ndarray) -> Any:
+    """A :class:`~devices.runner_server.DeviceDataset` of the raw rows ``raw_all[ids]`` when ``x`` (the host's
+    float32 queries of ``ids``) is exactly their affine preprocessing in the runner's arithmetic (checked bit for
+    bit, in blocks), else None: float datasets, a resize, anything else keeps the float32 path."""
+    from devices.runner_server import MAX_DATASET_BYTES, DeviceDataset
+
+    if raw_all.dtype != np.uint8 or raw_all.ndim != 4 or x.shape != (len(ids), *raw_all.shape[1:]):
+        return None
+    if pre.resize is not None and tuple(pre.resize) != tuple(raw_all.shape[1:3]):
+        return None
+    if len(ids) * int(np.prod(raw_all.shape[1:])) > MAX_DATASET_BYTES:
+        return None
+    tup = lambda v: None if v is None else tuple(float(a) for a in v)  # noqa: E731
+    ds = DeviceDataset(raw_all[ids], float(pre.scale), tup(pre.mean), tup(pre.std))
+    for a in range(0, len(ids), 4096):
+        b = min(a + 4096, len(ids))
+        mine = ds.inputs(np.arange(a, b))
+        if mine.shape != x[a:b].shape or not np.array_equal(mine.view(np.uint32), x[a:b].view(np.uint32)):
+            return None
+    return ds
 
 
 # --------------------------------------------------------------------------- helpers
@@ -383,6 +427,9 @@ def collect_run(
     workspace: str | None = None,
     perturbations: int | None = None,
     start_timeout: float = DEFAULT_START_TIMEOUT_S,
+    device_dataset: bool = True,
+    runner: str = "auto",
+    bundle: Path | str | None = None,
 ) -> dict[str, Path]:
     """Collect the outputs of the run's artifacts on ``device``; return {artifact id: outputs npz}.
 
@@ -396,6 +443,12 @@ def collect_run(
         chunk_size: examples per device round trip; the unit of resumption.
         perturbations: SAMIA's perturbed copies per example (overrides ``[attack] samia_perturbations``; 0: none).
         start_timeout: seconds the device's runner may take to start (``--start-timeout``); then one line.
+        device_dataset: send uint8 query inputs once per runner process and name rows per chunk, where the inputs
+            are raw uint8 pixels under an affine preprocessing and the runner lists the ``dataset`` op (False:
+            always float32 queries; the outputs are the same).
+        runner: ``auto`` (the device's Python runner where it has a usable Python, else the native
+            ``compleak-runner``), ``python`` or ``native`` (``collect --runner``); bundle: a native runner bundle
+            folder instead of the one ``compleak runners build`` made (``--bundle``).
 
     One collect per (run, device) at a time: a second one fails at once naming the holder (:class:`CollectLock`).
     """
@@ -451,7 +504,7 @@ def collect_run(
         # the query inputs are prepared on a thread while the device connects, is probed and starts its runner
         executor = stack.enter_context(ThreadPoolExecutor(max_workers=1, thread_name_prefix="compleak-inputs"))
         pending_inputs = executor.submit(QueryInputs, rd, np.concatenate(
-            [ids_of[r.id] for r in todo] + [perturb_ids[r.id] for r in perturb_todo]))
+            [ids_of[r.id] for r in todo] + [perturb_ids[r.id] for r in perturb_todo]), device_dataset)
         dev = stack.enter_context(connect(device, identity=identity, known_hosts=known_hosts,
                                           trust_new_host=trust_new_host, binaries=binaries, password_env=password_env,
                                           workspace=workspace, log=literal_log(console)))
@@ -472,15 +525,22 @@ def collect_run(
         ) as progress:
             overall = progress.add_task(esc(device_id), total=total)
             for rec in todo:
-                runner = choose_runner(dev, rec, binaries, props=props, batch_size=batch_size, pool=pool)
-                written[rec.id] = _collect_one(rd, dev, runner, props, rec, ids_of[rec.id], inputs, batch_size,
+                chosen = choose_runner(dev, rec, binaries, props=props, batch_size=batch_size, pool=pool, runner=runner,
+                                       bundle=bundle)
+                written[rec.id] = _collect_one(rd, dev, chosen, props, rec, ids_of[rec.id], inputs, batch_size,
                                                chunk_size, progress, overall, n_labels=splits.n_classes)
             for rec in perturb_todo:  # SAMIA: same device connection and runner process as the plain queries
                 assert perturbation is not None
-                runner = choose_runner(dev, rec, binaries, props=props, batch_size=batch_size, pool=pool)
-                _collect_perturbed(rd, dev, runner, props, rec, perturb_ids[rec.id], inputs, perturbation,
+                chosen = choose_runner(dev, rec, binaries, props=props, batch_size=batch_size, pool=pool, runner=runner,
+                                       bundle=bundle)
+                _collect_perturbed(rd, dev, chosen, props, rec, perturb_ids[rec.id], inputs, perturbation,
                                    batch_size, chunk_size, progress, overall, n_labels=splits.n_classes)
         console.print(f"outputs of {len(records)} artifact(s) on {esc(device_id)}: {esc(rd.outputs_dir(device_id))}")
+        sent = pool.bytes_sent()
+        if any(sent.values()):
+            console.print(f"host → {esc(device_id)}: {_mb(sum(sent.values()))} sent to the runner (models "
+                          f"{_mb(sent['model'])}, query dataset {_mb(sent['dataset'])}, queries {_mb(sent['queries'])}"
+                          f", runner source and headers {_mb(sent['runner'] + sent['headers'])})")
         return written
 
 
@@ -503,8 +563,8 @@ def _collect_one(
     partial = rd.outputs_dir(device_id) / ".partial" / rec.id / rec.sha256[:16]
     spans = _chunks(len(ids), chunk_size)
     values, metas, task = _query_chunks(dev, runner, rec, artifact_file, ids, spans, partial,
-                                        lambda a, b: inputs.rows(ids[a:b]), 1, f"  {esc(rec.id)}", progress, overall,
-                                        n_labels)
+                                        lambda a, b: inputs.for_runner(runner, ids[a:b]), 1, f"  {esc(rec.id)}",
+                                        progress, overall, n_labels)
     batch = OutputBatch(ids.astype(np.int64), values.astype(np.float32), rec.output_kind)
     try:
         batch.validate(f"{rec.id} on {device_id}")
@@ -550,12 +610,40 @@ def _provenance(
         "chunks": [{"start": a, "stop": b, **{k: v for k, v in m.items() if k not in ("batch_seconds", "batch_sizes")}}
                    for (a, b), m in zip(spans, metas)],
         "query_inputs": inputs.source,
+        "transfer": sorted({m["transfer"] for m in metas if isinstance(m.get("transfer"), str)}),
+        "query_transport": _transport(metas),
+        "bytes_sent": _bytes_sent(metas),
         "compat_notes": first.get("compat_notes", []),
         "started": metas[0].get("started") if metas else None,
         "finished": metas[-1].get("finished") if metas else None,
         "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "host": socket.gethostname(),
     }
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.2f} MB"
+
+
+def _transport(metas: list[dict[str, Any]]) -> str:
+    """How an artifact's queries reached the device, over its chunks: ``device dataset`` (rows named in the uint8
+    dataset the runner holds), ``float32`` (the queries themselves), or ``mixed`` (a resumed collection)."""
+    kinds = {"device dataset" if "query_dataset" in m else "float32" for m in metas}
+    return kinds.pop() if len(kinds) == 1 else ("mixed" if kinds else "none")
+
+
+def _bytes_sent(metas: list[dict[str, Any]]) -> dict[str, int]:
+    """Bytes the host sent the device for an artifact, summed over its chunks (resumed ones: what their session
+    sent), by kind: ``model``, ``dataset`` (the share of the query dataset this artifact's session sent),
+    ``queries`` (float32 rows or row numbers), ``headers``."""
+    out = dict.fromkeys(("model", "dataset", "queries", "headers"), 0)
+    for m in metas:
+        sent = m.get("bytes_sent")
+        if isinstance(sent, dict):
+            for k in out:
+                v = sent.get(k, 0)
+                out[k] += v if type(v) is int and v >= 0 else 0
+    return out
 
 
 def collect_pending(run: Path | str, device_id: str, artifacts: Sequence[str] | None = None) -> bool:

@@ -42,11 +42,21 @@ _MACHINE = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "a
 BASE_PACKAGES = ("python3", "python3-venv", "python3-pip", "ca-certificates", "openssh-server")
 DOCKER_DIR = Path(__file__).resolve().parent.parent / "docker"
 SOURCE_PACKAGES = ("compleak", "devices", "harness")  # mounted into toolchain containers
-EDGE_DEVICES = {"edge-arm64": "arm64", "edge-amd64": "amd64"}
+EDGE_DEVICES = {"edge-arm64": "arm64", "edge-amd64": "amd64", "edge-arm64-native": "arm64",
+                "edge-amd64-native": "amd64"}
+#: edge devices without Python (docker/device-linux-native): only the native runner works there
+NATIVE_EDGE_DEVICES = ("edge-arm64-native", "edge-amd64-native")
 # CPU model qemu emulates for a foreign-architecture edge device: a Raspberry Pi 4 class Cortex-A72. qemu's default
 # ("max") advertises SVE/dot-product/i8mm extensions under which tflite-runtime 2.14's dynamic-range kernels hang
 # (batch > 1) or segfault (measured here); a real board's CPU model is also the honest thing to emulate.
 EDGE_QEMU_CPU = {"arm64": "cortex-a72"}
+#: /proc/cpuinfo of the emulated board (2 Cortex-A72 cores, as arm64 Linux prints it), mounted over the host's
+#: x86 one in native edge devices: qemu-user passes the host's file through, and the CPU detection of LiteRT's
+#: XNNPACK accelerator (cpuinfo) crashes parsing an x86 cpuinfo on aarch64 (segfault in LiteRtCreateCompiledModel,
+#: measured with ai-edge-litert 2.3.0); with the board's own cpuinfo it runs (docs/native.md)
+EDGE_CPUINFO = {"arm64": "".join(
+    f"processor\t: {i}\nBogoMIPS\t: 108.00\nFeatures\t: fp asimd evtstrm crc32 cpuid\nCPU implementer\t: 0x41\n"
+    f"CPU architecture: 8\nCPU variant\t: 0x0\nCPU part\t: 0xd08\nCPU revision\t: 3\n\n" for i in range(2))}
 DEFAULT_DEVICE_RUNTIMES = ("tflite-runtime==2.14.0", "onnxruntime==1.23.2")
 DEFAULT_TF_VERSION = "2.14.0"
 TORCH_VERSION, EXECUTORCH_VERSION = "2.13.0", "1.5.1"
@@ -513,10 +523,16 @@ def image_spec(name: str, arch: str = "amd64", runtimes: Iterable[str] | None = 
                 raise HarnessError(f"--runtime '{r}': not a pip requirement like tflite-runtime==2.14.0")
         tag = f"{arch}-" + "-".join(_slug(r.replace("==", "-")) for r in reqs)
         return ImageSpec(base, f"localhost/compleak-device-linux:{tag}", arch, {"RUNTIMES": " ".join(reqs)})
+    if base == "device-linux-native":  # no runtimes, no Python: the build only removes packages (no network)
+        if runtimes:
+            raise HarnessError("device-linux-native has no Python: --runtime does not apply (the native runner "
+                               "brings its runtimes: compleak runners build)")
+        return ImageSpec(base, f"localhost/compleak-device-linux-native:{arch}", arch, {}, network=False)
     if base == "android-runner":
         return ImageSpec(base, "localhost/compleak-android-runner:latest", arch, {})
     raise HarnessError(
-        f"unknown image '{name}'; use toolchain-tf[:TF_VERSION], toolchain-torch, device-linux or android-runner"
+        f"unknown image '{name}'; use toolchain-tf[:TF_VERSION], toolchain-torch, device-linux, device-linux-native "
+        f"or android-runner"
     )
 
 
@@ -792,6 +808,10 @@ def edge_up(name: str, runtimes: Iterable[str] | None = None, engine: str | None
             console: Console | None = None) -> str:
     """Start ``device-linux`` as SSH device ``name`` (edge-arm64 | edge-amd64); returns ``ssh://root@127.0.0.1:PORT``.
 
+    ``edge-arm64-native`` / ``edge-amd64-native`` start ``device-linux-native`` instead: the same board with no Python
+    at all (only the native runner works there); its image is built from the local base image when missing (no
+    network: the build only removes packages) and ``runtimes`` must be empty.
+
     sshd listens on the loopback port only, with a generated host key that is recorded in a known_hosts file the
     tool owns, and accepts only the generated client key. The device is registered in
     :mod:`devices.known_devices`, so later commands need no ``--identity``/``--known-hosts``. Idempotent: a device
@@ -803,7 +823,10 @@ def edge_up(name: str, runtimes: Iterable[str] | None = None, engine: str | None
         raise HarnessError(f"unknown edge device '{name}'; use one of: {', '.join(EDGE_DEVICES)}")
     arch = EDGE_DEVICES[name]
     eng = detect_engine(engine)
-    spec = image_spec("device-linux", arch, list(runtimes or []))
+    native = name in NATIVE_EDGE_DEVICES
+    if native and runtimes:
+        raise HarnessError(f"{name} has no Python: --runtime does not apply (the native runner brings its runtimes)")
+    spec = image_spec("device-linux-native", arch) if native else image_spec("device-linux", arch, list(runtimes or []))
     cname = _container_name(name)
     state = eng.container_state(cname)
     if state == "running":
@@ -814,6 +837,8 @@ def edge_up(name: str, runtimes: Iterable[str] | None = None, engine: str | None
         _say(console, f"{name}: running with other settings; restarting")
     if state is not None:
         eng.call(["rm", "-f", cname], f"removing old container {cname}")
+    if native and not eng.image_exists(spec.ref) and eng.image_exists(base_image_ref(arch)):
+        build_image(spec.name, arch, engine=engine, console=console)  # offline: it only removes packages
     eng.require_image(spec.ref, spec.build_command)
     ensure_binfmt(arch)
     if port is None:
@@ -832,6 +857,11 @@ def edge_up(name: str, runtimes: Iterable[str] | None = None, engine: str | None
             "-v", f"{keys.authorized_keys}:/root/.ssh/authorized_keys:ro"]
     if cpu:  # qemu-user reads QEMU_CPU at every exec; sshd passes it on to login sessions through SetEnv
         argv += ["-e", f"QEMU_CPU={cpu}"]
+    if cpu and native and arch in EDGE_CPUINFO:  # the board's /proc/cpuinfo, not the x86 host's
+        cpuinfo = keys.folder / "cpuinfo"
+        _write_private(cpuinfo, EDGE_CPUINFO[arch].encode())
+        cpuinfo.chmod(0o644)
+        argv += ["-v", f"{cpuinfo}:/proc/cpuinfo:ro"]
     argv += [spec.ref, "-p", str(port), "-o", f"ListenAddress=127.0.0.1:{port}", "-h", "/etc/ssh/ssh_host_ed25519_key"]
     if cpu:
         argv += ["-o", f"SetEnv=QEMU_CPU={cpu}"]
@@ -845,7 +875,7 @@ def edge_up(name: str, runtimes: Iterable[str] | None = None, engine: str | None
     known_devices.register(known_devices.KnownDevice(
         uri=uri, name=name, identity=str(keys.identity), known_hosts=str(keys.known_hosts),
         meta={"engine": eng.name, "container": cname, "image": spec.ref, "arch": arch, "qemu_cpu": cpu,
-              "runtimes": spec.build_args["RUNTIMES"].split()},
+              "runtimes": spec.build_args.get("RUNTIMES", "").split(), "python": not native},
     ))
     _say(console, f"{name}: up ({arch}, {spec.ref}) at {uri}")
     return uri

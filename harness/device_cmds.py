@@ -89,6 +89,26 @@ def list_devices(console: Console, as_json: bool = False) -> list[dict[str, str]
     return found
 
 
+def _buildable(runners: dict[str, str]) -> None:
+    """Say in ``runners["native"]`` whether a missing native bundle can be built on this host (cmake and, for another
+    architecture, the cross compiler), so the probe tells the whole story."""
+    line = runners.get("native", "")
+    if not line.startswith("not built:"):
+        return
+    from harness.runners_cross import CROSS_TRIPLES, host_arch
+
+    arch = line.rsplit("--arch", 1)[-1].strip()
+    missing = [] if shutil.which("cmake") else ["cmake"]
+    if arch != host_arch():
+        triple = CROSS_TRIPLES.get(arch)
+        if triple is None:
+            missing.append(f"a cross toolchain for {arch}")
+        elif shutil.which(f"{triple}-g++") is None:
+            missing.append(f"g++-{triple}")
+    runners["native"] = line + ("; buildable on this host" if not missing else
+                                f"; this host lacks {', '.join(missing)} to build it")
+
+
 def probe_device(
     uri: str,
     identity: Path | str | None = None,
@@ -111,6 +131,7 @@ def probe_device(
         props = dev.properties()
     finally:
         dev.close()
+    _buildable(props.runners)
     if as_json:
         print_json(console, props.to_dict())
         return props.to_dict()
@@ -132,6 +153,9 @@ def probe_device(
         rows.append((f"runtime {name}", version))
     if props.python and not props.runtimes:
         rows.append(("runtimes", "none found (pip install tflite-runtime / onnxruntime on the device)"))
+    rows.append(("C library", props.libc))
+    for kind, line in sorted(props.runners.items()):
+        rows.append((f"runner {kind}", line))
     rows += [("free space", _human_bytes(props.free_bytes)), ("workspace base", props.workspace_base)]
     for key, value in sorted(props.extra.items()):
         if key != "python_cmd":

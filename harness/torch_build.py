@@ -824,6 +824,11 @@ class _Builder:
             for old in path.parent.glob(f"{self.tag}-{stage}-*.pt*"):
                 old.unlink(missing_ok=True)
             _save_state(path, model, info)
+            # prune.remove / remove_parametrizations re-register ``weight`` after ``bias``, and the exporters
+            # follow parameter order: export from a fresh model, exactly what a cache hit (a retried unit) loads
+            fresh = self.fresh()
+            fresh.load_state_dict(model.state_dict())
+            model = fresh
         model.eval()
         self._models[steps] = (model, info)
         return model, info

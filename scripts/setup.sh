@@ -14,7 +14,8 @@ SUDO=""
 pkgs=(dataset-fashion-mnist python3-venv)
 if [ "$want_test" = 1 ]; then
   pkgs+=(openssh-server openssh-client adb podman runc qemu-user-static binfmt-support debootstrap iproute2
-         chromium fonts-dejavu-core)
+         chromium fonts-dejavu-core
+         cmake g++ g++-aarch64-linux-gnu ninja-build nlohmann-json3-dev)  # `compleak runners build` (native runner)
 fi
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done

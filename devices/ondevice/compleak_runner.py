@@ -19,9 +19,10 @@ Command line::
 ``in.npz`` holds ``x``: float32 [N, H, W, C] (NHWC, preprocessed). ``out.npz`` holds ``values`` float32 [N, C]
 (outputs dequantized to float), ``batch_seconds`` float64 [B] (wall seconds per invocation batch),
 ``batch_sizes`` int64 [B] and ``meta`` (a JSON string: runtime name/version, delegate, threads, batch size).
-With ``--serve`` one process answers a whole collection: framed ``load`` / ``infer`` requests arrive
-on stdin, queries are inferred batch by batch while the rest is still in transit, and replies go to stdout
-(runtime libraries that print to stdout are redirected to stderr); see :func:`serve`. Errors are printed as one
+With ``--serve`` one process answers a whole collection: framed ``load`` / ``infer`` (and ``dataset``: raw uint8
+query rows kept on the device, then named by row number) requests arrive on stdin, queries are inferred batch by
+batch while the rest is still in transit, and replies go to stdout (runtime libraries that print to stdout are
+redirected to stderr); see :func:`serve`. Errors are printed as one
 line ``error: ...`` on stderr with exit status 3.
 
 On the host: ``detect_format(path)``, ``describe(path)``, ``load_model(path).predict(x)``.
@@ -288,6 +289,25 @@ def _dequantize(y: np.ndarray, scale: float | None, zp: int | None) -> np.ndarra
 
 def _flatten_out(y: np.ndarray, n: int) -> np.ndarray:
     return np.asarray(y).reshape(n, -1)
+
+
+def preprocess_uint8(raw: np.ndarray, scale: float, mean: Sequence[float] | np.ndarray | None = None,
+                     std: Sequence[float] | np.ndarray | None = None) -> np.ndarray:
+    """Model inputs float32 [n, H, W, C] from raw pixels uint8 [n, H, W, C] (NHWC) by an affine preprocessing.
+
+    Exactly the host's ``[data.preprocess]`` arithmetic (``harness.data.query_inputs`` without a resize), step by
+    step, each step rounded to float32 (IEEE-754 round to nearest even, no fused multiply-add):
+    ``x = float32(raw)``; ``x = x * float32(scale)``; then, when given, ``x = x - float32(mean[c])`` and
+    ``x = x / float32(std[c])`` per channel ``c`` (``mean`` / ``std`` hold 1 value for every channel, or C). So the
+    result is bit-identical to the float32 queries the host would have sent.
+    """
+    x = np.asarray(raw, dtype=np.uint8).astype(np.float32)
+    x *= np.float32(scale)
+    if mean is not None:
+        x -= np.asarray(mean, dtype=np.float32)
+    if std is not None:
+        x /= np.asarray(std, dtype=np.float32)
+    return x
 
 
 # --------------------------------------------------------------------------- models
@@ -740,6 +760,14 @@ BOOTSTRAP = (
 
 #: largest request header the runner reads (bytes of JSON)
 MAX_REQUEST_HEADER = 1 << 20
+#: requests this runner answers, advertised in its hello as ``"ops"``; a host sends ``dataset`` and an infer by rows
+#: only to a runner that lists ``dataset`` (the base ops ``load``, ``infer`` with float32 rows and ``exit`` are
+#: protocol 1 itself)
+OPS = ("load", "infer", "dataset", "exit")
+#: largest query dataset (uint8 payload bytes) the runner accepts; advertised in the hello as ``max_dataset_bytes``
+MAX_DATASET_BYTES = 1 << 30
+#: most rows one infer-by-rows request may name (its payload is 4 bytes per row)
+MAX_INFER_ROWS = 1 << 24
 
 
 def read_message(f: BinaryIO) -> dict[str, Any] | None:
@@ -812,6 +840,98 @@ def _skip(f: BinaryIO, n: int) -> None:
         n -= len(chunk)
 
 
+def _number(value: Any, what: str) -> float:
+    """A finite JSON number (not a boolean) as a float, else a protocol error naming ``what``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(float(value)):
+        raise RunnerError(f"protocol error: dataset preprocess {what} is {value!r:.60}, not a finite number")
+    return float(value)
+
+
+class HeldDataset:
+    """The query dataset a ``dataset`` request left on the device: ``x`` uint8 [N, H, W, C] (NHWC) and the affine
+    preprocessing (:func:`preprocess_uint8`) that makes rows of it model inputs. The runner holds at most one."""
+
+    def __init__(self, key: str, x: np.ndarray, preprocess: Any) -> None:
+        if not isinstance(preprocess, dict):
+            raise RunnerError(f"protocol error: dataset 'preprocess' is {preprocess!r:.60}, not an object")
+        channels = int(x.shape[3])
+        self.key = key
+        self.x = x
+        self.scale = np.float32(_number(preprocess.get("scale"), "scale"))
+        self.mean = self._per_channel(preprocess.get("mean"), "mean", channels)
+        self.std = self._per_channel(preprocess.get("std"), "std", channels)
+
+    @staticmethod
+    def _per_channel(value: Any, what: str, channels: int) -> np.ndarray | None:
+        if value is None:
+            return None
+        if not isinstance(value, list) or len(value) not in (1, channels):
+            raise RunnerError(f"protocol error: dataset preprocess {what} must be null or a list of 1 (every "
+                              f"channel) or C = {channels} numbers, got {value!r:.60}")
+        return np.asarray([_number(v, what) for v in value], dtype=np.float32)
+
+    def inputs(self, rows: np.ndarray) -> np.ndarray:
+        """Model inputs float32 [len(rows), H, W, C] of dataset ``rows`` (int array, each in [0, N))."""
+        return preprocess_uint8(self.x[rows], self.scale, self.mean, self.std)
+
+
+def _read_dataset(f: BinaryIO, req: dict[str, Any], nbytes: int, consumed: list[int]) -> HeldDataset:
+    """The query dataset of a ``dataset`` request: header checked, ``nbytes`` payload bytes read while they are
+    hashed, sha256 compared with the request's ``key``. ``consumed[0]`` counts payload bytes read."""
+    key = req.get("key")
+    if not (isinstance(key, str) and len(key) == 64 and all(c in "0123456789abcdef" for c in key)):
+        raise RunnerError(f"protocol error: dataset key {key!r:.60} is not a sha256 (64 lowercase hex digits)")
+    shape = req.get("shape")
+    if not (isinstance(shape, list) and len(shape) == 4 and all(type(d) is int and d >= 0 for d in shape)):
+        raise RunnerError(f"protocol error: dataset shape {shape!r:.60} is not [N, H, W, C]")
+    if req.get("dtype") != "uint8":
+        raise RunnerError(f"protocol error: dataset dtype {req.get('dtype')!r:.30}; only uint8 is supported")
+    size = shape[0] * shape[1] * shape[2] * shape[3]
+    if nbytes != size:
+        raise RunnerError(f"protocol error: {nbytes} payload bytes for a uint8 dataset of shape {shape}")
+    if size > MAX_DATASET_BYTES:
+        raise RunnerError(f"a {size}-byte query dataset is over this runner's limit of {MAX_DATASET_BYTES} bytes; "
+                          f"send float32 queries instead")
+    HeldDataset(key, np.empty((0, *shape[1:]), np.uint8), req.get("preprocess"))  # checked before the read
+    x = np.empty(size, np.uint8)
+    import hashlib
+
+    digest = hashlib.sha256()
+    view = memoryview(x)
+    got = 0
+    while got < size:
+        k = f.readinto(view[got : min(size, got + (1 << 20))])  # type: ignore[attr-defined]
+        if not k:
+            raise RunnerError(f"protocol error: the dataset payload ended after {got} of {size} bytes")
+        digest.update(view[got : got + k])
+        got += k
+        consumed[0] += k
+    if digest.hexdigest() != key:
+        raise RunnerError(f"the query dataset's sha256 is {digest.hexdigest()[:16]}..., its key says {key[:16]}...: "
+                          f"corrupted in transit; rerun collect")
+    return HeldDataset(key, x.reshape(shape), req["preprocess"])
+
+
+def _read_rows(f: BinaryIO, req: dict[str, Any], nbytes: int, dataset: HeldDataset | None,
+               consumed: list[int]) -> np.ndarray:
+    """Row numbers int64 [M] of an infer-by-rows request (payload: M uint32 little-endian), each checked against
+    the loaded ``dataset``, whose sha256 must be the request's ``dataset``."""
+    key = req.get("dataset")
+    if dataset is None or key != dataset.key:
+        held = f"dataset {dataset.key[:16]}..." if dataset is not None else "no dataset"
+        raise RunnerError(f"protocol error: infer names dataset {str(key)[:16]!r}... but the runner holds {held}; "
+                          f"send it with a dataset request first")
+    m = req.get("rows")
+    if type(m) is not int or not 0 <= m <= MAX_INFER_ROWS or nbytes != 4 * m:
+        raise RunnerError(f"protocol error: infer by rows needs 'rows' in [0, {MAX_INFER_ROWS}] and 4 payload bytes "
+                          f"per row; got rows {m!r:.30} and {nbytes} bytes")
+    rows = np.frombuffer(_read_exact(f, nbytes), "<u4").astype(np.int64) if m else np.zeros(0, np.int64)
+    consumed[0] += nbytes
+    if m and int(rows.max()) >= len(dataset.x):
+        raise RunnerError(f"protocol error: row {int(rows.max())} named, the dataset has {len(dataset.x)} rows")
+    return rows
+
+
 def _remove_in(path: str, workspace: str | None) -> None:
     """Delete the file ``path`` only when it lies directly in ``workspace`` (never anything else)."""
     if workspace and os.path.dirname(os.path.realpath(path)) == os.path.realpath(workspace):
@@ -824,13 +944,43 @@ def _remove_in(path: str, workspace: str | None) -> None:
 def serve(stdin: BinaryIO, stdout: BinaryIO, preload: Sequence[str] = ()) -> int:
     """Answer framed requests on ``stdin`` until it ends (``--serve``); one process for a whole collection.
 
-    Requests (header, then payload): ``{"op": "load", "model", "runtime", "threads", "layout", "workspace",
-    "remove_previous"}`` (replaces the loaded model; the previous file is deleted when it lies in ``workspace``);
-    ``{"op": "infer", "shape": [N, H, W, C], "bytes", "batch_size"}`` + float32 C-order rows, inferred batch by
-    batch while they arrive. Every reply is ``{"ok": true, ...}`` or
-    ``{"ok": false, "error": "..."}``; an infer reply carries float32 [N, C] outputs as its payload.
-    The first message, sent once the ``preload`` runtimes (or formats) are imported, is a hello with the protocol
-    version and the interpreter.
+    Framing (both directions): a 4-byte big-endian length L (1 <= L <= 1 MiB), L bytes of UTF-8 JSON holding an
+    object (the header), then exactly ``header["bytes"]`` raw payload bytes (absent or null: none). Arrays are
+    C-order, little-endian.
+
+    The runner speaks first: the hello, sent once the ``preload`` runtimes (or formats) are imported::
+
+        {"ok": true, "hello": "compleak-runner", "protocol": 1, "python", "numpy", "machine", "executable",
+         "ops": ["load", "infer", "dataset", "exit"], "max_dataset_bytes": 1073741824}
+
+    ``ops`` lists the requests it answers. ``load``, ``infer`` with float32 rows and ``exit`` are protocol 1
+    itself: a runner may omit ``ops`` (the host then uses only those). ``dataset`` and the infer by rows are used
+    only when ``ops`` lists ``dataset``; ``max_dataset_bytes`` (optional) is the largest dataset it accepts.
+
+    Requests (header, then payload):
+
+    - ``{"op": "load", "model", "runtime", "threads", "layout", "workspace", "remove_previous"}``: load the model
+      file ``model`` (replaces the loaded one; the previous file is deleted when ``remove_previous`` and it lies
+      directly in ``workspace``). Reply ``{"ok": true, "info": {...}, "load_seconds"}``.
+    - ``{"op": "infer", "shape": [N, H, W, C], "bytes": 4*N*H*W*C, "batch_size": B}`` + float32 NHWC rows: the
+      queries themselves, inferred batch by batch while they arrive.
+    - ``{"op": "dataset", "key": SHA256, "shape": [N, H, W, C], "dtype": "uint8", "bytes": N*H*W*C,
+      "preprocess": {"scale": s, "mean": [..] | null, "std": [..] | null}}`` + uint8 NHWC rows: raw query pixels
+      to keep on the device. ``key`` is the sha256 (64 lowercase hex digits) of the payload; the runner computes it
+      while reading and refuses a mismatch. ``mean`` / ``std`` hold 1 value (every channel) or C. The runner holds
+      at most ONE dataset: a dataset request first drops the one held (a refused one leaves none). Bounds:
+      ``bytes <= max_dataset_bytes`` (1 GiB here). Reply ``{"ok": true, "key": SHA256, "rows": N}``.
+    - ``{"op": "infer", "dataset": SHA256, "rows": M, "bytes": 4*M, "batch_size": B}`` + M uint32 row numbers
+      (little-endian, each < N of the held dataset; M <= 2^24): queries named by rows of the held dataset (whose
+      key must be ``dataset``). Each batch of rows is made model input by exactly :func:`preprocess_uint8` with the
+      dataset's preprocessing (float32, step by step: ``x = float32(u8); x = x * float32(scale); x = x -
+      float32(mean[c]); x = x / float32(std[c])``, no fused multiply-add), then inferred like the float32 infer.
+    - ``{"op": "exit"}`` (or the end of stdin): exit with status 0.
+
+    Every reply is ``{"ok": true, ...}`` or ``{"ok": false, "error": "one line"}`` (no payload; the runner keeps
+    serving, having skipped the rest of the failed request's payload). Both infer replies are ``{"ok": true,
+    "shape": [M, C], "bytes": 4*M*C, "meta": {...}, "batch_seconds": [...], "batch_sizes": [...]}`` + float32
+    [M, C] outputs (dequantized). A request header that is not framed JSON gets one error reply, then exit 3.
     """
     for name in preload:  # a runtime name, or a format: the runtime load_model would pick for it
         try:
@@ -841,11 +991,13 @@ def serve(stdin: BinaryIO, stdout: BinaryIO, preload: Sequence[str] = ()) -> int
             pass
     stdout.write(frame({"ok": True, "hello": "compleak-runner", "protocol": PROTOCOL,
                         "python": platform.python_version(), "numpy": np.__version__,
-                        "machine": platform.machine(), "executable": sys.executable}))
+                        "machine": platform.machine(), "executable": sys.executable,
+                        "ops": list(OPS), "max_dataset_bytes": MAX_DATASET_BYTES}))
     stdout.flush()
     model: Model | None = None
     model_path = ""
     load_seconds = 0.0
+    dataset: HeldDataset | None = None
     while True:
         try:
             req = read_message(stdin)
@@ -869,16 +1021,28 @@ def serve(stdin: BinaryIO, stdout: BinaryIO, preload: Sequence[str] = ()) -> int
                                    layout=req.get("layout") or "auto")
                 load_seconds = time.perf_counter() - t0
                 reply.update(info=model.info(), load_seconds=load_seconds)
+            elif op == "dataset":  # at most one held: the old one goes before the new one is read
+                dataset = None
+                dataset = _read_dataset(stdin, req, payload, consumed)
+                reply.update(key=dataset.key, rows=len(dataset.x))
             elif op == "infer":
                 if model is None:
                     raise RunnerError("protocol error: infer before load")
-                shape = [int(d) for d in req["shape"]]
-                if len(shape) != 4 or min(shape) < 0 or payload != 4 * int(np.prod(shape, dtype=np.int64)):
-                    raise RunnerError(f"protocol error: {payload} payload bytes for float32 {shape}")
                 t_start = time.time()
                 batch_size = int(req.get("batch_size") or 256)
-                values = model.predict_batches(_payload_batches(stdin, shape, model.batch_step(batch_size),
-                                                                consumed))
+                step = model.batch_step(batch_size)
+                if req.get("dataset") is not None:  # queries named by rows of the held dataset
+                    rows = _read_rows(stdin, req, payload, dataset, consumed)
+                    assert dataset is not None
+                    held = dataset
+                    shape = [len(rows), *held.x.shape[1:]]
+                    batches: Iterable[np.ndarray] = (held.inputs(rows[s : s + step]) for s in range(0, len(rows), step))
+                else:
+                    shape = [int(d) for d in req["shape"]]
+                    if len(shape) != 4 or min(shape) < 0 or payload != 4 * int(np.prod(shape, dtype=np.int64)):
+                        raise RunnerError(f"protocol error: {payload} payload bytes for float32 {shape}")
+                    batches = _payload_batches(stdin, shape, step, consumed)
+                values = model.predict_batches(batches)
                 meta = _answer_meta(model, model_path, values, shape, batch_size, load_seconds, t_start)
                 out = np.ascontiguousarray(values, dtype=np.float32).tobytes()
                 reply.update(shape=list(values.shape), bytes=len(out), meta=meta,
@@ -888,7 +1052,8 @@ def serve(stdin: BinaryIO, stdout: BinaryIO, preload: Sequence[str] = ()) -> int
         except RunnerError as exc:
             reply = {"ok": False, "error": str(exc)}
         except MemoryError:
-            reply = {"ok": False, "error": f"out of memory running {model_path}; lower --batch-size"}
+            reply = {"ok": False, "error": "out of memory holding the query dataset; send float32 queries instead"
+                     if op == "dataset" else f"out of memory running {model_path}; lower --batch-size"}
         except (KeyError, TypeError, ValueError, OSError) as exc:
             reply = {"ok": False, "error": f"{op}: {_one_line(exc)}"}
         if payload > consumed[0]:

@@ -1,0 +1,600 @@
+// compleak-runner: the native on-device runner (docs/native.md).
+//
+//   compleak-runner --serve     framed load/infer/exit requests on stdin, replies on stdout (the protocol of
+//                               devices/ondevice/compleak_runner.py serve(); stdout of libraries goes to stderr)
+//   compleak-runner --probe     one JSON line: machine, runtimes that load here (each tried in a child process)
+//   compleak-runner --version
+#include <dlfcn.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/utsname.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cctype>
+#include <cerrno>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <memory>
+#include <new>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "litert_model.h"
+#include "model.h"
+#include "protocol.h"
+#include "sha256.h"
+
+#ifndef COMPLEAK_RUNNER_VERSION
+#define COMPLEAK_RUNNER_VERSION "0.0.0"
+#endif
+#ifndef COMPLEAK_EXECUTORCH_VERSION
+#define COMPLEAK_EXECUTORCH_VERSION ""
+#endif
+
+using nlohmann::json;
+
+namespace compleak {
+
+constexpr int kProtocol = 1;
+constexpr const char* kEtPlugin = "libcompleak_executorch.so";
+
+static std::string exe_dir() {
+  char buf[PATH_MAX];
+  ssize_t n = readlink("/proc/self/exe", buf, sizeof(buf) - 1);
+  if (n <= 0) return "";
+  buf[n] = '\0';
+  std::string path(buf);
+  size_t slash = path.rfind('/');
+  return slash == std::string::npos ? "" : path.substr(0, slash);
+}
+
+std::vector<std::string> library_candidates(const std::string& name) {
+  std::vector<std::string> out;
+  std::string dir = exe_dir();
+  if (!dir.empty()) out.push_back(dir + "/../lib/" + name);
+  out.push_back(name);
+  return out;
+}
+
+static bool bundled(const std::string& name) {
+  struct stat st;
+  std::string dir = exe_dir();
+  return !dir.empty() && stat((dir + "/../lib/" + name).c_str(), &st) == 0;
+}
+
+static double now_epoch() {
+  using namespace std::chrono;
+  return duration<double>(system_clock::now().time_since_epoch()).count();
+}
+
+static double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+static json machine_info() {
+  struct utsname u;
+  if (uname(&u) != 0) return {{"machine", nullptr}, {"system", nullptr}};
+  return {{"machine", u.machine}, {"system", std::string(u.sysname) + " " + u.release}};
+}
+
+// ------------------------------------------------------------------------------------------- runtimes
+
+static void* g_et = nullptr;
+static std::string g_et_error;
+
+static EtOpenFn executorch_open(std::string* error) {
+  if (!g_et && g_et_error.empty()) {
+    std::string first;
+    for (const std::string& path : library_candidates(kEtPlugin)) {
+      g_et = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
+      if (g_et) break;
+      const char* why = dlerror();
+      if (first.empty()) first = why ? why : path;
+    }
+    if (!g_et)
+      g_et_error = "the ExecuTorch runtime is not available here; rebuild the bundle where executorch is "
+                   "installed (pip install executorch==1.5.1; compleak runners build) [" + one_line(first, 90) + "]";
+  }
+  if (!g_et) {
+    *error = g_et_error;
+    return nullptr;
+  }
+  auto fn = reinterpret_cast<EtOpenFn>(dlsym(g_et, "compleak_executorch_open"));
+  if (!fn) *error = std::string(kEtPlugin) + " has no compleak_executorch_open; rebuild the bundle";
+  return fn;
+}
+
+static std::string detect_format(const std::string& path) {
+  FILE* f = std::fopen(path.c_str(), "rb");
+  if (!f) throw RunnerError(path + ": cannot read model file (" + std::strerror(errno) + ")");
+  unsigned char head[64];
+  size_t n = std::fread(head, 1, sizeof(head), f);
+  std::fclose(f);
+  if (n >= 8 && std::memcmp(head + 4, "TFL3", 4) == 0) return "tflite";
+  if (n >= 8 && head[4] == 'E' && head[5] == 'T' && std::isdigit(head[6]) && std::isdigit(head[7])) return "pte";
+  if (n >= 4 && std::memcmp(head, "PK\x03\x04", 4) == 0)
+    throw RunnerError(path + ": a zip archive (PyTorch Mobile .ptl?); the native runner runs .tflite and .pte "
+                             "only: use --runner python on a device with Python and torch");
+  if (n >= 2 && head[0] == 0x08)
+    throw RunnerError(path + ": not a TF-Lite or ExecuTorch model (ONNX?); the native runner runs .tflite and "
+                             ".pte only: use --runner python on a device with onnxruntime");
+  throw RunnerError(path + ": " + (n == 0 ? "an empty file" : "an unknown file") +
+                    ", not a TF-Lite or ExecuTorch model; check the artifact path or rebuild it");
+}
+
+static std::unique_ptr<Model> load_model(const std::string& path, const std::string& runtime, int threads) {
+  std::string fmt = detect_format(path);
+  if (fmt == "tflite") {
+    if (!runtime.empty() && runtime != "litert" && runtime != "ai_edge_litert" && runtime != "tflite_runtime")
+      throw RunnerError("runtime '" + runtime + "' cannot run tflite models in the native runner; use litert");
+    return open_litert(path, threads);
+  }
+  if (!runtime.empty() && runtime != "executorch")
+    throw RunnerError("runtime '" + runtime + "' cannot run pte models in the native runner; use executorch");
+  std::string err;
+  EtOpenFn open = executorch_open(&err);
+  if (!open) throw RunnerError(path + ": " + err);
+  char buf[1024] = {0};
+  Model* m = open(path.c_str(), threads, buf, sizeof(buf));
+  if (!m) throw RunnerError(one_line(buf[0] ? buf : "executorch failed to load the program"));
+  return std::unique_ptr<Model>(m);
+}
+
+// ------------------------------------------------------------------------------------------- inference
+
+//! Whether a model input of `shape` takes NCHW while the queries are NHWC (x: [N, H, W, C]); as the Python runner.
+static bool channels_first(const std::vector<int64_t>& shape, const std::vector<int64_t>* x,
+                           const std::string& layout) {
+  if (layout == "NCHW" || layout == "NHWC") return layout == "NCHW";
+  if (shape.size() != 4) return false;
+  if (x && x->size() == 4) {
+    int64_t h = (*x)[1], w = (*x)[2], c = (*x)[3];
+    auto fits = [&](int64_t a, int64_t b, int64_t d) {
+      return (shape[1] < 0 || shape[1] == a) && (shape[2] < 0 || shape[2] == b) && (shape[3] < 0 || shape[3] == d);
+    };
+    bool nhwc = fits(h, w, c), nchw = fits(c, h, w);
+    if (nhwc && !nchw) return false;
+    if (nchw && !nhwc) return true;
+  }
+  return (shape[1] == 1 || shape[1] == 3) && !(shape[3] == 1 || shape[3] == 3);
+}
+
+//! Largest query dataset held (uint8 bytes; hello's max_dataset_bytes) and most rows one infer may name.
+constexpr uint64_t kMaxDatasetBytes = uint64_t(1) << 30;
+constexpr int64_t kMaxInferRows = int64_t(1) << 24;
+
+//! The query dataset a `dataset` request left here: raw uint8 [N, H, W, C] and its affine preprocessing.
+struct Dataset {
+  std::string key;
+  std::vector<uint8_t> x;
+  int64_t n = 0, h = 0, w = 0, c = 0;
+  float scale = 1.0f;
+  std::vector<float> mean, std;  // empty: not applied; else 1 or C values
+};
+
+struct Loaded {
+  std::unique_ptr<Model> model;
+  std::string path;
+  std::string layout = "auto";
+  double load_seconds = 0.0;
+};
+
+static json info_of(const Model& m) {
+  return {{"format", m.format}, {"runtime", m.runtime}, {"runtime_version", m.runtime_version},
+          {"delegate", m.delegate}, {"threads", m.threads > 0 ? json(m.threads) : json(nullptr)},
+          {"runner", "native"}};
+}
+
+static int64_t get_int(const json& req, const char* key, int64_t fallback) {
+  auto it = req.find(key);
+  if (it == req.end() || it->is_null()) return fallback;
+  if (!it->is_number_integer()) throw RunnerError(std::string("protocol error: '") + key + "' is " +
+                                                  one_line(it->dump(), 60) + ", not an integer");
+  return it->get<int64_t>();
+}
+
+static std::string get_str(const json& req, const char* key, const std::string& fallback) {
+  auto it = req.find(key);
+  if (it == req.end() || it->is_null()) return fallback;
+  if (!it->is_string()) throw RunnerError(std::string("protocol error: '") + key + "' is not a string");
+  return it->get<std::string>();
+}
+
+static float finite_number(const json& v, const char* what) {
+  if (!v.is_number() || !std::isfinite(v.get<double>()))
+    throw RunnerError(std::string("protocol error: dataset preprocess ") + what + " is " + one_line(v.dump(), 60) +
+                      ", not a finite number");
+  return static_cast<float>(v.get<double>());  // JSON number -> double -> float32, as np.float32(float(v))
+}
+
+static std::vector<float> per_channel(const json& pre, const char* what, int64_t channels) {
+  auto it = pre.find(what);
+  if (it == pre.end() || it->is_null()) return {};
+  if (!it->is_array() || !(it->size() == 1 || static_cast<int64_t>(it->size()) == channels))
+    throw RunnerError(std::string("protocol error: dataset preprocess ") + what + " must be null or a list of 1 "
+                      "(every channel) or C = " + std::to_string(channels) + " numbers, got " +
+                      one_line(it->dump(), 60));
+  std::vector<float> out;
+  for (const auto& v : *it) out.push_back(finite_number(v, what));
+  return out;
+}
+
+//! The `dataset` request: header checked, payload read while hashed, sha256 compared with the request's key.
+static void read_dataset(Reader& in, const json& req, uint64_t payload, uint64_t* consumed, Dataset& ds) {
+  ds = Dataset();
+  auto k = req.find("key");
+  bool hex = k != req.end() && k->is_string() && k->get<std::string>().size() == 64;
+  if (hex)
+    for (char ch : k->get<std::string>()) hex = hex && ((ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'f'));
+  if (!hex) throw RunnerError("protocol error: dataset key " + (k == req.end() ? std::string("None")
+                              : one_line(k->dump(), 60)) + " is not a sha256 (64 lowercase hex digits)");
+  auto sh = req.find("shape");
+  std::vector<int64_t> shape;
+  if (sh != req.end() && sh->is_array() && sh->size() == 4)
+    for (const auto& d : *sh)
+      if (d.is_number_integer() && d.get<int64_t>() >= 0 && d.get<int64_t>() < (int64_t(1) << 31))
+        shape.push_back(d.get<int64_t>());
+  if (shape.size() != 4) throw RunnerError("protocol error: dataset shape " + (sh == req.end() ? std::string("None")
+                                           : one_line(sh->dump(), 60)) + " is not [N, H, W, C]");
+  if (get_str(req, "dtype", "") != "uint8")
+    throw RunnerError("protocol error: dataset dtype " + one_line(req.value("dtype", json()).dump(), 30) +
+                      "; only uint8 is supported");
+  double size_d = static_cast<double>(shape[0]) * shape[1] * shape[2] * shape[3];
+  uint64_t size = size_d > 1.8e19 ? 0 : uint64_t(shape[0]) * uint64_t(shape[1]) * uint64_t(shape[2]) *
+                                           uint64_t(shape[3]);
+  if (size_d > 1.8e19 || payload != size)
+    throw RunnerError("protocol error: " + std::to_string(payload) + " payload bytes for a uint8 dataset of shape " +
+                      shape_text(shape));
+  if (size > kMaxDatasetBytes)
+    throw RunnerError("a " + std::to_string(size) + "-byte query dataset is over this runner's limit of " +
+                      std::to_string(kMaxDatasetBytes) + " bytes; send float32 queries instead");
+  auto pre = req.find("preprocess");
+  if (pre == req.end() || !pre->is_object())
+    throw RunnerError("protocol error: dataset 'preprocess' is " + (pre == req.end() ? std::string("None")
+                      : one_line(pre->dump(), 60)) + ", not an object");
+  float scale = finite_number(pre->value("scale", json()), "scale");
+  std::vector<float> mean = per_channel(*pre, "mean", shape[3]), stdv = per_channel(*pre, "std", shape[3]);
+  std::vector<uint8_t> x(size);
+  Sha256 digest;
+  for (uint64_t got = 0; got < size;) {
+    size_t take = static_cast<size_t>(std::min<uint64_t>(size - got, 1 << 20));
+    size_t n = 0;
+    bool ok = in.read_exact(x.data() + got, take, &n);
+    digest.update(x.data() + got, n);
+    got += n;
+    *consumed += n;
+    if (!ok) throw RunnerError("protocol error: the dataset payload ended after " + std::to_string(got) + " of " +
+                               std::to_string(size) + " bytes");
+  }
+  std::string hexd = digest.hexdigest(), key = k->get<std::string>();
+  if (hexd != key)
+    throw RunnerError("the query dataset's sha256 is " + hexd.substr(0, 16) + "..., its key says " +
+                      key.substr(0, 16) + "...: corrupted in transit; rerun collect");
+  ds.key = key;
+  ds.x = std::move(x);
+  ds.n = shape[0], ds.h = shape[1], ds.w = shape[2], ds.c = shape[3];
+  ds.scale = scale;
+  ds.mean = std::move(mean);
+  ds.std = std::move(stdv);
+}
+
+//! The infer request: rows read batch by batch from `in` while inference runs; returns the reply and outputs.
+static json infer(Reader& in, const json& req, uint64_t payload, uint64_t* consumed, Loaded& loaded,
+                  const Dataset& ds, std::vector<float>& values) {
+  if (!loaded.model) throw RunnerError("protocol error: infer before load");
+  std::vector<int64_t> shape;
+  std::vector<uint32_t> rows;
+  auto named = req.find("dataset");
+  const bool by_rows = named != req.end() && !named->is_null();
+  if (by_rows) {  // queries named by rows of the held dataset
+    if (ds.key.empty() || !named->is_string() || named->get<std::string>() != ds.key)
+      throw RunnerError("protocol error: infer names dataset " + one_line(named->dump(), 20) + "... but the runner "
+                        "holds " + (ds.key.empty() ? std::string("no dataset") : "dataset " + ds.key.substr(0, 16) +
+                        "...") + "; send it with a dataset request first");
+    auto r = req.find("rows");
+    int64_t m = r != req.end() && r->is_number_integer() ? r->get<int64_t>() : -1;
+    if (m < 0 || m > kMaxInferRows || payload != uint64_t(4) * uint64_t(m))
+      throw RunnerError("protocol error: infer by rows needs 'rows' in [0, " + std::to_string(kMaxInferRows) +
+                        "] and 4 payload bytes per row; got rows " + (r == req.end() ? std::string("None")
+                        : one_line(r->dump(), 30)) + " and " + std::to_string(payload) + " bytes");
+    std::vector<unsigned char> raw(static_cast<size_t>(4 * m));
+    size_t got = 0;
+    bool ok = in.read_exact(raw.data(), raw.size(), &got);
+    *consumed += got;
+    if (!ok) throw RunnerError("protocol error: the row numbers ended after " + std::to_string(got) + " bytes");
+    rows.resize(static_cast<size_t>(m));
+    uint32_t top = 0;
+    for (int64_t i = 0; i < m; ++i) {  // little-endian uint32
+      const unsigned char* b = raw.data() + 4 * i;
+      rows[i] = uint32_t(b[0]) | (uint32_t(b[1]) << 8) | (uint32_t(b[2]) << 16) | (uint32_t(b[3]) << 24);
+      top = std::max(top, rows[i]);
+    }
+    if (m && int64_t(top) >= ds.n)
+      throw RunnerError("protocol error: row " + std::to_string(top) + " named, the dataset has " +
+                        std::to_string(ds.n) + " rows");
+    shape = {m, ds.h, ds.w, ds.c};
+  } else {
+    auto it = req.find("shape");
+    if (it != req.end() && it->is_array() && it->size() == 4)
+      for (const auto& d : *it)
+        if (d.is_number_integer() && d.get<int64_t>() >= 0 && d.get<int64_t>() < (int64_t(1) << 31))
+          shape.push_back(d.get<int64_t>());
+    std::string shape_str = it == req.end() ? "null" : one_line(it->dump(), 80);
+    uint64_t expect = 4;
+    for (int64_t d : shape) expect *= static_cast<uint64_t>(d);  // each < 2^31, at most 4 of them: checked below
+    bool overflow = shape.size() == 4 && shape[1] * shape[2] > 0 &&
+                    static_cast<double>(shape[0]) * shape[1] * shape[2] * shape[3] * 4 > 1.8e19;
+    if (shape.size() != 4 || overflow || payload != expect)
+      throw RunnerError("protocol error: " + std::to_string(payload) + " payload bytes for float32 " + shape_str);
+  }
+  Model& m = *loaded.model;
+  const double t_start = now_epoch();
+  int64_t batch_size = get_int(req, "batch_size", 256);
+  if (batch_size < 1) batch_size = 256;
+  TensorSpec spec = m.input();
+  std::vector<int64_t> xs(shape.begin(), shape.end());
+  bool nchw = spec.shape.size() == 4 && channels_first(spec.shape, &xs, loaded.layout);
+  std::vector<int64_t> row = nchw ? std::vector<int64_t>{shape[3], shape[1], shape[2]}
+                                  : std::vector<int64_t>{shape[1], shape[2], shape[3]};
+  bool fits = spec.shape.size() == 4;
+  for (size_t i = 0; fits && i < 3; ++i) fits = spec.shape[i + 1] <= 0 || spec.shape[i + 1] == row[i];
+  if (!fits) {
+    std::vector<int64_t> batch_shape{std::min<int64_t>(shape[0], batch_size)};
+    batch_shape.insert(batch_shape.end(), row.begin(), row.end());
+    throw RunnerError(loaded.path + ": model input '" + spec.name + "' has shape " + shape_text(spec.shape) +
+                      " but queries have shape " + shape_text(batch_shape) +
+                      "; check the preprocessing (resize/layout) of the run");
+  }
+  int64_t cap = m.max_batch();
+  int64_t step = std::max<int64_t>(1, cap > 0 ? std::min(batch_size, cap) : batch_size);
+  const size_t row_elems = static_cast<size_t>(shape[1] * shape[2] * shape[3]);
+  std::vector<float> xb, xt;
+  json batch_seconds = json::array(), batch_sizes = json::array();
+  double invoke_total = 0.0;
+  values.clear();
+  for (int64_t start = 0; start < shape[0]; start += step) {
+    int64_t n = std::min(step, shape[0] - start);
+    xb.resize(static_cast<size_t>(n) * row_elems);
+    if (by_rows) {  // preprocess_uint8, step by step in float32: x * scale, - mean[c], / std[c]
+      const size_t C = static_cast<size_t>(ds.c);
+      for (int64_t i = 0; i < n; ++i) {
+        const uint8_t* src = ds.x.data() + size_t(rows[static_cast<size_t>(start + i)]) * row_elems;
+        float* dst = xb.data() + size_t(i) * row_elems;
+        for (size_t j = 0; j < row_elems; ++j) {
+          float v = static_cast<float>(src[j]) * ds.scale;
+          if (!ds.mean.empty()) v = v - ds.mean[ds.mean.size() == 1 ? 0 : j % C];
+          if (!ds.std.empty()) v = v / ds.std[ds.std.size() == 1 ? 0 : j % C];
+          dst[j] = v;
+        }
+      }
+    } else {
+      size_t got = 0;
+      bool ok = in.read_exact(xb.data(), xb.size() * sizeof(float), &got);
+      *consumed += got;
+      if (!ok) throw RunnerError("protocol error: the query payload ended after " + std::to_string(*consumed) +
+                                 " bytes");
+    }
+    const float* x = xb.data();
+    if (nchw) {  // NHWC rows -> NCHW
+      const int64_t H = shape[1], W = shape[2], C = shape[3];
+      xt.resize(xb.size());
+      for (int64_t i = 0; i < n; ++i)
+        for (int64_t h = 0; h < H; ++h)
+          for (int64_t w = 0; w < W; ++w)
+            for (int64_t c = 0; c < C; ++c)
+              xt[((i * C + c) * H + h) * W + w] = xb[((i * H + h) * W + w) * C + c];
+      x = xt.data();
+    }
+    auto t0 = std::chrono::steady_clock::now();
+    m.invoke(x, n, row, values);
+    double dt = seconds_since(t0);
+    invoke_total += dt;
+    batch_seconds.push_back(dt);
+    batch_sizes.push_back(n);
+  }
+  int64_t classes = 1;
+  if (shape[0] > 0) {
+    classes = static_cast<int64_t>(values.size()) / shape[0];
+    if (classes * shape[0] != static_cast<int64_t>(values.size()))
+      throw RunnerError(loaded.path + ": the runtime returned " + std::to_string(values.size()) + " values for " +
+                        std::to_string(shape[0]) + " queries");
+  } else {
+    for (size_t i = 1; i < m.output().shape.size(); ++i)
+      if (m.output().shape[i] > 0) classes *= m.output().shape[i];
+  }
+  int64_t bad = 0;
+  for (int64_t r = 0; r < shape[0]; ++r)
+    for (int64_t c = 0; c < classes; ++c)
+      if (!std::isfinite(values[static_cast<size_t>(r * classes + c)])) {
+        ++bad;
+        break;
+      }
+  if (bad) throw RunnerError(loaded.path + ": the runtime produced NaN/Inf outputs for " + std::to_string(bad) +
+                             " queries");
+  json meta = info_of(m);
+  json mi = machine_info();
+  meta.update({{"batch_size", batch_size}, {"n", shape[0]}, {"load_seconds", loaded.load_seconds},
+               {"invoke_seconds", invoke_total}, {"started", t_start}, {"finished", now_epoch()},
+               {"python", nullptr}, {"numpy", nullptr}, {"machine", mi["machine"]},
+               {"input_layout", nchw ? "NCHW" : "NHWC"}});
+  return {{"ok", true}, {"shape", {shape[0], classes}}, {"bytes", values.size() * sizeof(float)}, {"meta", meta},
+          {"batch_seconds", batch_seconds}, {"batch_sizes", batch_sizes}};
+}
+
+static void remove_in(const std::string& path, const std::string& workspace) {
+  if (path.empty() || workspace.empty()) return;
+  char real_path[PATH_MAX], real_ws[PATH_MAX];
+  if (!realpath(path.c_str(), real_path) || !realpath(workspace.c_str(), real_ws)) return;
+  std::string rp(real_path);
+  size_t slash = rp.rfind('/');
+  if (slash == std::string::npos) return;
+  std::string dir = slash == 0 ? "/" : rp.substr(0, slash);
+  if (dir == real_ws) unlink(path.c_str());
+}
+
+static json runtimes_bundled() {
+  json r = json::object();
+  r["litert"] = bundled("libLiteRt.so") ? json(COMPLEAK_LITERT_VERSION) : json(nullptr);
+  r["executorch"] = bundled(kEtPlugin) && std::strlen(COMPLEAK_EXECUTORCH_VERSION)
+                        ? json(COMPLEAK_EXECUTORCH_VERSION) : json(nullptr);
+  return r;
+}
+
+static json formats_of(const json& runtimes) {
+  json f = json::array();
+  if (!runtimes["executorch"].is_null()) f.push_back("pte");
+  if (!runtimes["litert"].is_null()) f.push_back("tflite");
+  return f;
+}
+
+static int serve() {
+  std::fflush(stdout);
+  int proto = dup(1);  // the protocol owns the real stdout; runtime libraries printing to fd 1 go to stderr
+  if (proto < 0 || dup2(2, 1) < 0) {
+    std::fprintf(stderr, "error: cannot set up the protocol stream\n");
+    return 3;
+  }
+  json runtimes = runtimes_bundled();
+  json hello = {{"ok", true}, {"hello", "compleak-runner"}, {"protocol", kProtocol}, {"runner", "native"},
+                {"runner_version", COMPLEAK_RUNNER_VERSION}, {"executable", exe_dir() + "/compleak-runner"},
+                {"runtimes", runtimes}, {"formats", formats_of(runtimes)},
+                {"ops", {"load", "infer", "dataset", "exit"}}, {"max_dataset_bytes", kMaxDatasetBytes},
+                {"python", nullptr}, {"numpy", nullptr}};
+  hello.update(machine_info());
+  if (!write_message(proto, hello)) return 0;
+  Reader in(0);
+  Loaded loaded;
+  Dataset dataset;
+  std::vector<float> values;
+  while (true) {
+    bool ended = false;
+    json req;
+    try {
+      req = read_message(in, &ended);
+    } catch (const RunnerError& exc) {  // out of step with the host: say so once and stop
+      write_message(proto, {{"ok", false}, {"error", exc.what()}});
+      return 3;
+    }
+    if (ended) return 0;
+    auto op_it = req.find("op");
+    std::string op = op_it != req.end() && op_it->is_string() ? op_it->get<std::string>() : "";
+    if (op == "exit") return 0;
+    uint64_t payload = 0, consumed = 0;
+    auto b = req.find("bytes");
+    if (b != req.end() && b->is_number_integer()) payload = b->get<uint64_t>();
+    json reply = {{"ok", true}};
+    bool with_values = false;
+    try {
+      if (op == "load") {  // replaces the loaded model; its file goes too when it lies in the given workspace
+        loaded.model.reset();
+        auto rm = req.find("remove_previous");
+        if (!loaded.path.empty() && rm != req.end() && rm->is_boolean() && rm->get<bool>())
+          remove_in(loaded.path, get_str(req, "workspace", ""));
+        auto t0 = std::chrono::steady_clock::now();
+        auto mit = req.find("model");
+        if (mit == req.end() || !mit->is_string() || mit->get<std::string>().empty())
+          throw RunnerError("load: the request names no model file ('model')");
+        loaded.path = mit->get<std::string>();
+        loaded.layout = get_str(req, "layout", "auto");
+        if (loaded.layout != "NHWC" && loaded.layout != "NCHW") loaded.layout = "auto";
+        int64_t threads = get_int(req, "threads", 0);
+        if (threads < 0 || threads > 1024) throw RunnerError("load: threads must be in 0..1024, got " +
+                                                             std::to_string(threads));
+        loaded.model = load_model(loaded.path, get_str(req, "runtime", ""), static_cast<int>(threads));
+        loaded.load_seconds = seconds_since(t0);
+        reply["info"] = info_of(*loaded.model);
+        reply["load_seconds"] = loaded.load_seconds;
+      } else if (op == "dataset") {  // at most one held: the old one goes before the new one is read
+        read_dataset(in, req, payload, &consumed, dataset);
+        reply["key"] = dataset.key;
+        reply["rows"] = dataset.n;
+      } else if (op == "infer") {
+        reply = infer(in, req, payload, &consumed, loaded, dataset, values);
+        with_values = true;
+      } else {
+        throw RunnerError("protocol error: unknown request " + (op_it == req.end() ? std::string("None")
+                                                                                    : one_line(op_it->dump(), 60)));
+      }
+    } catch (const RunnerError& exc) {
+      reply = {{"ok", false}, {"error", one_line(exc.what())}};
+    } catch (const std::bad_alloc&) {
+      reply = {{"ok", false}, {"error", op == "dataset" ? std::string("out of memory holding the query dataset; "
+                                                                      "send float32 queries instead")
+                                                        : "out of memory running " + loaded.path +
+                                                              "; lower --batch-size"}};
+    } catch (const std::exception& exc) {
+      reply = {{"ok", false}, {"error", op + ": " + one_line(exc.what())}};
+    }
+    if (payload > consumed) in.skip(payload - consumed);  // a failed request: drop the rest, stay in sync
+    bool ok = reply["ok"].get<bool>();
+    if (!write_message(proto, reply, ok && with_values ? values.data() : nullptr,
+                       ok && with_values ? values.size() * sizeof(float) : 0))
+      return 0;
+  }
+}
+
+//! Try loading a runtime in a child process, so a library that crashes here is reported, not fatal.
+static json try_runtime(const char* name) {
+  pid_t pid = fork();
+  if (pid == 0) {
+    int devnull = open("/dev/null", O_WRONLY);
+    if (devnull >= 0) dup2(devnull, 1);
+    bool ok = false;
+    std::string err;
+    if (std::strcmp(name, "litert") == 0) litert_status(&ok);
+    else ok = executorch_open(&err) != nullptr;
+    _exit(ok ? 0 : 1);
+  }
+  int status = 0;
+  if (pid < 0 || waitpid(pid, &status, 0) < 0) return "cannot start a probe process";
+  if (WIFSIGNALED(status)) return std::string("loading it crashed (signal ") + std::to_string(WTERMSIG(status)) + ")";
+  if (WEXITSTATUS(status) == 0) return nullptr;
+  bool ok = false;
+  std::string err;
+  if (std::strcmp(name, "litert") == 0) err = litert_status(&ok);
+  else executorch_open(&err);
+  return err;
+}
+
+static int probe() {
+  json bundled_rt = runtimes_bundled();
+  json runtimes = json::object(), errors = json::object();
+  for (const char* name : {"executorch", "litert"}) {
+    json why = try_runtime(name);
+    runtimes[name] = why.is_null() ? (bundled_rt[name].is_null() ? json("unknown") : bundled_rt[name]) : json(nullptr);
+    if (!why.is_null()) errors[name] = why;
+  }
+  json out = {{"runner", "native"}, {"runner_version", COMPLEAK_RUNNER_VERSION}, {"protocol", kProtocol},
+              {"python", nullptr}, {"numpy", nullptr}, {"runtimes", runtimes}, {"formats", formats_of(runtimes)},
+              {"errors", errors}};
+  out.update(machine_info());
+  std::printf("%s\n", out.dump(-1, ' ', false, json::error_handler_t::replace).c_str());
+  return 0;
+}
+
+}  // namespace compleak
+
+int main(int argc, char** argv) {
+  signal(SIGPIPE, SIG_IGN);  // a vanished host ends the loop through a failed write
+  std::string arg = argc == 2 ? argv[1] : "";
+  try {
+    if (arg == "--serve") return compleak::serve();
+    if (arg == "--probe") return compleak::probe();
+    if (arg == "--version") {
+      std::printf("compleak-runner %s (protocol %d)\n", COMPLEAK_RUNNER_VERSION, compleak::kProtocol);
+      return 0;
+    }
+  } catch (const std::exception& exc) {
+    std::fprintf(stderr, "error: %s\n", compleak::one_line(exc.what()).c_str());
+    return 3;
+  }
+  std::fprintf(stderr, "usage: compleak-runner --serve | --probe | --version\n");
+  return arg == "--help" || arg == "-h" ? 0 : 2;
+}

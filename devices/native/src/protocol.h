@@ -1,0 +1,38 @@
+// Framing of the runner protocol: a 4-byte big-endian header length, the JSON header, then header["bytes"]
+// raw payload bytes (devices/ondevice/compleak_runner.py read_message/frame are the reference).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+namespace compleak {
+
+//! Largest request header read (bytes of JSON), as the Python runner's MAX_REQUEST_HEADER.
+constexpr uint32_t kMaxRequestHeader = 1u << 20;
+
+//! Buffered reads of a file descriptor (the protocol's stdin).
+class Reader {
+ public:
+  explicit Reader(int fd) : fd_(fd) {}
+  //! Read exactly n bytes; false when the stream ended first (got: bytes read before the end).
+  bool read_exact(void* dst, size_t n, size_t* got = nullptr);
+  //! Discard n bytes (or until the end of the stream).
+  void skip(uint64_t n);
+
+ private:
+  int fd_;
+  unsigned char buf_[1 << 16];
+  size_t pos_ = 0, len_ = 0;
+};
+
+//! One request header, or an empty optional-like result: `ended` at a clean end of stream.
+//! Throws RunnerError (one line) for an out-of-sync or malformed header.
+nlohmann::json read_message(Reader& in, bool* ended);
+
+//! Write header (compact JSON, framed) followed by `payload_size` bytes; false when the stream is gone.
+bool write_message(int fd, const nlohmann::json& header, const void* payload = nullptr, size_t payload_size = 0);
+
+}  // namespace compleak

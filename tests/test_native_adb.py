@@ -1,0 +1,149 @@
+"""The native runner bundle over ADB (issue 14): the REAL adb client and server against the protocol-level adbd
+stand-in (tests/adbd_standin.py), which runs the device's commands on this host, so the bundle is this host's
+(``compleak runners build``, amd64 here). ADB cannot keep a command running (``AdbDevice.can_spawn`` is False), so
+the runner is the one-shot one (``devices.native_oneshot``): per chunk one ``compleak-runner --serve`` command with
+request and reply files, parsed by the runner server's own checks. Its outputs must equal the host runtimes' bit
+for bit (same binary, same libraries, same machine). Real Android phones need the NDK build of the same sources
+(.github/workflows/native-runner-android.yml); the probe says so for a bionic device.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from adbd_standin import AdbdStandin  # noqa: E402
+
+ADB = shutil.which("adb")
+pytestmark = [pytest.mark.adb, pytest.mark.slow, pytest.mark.timeout(900)]
+ARTIFACTS = ("tf-target-original.tflite", "tf-target-int8.tflite", "torch-target-original.pte")
+
+
+@pytest.fixture(scope="module")
+def bundle() -> Path:
+    """This host's native runner bundle (built once, then reused from the user's cache)."""
+    from devices.native_runner import build_bundle
+
+    return build_bundle()
+
+
+@pytest.fixture(scope="module")
+def dev(bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """An AdbDevice for a connected stand-in phone, through a private adb server; no Android binaries anywhere."""
+    if ADB is None:
+        pytest.skip("the adb client is not installed (apt install adb)")
+    from devices.adb import AdbDevice
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    home = tmp_path_factory.mktemp("adbhome")
+    env = dict(os.environ, HOME=str(home), ANDROID_ADB_SERVER_PORT=str(port))
+    env.pop("ADB_SERVER_SOCKET", None)
+
+    def adb(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([ADB, *args], env=env, capture_output=True, text=True, timeout=30)
+
+    assert adb("start-server").returncode == 0
+    daemon = AdbdStandin(tmp_path_factory.mktemp("phone"), {"ro.product.model": "Native Standin"}).start()
+    try:
+        adb("connect", daemon.serial)
+        end = time.monotonic() + 20
+        while time.monotonic() < end and "device" not in adb("-s", daemon.serial, "get-state").stdout:
+            time.sleep(0.2)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("ANDROID_ADB_SERVER_PORT", str(port))
+            mp.delenv("ADB_SERVER_SOCKET", raising=False)
+            mp.setenv("COMPLEAK_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))  # no Android binaries cached
+            mp.setenv("COMPLEAK_NATIVE_BUNDLE", str(bundle))
+            yield AdbDevice(daemon.serial, timeout=30)
+    finally:
+        adb("disconnect", daemon.serial)
+        daemon.stop()
+        adb("kill-server")
+
+
+@pytest.fixture(scope="module")
+def records(tiny_run: Path) -> dict[str, tuple[Path, object]]:
+    from compleak.rundir import RunDir
+
+    rd = RunDir(tiny_run)
+    recs = {a.id: a for a in rd.load_manifest().artifacts}
+    return {aid: (rd.artifact_path(recs[aid]), recs[aid]) for aid in ARTIFACTS}
+
+
+def _queries(n: int) -> np.ndarray:
+    return np.random.default_rng(5).random((n, 8, 8, 1), dtype=np.float32)
+
+
+def test_probe_over_adb_reports_native_runner(dev) -> None:
+    props = dev.properties()
+    assert props.android_api == 34 and props.libc == "gnu"  # the stand-in runs on this host's glibc
+    assert props.runners["native"].startswith("ready: "), props.runners
+
+
+@pytest.mark.parametrize("aid", ARTIFACTS)
+def test_native_bundle_over_adb_equals_host_runtime(dev, records, aid: str) -> None:
+    """The bundle deploys through adb push and runs one-shot; outputs equal the host's runtime bit for bit."""
+    from devices.native_oneshot import NativeOneShotRunner
+    from devices.ondevice.compleak_runner import load_model
+    from devices.runners import choose_runner
+
+    path, rec = records[aid]
+    runner = choose_runner(dev, rec, runner="native", batch_size=32)
+    assert isinstance(runner, NativeOneShotRunner)
+    x = _queries(70)
+    with runner.session(dev, path, rec) as infer:  # two chunks: the model is pushed once, loaded per chunk
+        first, prov = infer(x[:40])
+        second, prov2 = infer(x[40:])
+    values = np.concatenate([first, second])
+    host_rt = "ai_edge_litert" if rec.format == "tflite" else "executorch"
+    host = load_model(str(path), runtime=host_rt).predict(x, batch_size=32)
+    np.testing.assert_array_equal(values, host)
+    assert prov["runner"] == "native" and prov["runtime"] == ("litert" if rec.format == "tflite" else "executorch")
+    assert prov["transfer"].startswith("one-shot") and prov["batch_sizes"] == [32, 8]
+    assert prov["bundle_upload_seconds"] > 0 and "bundle_upload_seconds" not in prov2
+    assert dev.run(["sh", "-c", "ls /data/local/tmp/compleak | wc -l"], timeout=30).text.strip() == "0"
+
+
+def test_no_python_on_adb_device_chooses_native(dev, records) -> None:
+    """Without a usable Python and without Android binaries, auto choice is the native runner (one-shot)."""
+    from devices.native_oneshot import NativeOneShotRunner
+    from devices.runners import choose_runner
+
+    props = dev.properties()
+    props.python = props.numpy = None
+    path, rec = records["tf-target-original.tflite"]
+    assert isinstance(choose_runner(dev, rec, props=props), NativeOneShotRunner)
+    props.libc = "bionic"  # a real phone: this host's glibc bundle cannot run there, and the error says what can
+    from devices.errors import DeviceError
+
+    with pytest.raises(DeviceError, match=r"binaries") as exc:
+        choose_runner(dev, rec, props=props)
+    assert "\n" not in str(exc.value)
+    with pytest.raises(DeviceError, match=r"bionic.*NDK") as exc:
+        choose_runner(dev, rec, props=props, runner="native")
+
+
+def test_broken_model_one_line_error_over_adb(dev, records, tmp_path: Path) -> None:
+    from devices.errors import DeviceError
+    from devices.runners import choose_runner
+
+    path, rec = records["tf-target-original.tflite"]
+    bad = tmp_path / "bad.tflite"
+    bad.write_bytes(b"not a flatbuffer at all" * 10)
+    runner = choose_runner(dev, rec, runner="native")
+    with pytest.raises(DeviceError) as exc:
+        runner.run(dev, bad, rec, _queries(4))
+    msg = str(exc.value)
+    assert "\n" not in msg and msg.startswith(f"{dev.id}: {rec.id} on litert"), msg
