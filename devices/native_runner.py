@@ -37,7 +37,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-from compleak.rundir import ArtifactRecord
+from compleak.rundir import ArtifactRecord, sha256_file
 from devices.base import Device, DeviceProcess
 from devices.errors import DeviceError
 from devices.runner_server import DEFAULT_START_TIMEOUT_S, RunnerServer, RunnerServerPool
@@ -221,14 +221,6 @@ def _needed(lib: Path) -> list[str]:
             if "(NEEDED)" in ln and "[" in ln]
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def build_bundle(arch: str | None = None, *, force: bool = False, jobs: int = 2, executorch_root: Path | None = None,
                  litert_lib: Path | None = None, toolchain_file: Path | None = None, cmake_args: Sequence[str] = (),
                  log: Callable[[str], None] | None = None) -> Path:
@@ -304,7 +296,7 @@ def build_bundle(arch: str | None = None, *, force: bool = False, jobs: int = 2,
                 shutil.copy2(et_lib / name, stage / "lib" / name)
                 todo += _needed(et_lib / name)
             formats.append("pte")
-        files = {str(p.relative_to(stage)): _sha256(p) for p in sorted(stage.rglob("*")) if p.is_file()}
+        files = {str(p.relative_to(stage)): sha256_file(p) for p in sorted(stage.rglob("*")) if p.is_file()}
         manifest = {
             "name": BUNDLE_NAME, "arch": arch, "machine": MACHINE_OF_ARCH[arch], "protocol": 1,
             "runner_version": _runner_version(), "formats": formats,

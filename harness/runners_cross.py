@@ -20,7 +20,6 @@ later builds reuse them. pip does not widen ``--platform`` to older or newer man
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import subprocess
@@ -32,6 +31,7 @@ from typing import Any
 
 from rich.console import Console
 
+from compleak.rundir import sha256_file
 from harness.containers import EXECUTORCH_VERSION, _check_arch, _say, host_arch
 from harness.errors import HarnessError
 
@@ -135,14 +135,6 @@ def _extract(wheel: Path, prefixes: tuple[str, ...], out: Path) -> int:
     return n
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def fetch_wheels(arch: str, force: bool = False, console: Console | None = None) -> Path:
     """The target's runtime libraries, unpacked: ``<cache>/wheels/<arch>/`` holding ``executorch/`` (lib, include,
     share/cmake) and ``ai_edge_litert/libLiteRt.so`` with their ``*.dist-info`` folders, plus ``wheels.json`` (wheel
@@ -183,7 +175,7 @@ def fetch_wheels(arch: str, force: bool = False, console: Console | None = None)
                 raise HarnessError(f"{lib.name} from the {arch} wheels is not an {arch} library (ELF machine "
                                    f"{machine}); delete {downloads} and retry")
         info: dict[str, Any] = {"arch": arch, "versions": wanted,
-                                "wheels": {w.name: _sha256(w) for w in (et, lrt)}}
+                                "wheels": {w.name: sha256_file(w) for w in (et, lrt)}}
         (part / "wheels.json").write_text(json.dumps(info, indent=1) + "\n")
         if folder.exists():
             shutil.rmtree(folder)
