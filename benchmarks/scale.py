@@ -16,6 +16,7 @@ Every build is a fresh ``compleak build`` process (imports and model training in
     .venv/bin/python benchmarks/scale.py [--k 8] [--workers 1,2] [--devices 4] [--delay-ms 50] [--repeats 3]
     .venv/bin/python benchmarks/scale.py --smoke --farm-only --devices 4 --repeats 3   # the farm figure only
     .venv/bin/python benchmarks/scale.py --smoke     # digits, K = 2, two torch variants: checks the script only
+    .venv/bin/python benchmarks/scale.py --config experiments/fashion-findings.toml --k 4 --workers 2 --skip-farm
 """
 
 from __future__ import annotations
@@ -61,13 +62,18 @@ torch_formats = ["onnx"]
 """
 
 
-def config_text(k: int, smoke: bool) -> str:
+def config_text(k: int, smoke: bool, config: Path | None = None) -> str:
+    """The experiment to build: the smoke config, or ``config`` (default: the demo's) with K reference models
+    (its ``reference_models`` or ``n_shadows`` line set to ``k``) and one seed (a ``seeds`` list is dropped)."""
     if smoke:
         return SMOKE.format(k=k)
-    text = (ROOT / "experiments" / "fashion-default.toml").read_text()
-    text, n = re.subn(r"(?m)^n_shadows\s*=\s*\d+", f"n_shadows = {k}", text)
+    path = config or ROOT / "experiments" / "fashion-default.toml"
+    text = re.sub(r"(?m)^seeds\s*=.*$", "", path.read_text())
+    text, n = re.subn(r"(?m)^reference_models\s*=\s*\d+", f"reference_models = {k}", text)
+    if n == 0:
+        text, n = re.subn(r"(?m)^n_shadows\s*=\s*\d+", f"n_shadows = {k}", text)
     if n != 1:
-        raise SystemExit("error: experiments/fashion-default.toml has no [splits] n_shadows line to set K")
+        raise SystemExit(f"error: {path} has no single [attack] reference_models or [splits] n_shadows line to set K")
     return text
 
 
@@ -82,11 +88,11 @@ def timed_build(cfg: Path, out: Path, *extra: str) -> float:
     return took
 
 
-def bench_build(tmp: Path, k: int, workers: list[int], smoke: bool) -> Path:
+def bench_build(tmp: Path, k: int, workers: list[int], smoke: bool, config: Path | None = None) -> Path:
     cfg = tmp / "scale.toml"
-    cfg.write_text(config_text(k, smoke))
-    print(f"build: {'smoke config (digits)' if smoke else 'demo config'}, K = {k} reference models, "
-          f"{os.cpu_count()} CPUs")  # fmt: skip
+    cfg.write_text(config_text(k, smoke, config))
+    what = "smoke config (digits)" if smoke else (str(config) if config else "demo config")
+    print(f"build: {what}, K = {k} reference models, {os.cpu_count()} CPUs")
     serial_out = tmp / "serial"
     base = timed_build(cfg, serial_out, "--no-ray")
     rows = [("serial (--no-ray)", "-", base, 1.0)]
@@ -227,13 +233,15 @@ def main() -> None:
     ap.add_argument("--smoke", action="store_true", help="a tiny digits config: checks the script, not the figures")
     ap.add_argument("--skip-farm", action="store_true")
     ap.add_argument("--farm-only", action="store_true", help="build the run serially only (no Ray build table)")
+    ap.add_argument("--config", type=Path, default=None,
+                    help="experiment to build instead of the demo's (K replaces its reference_models / n_shadows)")
     a = ap.parse_args()
     k = a.k if a.k is not None else (2 if a.smoke else 8)
     cpus = os.cpu_count() or 1
     workers = [int(w) for w in a.workers.split(",")] if a.workers else list(range(1, cpus + 1))
     with tempfile.TemporaryDirectory(prefix="compleak-bench-scale-") as d:
         tmp = Path(d)
-        run = bench_build(tmp, k, [] if a.farm_only else workers, a.smoke)
+        run = bench_build(tmp, k, [] if a.farm_only else workers, a.smoke, a.config)
         if not a.skip_farm:
             devices = a.devices if a.devices is not None else (2 if a.smoke else 4)
             repeats = a.repeats if a.repeats is not None else (1 if a.smoke else 3)
