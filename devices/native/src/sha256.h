@@ -1,4 +1,6 @@
 // SHA-256 (FIPS 180-4), for the dataset op's integrity check; a straightforward implementation, no dependencies.
+// Written here on purpose: the runner must need only libc and libstdc++ (Android's bionic exposes no libcrypto to
+// apps, minimal boards may lack OpenSSL); tests/test_native_runner.py checks it against hashlib via the dataset op.
 #pragma once
 
 #include <cstddef>
