@@ -183,7 +183,8 @@ class PythonRunner(Runner):
         where = f"{device.id}: {artifact.id} on {self.runtime} {self.runtime_version}"
         sent = dict(server.bytes_sent)
         try:
-            loaded = server.load(artifact_file, artifact.format, self.runtime, self.threads, layout, self.timeout_s)
+            loaded = server.load(artifact_file, artifact.format, self.runtime, self.threads, layout, self.timeout_s,
+                                 key=artifact.sha256)
         except DeviceError as exc:
             raise DeviceError(f"{where}: {_detail(exc, device.id)}") from None
         calls = [0]
@@ -232,6 +233,8 @@ class PythonRunner(Runner):
                 upload_seconds=upload, download_seconds=0.0, command_seconds=wall, wall_seconds=wall + upload,
             )
             prov.update(extra)
+            if first and loaded.get("reused"):
+                prov["model_reused"] = True  # the runner still held this artifact (same sha256): nothing was sent
             return values, prov
 
         yield infer  # the model stays loaded: the next artifact's load replaces it and deletes its file

@@ -524,17 +524,18 @@ def collect_run(
             TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False,
         ) as progress:
             overall = progress.add_task(esc(device_id), total=total)
-            for rec in todo:
+            plain_ids, perturb_of = {r.id for r in todo}, {r.id for r in perturb_todo}
+            order = list({r.id: r for r in [*todo, *perturb_todo]}.values())
+            for rec in order:  # an artifact's plain then perturbed (SAMIA) queries: the runner loads it once
                 chosen = choose_runner(dev, rec, binaries, props=props, batch_size=batch_size, pool=pool, runner=runner,
                                        bundle=bundle)
-                written[rec.id] = _collect_one(rd, dev, chosen, props, rec, ids_of[rec.id], inputs, batch_size,
-                                               chunk_size, progress, overall, n_labels=splits.n_classes)
-            for rec in perturb_todo:  # SAMIA: same device connection and runner process as the plain queries
-                assert perturbation is not None
-                chosen = choose_runner(dev, rec, binaries, props=props, batch_size=batch_size, pool=pool, runner=runner,
-                                       bundle=bundle)
-                _collect_perturbed(rd, dev, chosen, props, rec, perturb_ids[rec.id], inputs, perturbation,
-                                   batch_size, chunk_size, progress, overall, n_labels=splits.n_classes)
+                if rec.id in plain_ids:
+                    written[rec.id] = _collect_one(rd, dev, chosen, props, rec, ids_of[rec.id], inputs, batch_size,
+                                                   chunk_size, progress, overall, n_labels=splits.n_classes)
+                if rec.id in perturb_of:
+                    assert perturbation is not None
+                    _collect_perturbed(rd, dev, chosen, props, rec, perturb_ids[rec.id], inputs, perturbation,
+                                       batch_size, chunk_size, progress, overall, n_labels=splits.n_classes)
         console.print(f"outputs of {len(records)} artifact(s) on {esc(device_id)}: {esc(rd.outputs_dir(device_id))}")
         sent = pool.bytes_sent()
         if any(sent.values()):

@@ -129,3 +129,17 @@ def test_no_perturbed_queries_by_default(run: RunDir) -> None:
 def test_negative_perturbations_refused(run: RunDir, tmp_path: Path) -> None:
     with TreeState(run.root):
         cli_refuses(["collect", str(run.root), "--perturbations", "-1"], "--perturbations", ">= 0")
+
+
+def test_each_model_is_sent_once_for_plain_and_perturbed_queries(run: RunDir) -> None:
+    """Plain then perturbed queries per artifact on one runner: the model is uploaded and loaded once, the perturbed
+    pass says it reused it, and the outputs are those of a fresh load (the in-process check above)."""
+    collect_run(run.root, "local", batch_size=40, chunk_size=60, console=quiet(), perturbations=P)
+    for rec in run.load_manifest().artifacts:
+        plain = json.loads(run.output_provenance("local", rec.id).read_text())
+        perturbed = json.loads(perturbed_npz(run, "local", rec.id).with_suffix(".json").read_text())
+        size = run.artifact_path(rec).stat().st_size
+        assert plain["bytes_sent"]["model"] == size, plain["bytes_sent"]
+        assert perturbed["bytes_sent"]["model"] == 0, perturbed["bytes_sent"]
+        assert perturbed["chunks"][0].get("model_reused") is True
+        assert perturbed["chunks"][0]["load_seconds"] == 0.0
