@@ -38,7 +38,6 @@ from harness.errors import HarnessError, esc
 SUITE = "bookworm"
 ARCHES = ("amd64", "arm64")
 _QEMU = {"arm64": "aarch64", "amd64": "x86_64"}  # binfmt entry name per Debian arch
-_MACHINE = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
 BASE_PACKAGES = ("python3", "python3-venv", "python3-pip", "ca-certificates", "openssh-server")
 DOCKER_DIR = Path(__file__).resolve().parent.parent / "docker"
 SOURCE_PACKAGES = ("compleak", "devices", "harness")  # mounted into toolchain containers
@@ -102,7 +101,9 @@ def _say(console: Console | None, text: str) -> None:
 
 def host_arch() -> str:
     """The Debian name of this machine's architecture (amd64 | arm64)."""
-    return _MACHINE.get(platform.machine().lower(), platform.machine().lower())
+    from devices.native_runner import ARCH_OF_MACHINE  # the one machine -> Debian arch table
+
+    return ARCH_OF_MACHINE.get(platform.machine().lower(), platform.machine().lower())
 
 
 def _check_arch(arch: str) -> str:

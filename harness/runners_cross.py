@@ -32,6 +32,7 @@ from typing import Any
 from rich.console import Console
 
 from compleak.rundir import sha256_file
+from devices.native_runner import MACHINE_OF_ARCH, SOURCE_DIR
 from harness.containers import EXECUTORCH_VERSION, _check_arch, _say, host_arch
 from harness.errors import HarnessError
 
@@ -41,10 +42,9 @@ LITERT_VERSION = "2.3.0"
 TARGET_GLIBC = (2, 36)
 #: GNU triple and toolchain file per target architecture (Debian names)
 CROSS_TRIPLES = {"arm64": "aarch64-linux-gnu"}
-TOOLCHAIN_DIR = Path(__file__).resolve().parent.parent / "devices" / "native" / "cmake"
+TOOLCHAIN_DIR = SOURCE_DIR / "cmake"
 #: ELF e_machine of each architecture's libraries
 ELF_MACHINES = {"arm64": 183, "amd64": 62}
-_PIP_MACHINE = {"arm64": "aarch64", "amd64": "x86_64"}
 
 
 def wheel_cache_dir(arch: str) -> Path:
@@ -56,7 +56,7 @@ def wheel_cache_dir(arch: str) -> Path:
 
 def pip_platforms(arch: str) -> list[str]:
     """``--platform`` values for ``pip download``: every manylinux tag the target's glibc can load."""
-    machine = _PIP_MACHINE[_check_arch(arch)]
+    machine = MACHINE_OF_ARCH[_check_arch(arch)]
     tags = [f"manylinux_2_{minor}_{machine}" for minor in range(TARGET_GLIBC[1], 16, -1)]
     return tags + [f"manylinux2014_{machine}"]
 
