@@ -394,15 +394,8 @@ def native_server(pool: RunnerServerPool | None, device: Device, bundle: Path) -
     if pool is None:
         return None
     key = (f"<{BUNDLE_NAME}>", str(Path(bundle).resolve()))
-    servers = pool._servers  # noqa: SLF001 - RunnerServerPool has no public hook for non-Python servers yet
-    server = servers.get(key)
-    if isinstance(server, NativeRunnerServer) and server.alive:
-        return server
-    if server is not None:
-        server.close()
-        servers.pop(key, None)
-    server = NativeRunnerServer(device, bundle, hello_timeout_s=pool.start_timeout_s).start()
-    servers[key] = server
+    server = pool.get_or_start(key, lambda: NativeRunnerServer(device, bundle, hello_timeout_s=pool.start_timeout_s))
+    assert isinstance(server, NativeRunnerServer)  # the key is the bundle's: only native servers are filed there
     return server
 
 

@@ -448,7 +448,16 @@ class RunnerServerPool:
 
     def get(self, python: Sequence[str], preload: Sequence[str] = ()) -> RunnerServer:
         """The running server for ``python`` (started now, non-blocking, if there is none or it died)."""
-        key = tuple(python)
+        return self.get_or_start(tuple(python), lambda: RunnerServer(self.device, python, preload,
+                                                                     hello_timeout_s=self.start_timeout_s))
+
+    def get_or_start(self, key: tuple[str, ...], make: Callable[[], RunnerServer]) -> RunnerServer:
+        """The running server filed under ``key``; else ``make()``'s, started now (non-blocking) and filed there.
+
+        A dead one is closed and dropped first (under every key it was filed under); its traffic still counts. Any
+        kind of runner server can be filed (e.g. the native runner's, under a key no Python command can have), and
+        the pool closes them all.
+        """
         server = self._servers.get(key)
         if server is not None and server.alive:
             return server
@@ -457,7 +466,7 @@ class RunnerServerPool:
             for k in TRAFFIC_KINDS:  # a replaced runner's traffic still counts
                 self._sent[k] += server.bytes_sent[k]
             self._servers = {k: v for k, v in self._servers.items() if v is not server}
-        server = RunnerServer(self.device, python, preload, hello_timeout_s=self.start_timeout_s).start()
+        server = make().start()
         self._servers[key] = server
         return server
 
