@@ -155,13 +155,12 @@ class NativeOneShotRunner(NativeRunner):
             device.get(remote_rep, local_rep)
         data = local_rep.read_bytes()[:limit] if size else b""
         t_down = time.perf_counter() - t1
-        reader = RunnerServer(device, python=[BUNDLE_NAME])
-        reader._proc = RecordedReplies(device.id, data, res.returncode, res.stderr.decode("utf-8", "replace"))
+        recorded = RecordedReplies(device.id, data, res.returncode, res.stderr.decode("utf-8", "replace"))
+        reader = RunnerServer.attach(device, recorded)
         reader.ready()
+        reader.require_runner("native")
         hello = reader.hello or {}
-        if hello.get("runner") != "native":
-            raise reader._garbled("start-up", "a hello that is not the native runner's")
-        loaded, _ = reader._request({"op": "load"}, b"", f"loading {artifact.id}", timeout)
+        loaded, _ = reader.read_reply(f"loading {artifact.id}", timeout)
         values, reply = reader.infer(x, self.batch_size, timeout, n_classes=classes)
         meta = reply.get("meta", {}) if isinstance(reply.get("meta"), dict) else {}
         prov = self._provenance(

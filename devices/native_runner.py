@@ -27,6 +27,7 @@ import importlib.util
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import tarfile
@@ -150,6 +151,35 @@ def runners_cache() -> Path:
     from devices.known_devices import cache_dir
 
     return cache_dir() / "runners"
+
+
+#: bundles kept per architecture (the newest; each is about 30 MiB): several virtual environments -- and so several
+#: runtime paths in the bundle key -- may share one cache, and each should find its own without a rebuild
+KEEP_BUNDLES = 3
+
+
+def prune_bundles(arch: str, keep: int = KEEP_BUNDLES) -> list[Path]:
+    """Remove all but the ``keep`` newest bundles of ``arch`` from the cache (by build time), with their build logs;
+    the one ``current.json`` names always stays. Returns the folders removed. Only ``<cache>/runners/<arch>/<key>``
+    folders that hold a bundle are candidates; half-built ``.build-*`` folders of a running build are left alone."""
+    base = runners_cache() / arch
+    if not base.is_dir():
+        return []
+    try:
+        current = str(json.loads((base / "current.json").read_text())["key"])
+    except (OSError, ValueError, KeyError, TypeError):
+        current = ""
+    bundles = [d for d in base.iterdir() if d.is_dir() and not d.is_symlink() and re.fullmatch(r"[0-9a-f]{16}", d.name)
+               and (d / BUNDLE_NAME / "manifest.json").is_file()]
+    bundles.sort(key=lambda d: (d / BUNDLE_NAME / "manifest.json").stat().st_mtime_ns, reverse=True)
+    removed = []
+    for d in bundles[max(keep, 1):]:
+        if d.name == current:
+            continue
+        shutil.rmtree(d, ignore_errors=True)
+        (base / f"build-{d.name}.log").unlink(missing_ok=True)
+        removed.append(d)
+    return removed
 
 
 def find_bundle(arch: str | None = None, executorch_root: Path | None = None, litert_lib: Path | None = None,
@@ -317,6 +347,8 @@ def build_bundle(arch: str | None = None, *, force: bool = False, jobs: int = 2,
         tmp_current.write_text(json.dumps({"key": key}) + "\n")
         os.replace(tmp_current, current)
         say(f"bundle: {bundle} ({sum((bundle / f).stat().st_size for f in files) >> 20} MiB)")
+        for old in prune_bundles(arch, keep=KEEP_BUNDLES):
+            say(f"removed an older bundle: {old}")
         return bundle
     finally:
         if work.exists():
@@ -380,9 +412,7 @@ class NativeRunnerServer(RunnerServer):
         if self._start_error is not None:
             raise self._start_error
         proc = super().ready()
-        hello = self.hello or {}
-        if hello.get("runner") != "native":
-            raise self._garbled("start-up", "a hello that is not the native runner's")
+        self.require_runner("native")
         return proc
 
 

@@ -153,6 +153,15 @@ class RunnerServer:
 
     # ------------------------------------------------------------------ life cycle
 
+    @classmethod
+    def attach(cls, device: Device, process: DeviceProcess) -> "RunnerServer":
+        """A server over a runner process started by other means, read from its hello on: e.g. the recorded reply
+        file of a one-shot native runner command (:mod:`devices.native_oneshot`), whose requests were in its input
+        file, so what this server sends is dropped and the replies are read in order, with every check."""
+        server = cls(device, python=[process.label or RUNNER_FILENAME])
+        server._proc = process
+        return server
+
     def start(self) -> "RunnerServer":
         """Spawn the runner and send it its source; does not wait for it to be ready (see :meth:`ready`)."""
         argv = [*self.python, "-c", BOOTSTRAP, "--serve"]
@@ -227,6 +236,18 @@ class RunnerServer:
                 )
             self.hello = hello
         return self._proc
+
+    def require_runner(self, name: str) -> None:
+        """After :meth:`ready`: a hello whose ``runner`` is not ``name`` (the native runner says ``"native"``)
+        stops the runner and raises the one-line garbled-reply error."""
+        if (self.hello or {}).get("runner") != name:
+            raise self._garbled("start-up", f"a hello that is not the {name} runner's")
+
+    def read_reply(self, what: str, timeout_s: float, max_payload: int = 0) -> tuple[dict[str, Any], bytes]:
+        """Read the next reply without sending a request (its request went by other means: :meth:`attach`);
+        every check of :meth:`_reply` applies."""
+        self.ready()
+        return self._reply(what, time.monotonic() + timeout_s, max_payload)
 
     def supports(self, op: str) -> bool:
         """Whether the runner answers ``op``: the base ops always, others when its hello lists them in ``ops``

@@ -213,6 +213,15 @@ class SshDevice(Device):
             raise DeviceError(f"{self.id}: ssh connection lost; check the device and rerun to resume")
         return transport
 
+    def ping(self) -> float:
+        """Seconds of one SSH-level round trip over the open connection: a ``keepalive@openssh.com`` global
+        request with want-reply, which sshd answers at once without starting anything (latency figures)."""
+        transport = self._transport()
+        t = time.perf_counter()
+        if transport.global_request("keepalive@openssh.com", wait=True) is None and not transport.is_active():
+            raise DeviceError(f"{self.id}: ssh connection lost; check the device and rerun to resume")
+        return time.perf_counter() - t
+
     def close(self) -> None:
         for obj in (self._sftp, self._client):
             if obj is not None:

@@ -51,6 +51,7 @@ from compleak.rundir import (
 from compleak.samia import PerturbedBatch, load_perturbed, perturbed_path
 from harness.config import AttackSection, load_experiment
 from harness.errors import HarnessError, esc
+from harness.execution import Executor, SerialExecutor, Unit
 
 FORMAT_PREFERENCE = ("pte", "onnx", "ptl", "tflite")
 HOST = "local"
@@ -264,10 +265,15 @@ def _progress(console: Console) -> Progress:
 
 
 def _fit_and_score(
-    splits: Splits, groups: list[_Group], cfg: AttackSection, fits: FitCache, console: Console
+    splits: Splits, groups: list[_Group], cfg: AttackSection, fits: FitCache, console: Console,
+    executor: Executor | None = None,
 ) -> dict[str, tuple[list[ResultRow], dict[str, np.ndarray]]]:
     """Fit every distinct group once (reusing ``fits``), then score every group. Progress: groups fitted, then rows
-    scored out of the total with an ETA. Returns {device: (rows, scores by score_key)}."""
+    scored out of the total with an ETA. Returns {device: (rows, scores by score_key)}.
+
+    The fits are independent: with a Ray ``executor`` each is a 1-CPU task (the group's reference outputs go to
+    the worker, the fitted attacks come back); otherwise, or with a serial one, they run here one by one. Either
+    way a fit is a function of its inputs and seed, so the rows are the same."""
     todo: dict[tuple, _Group] = {}
     for g in groups:
         if fits.get(g.key) is None and g.key not in todo:
@@ -276,16 +282,26 @@ def _fit_and_score(
     with _progress(console) as prog:
         if todo:
             task = prog.add_task("fitting attack groups", total=len(todo))
+            units = []
             for key, g in todo.items():
                 label = "+".join(a.id for a in g.group.values())
-
-                def note(msg: str, label: str = label) -> None:
-                    prog.update(task, description=esc(f"fit {label}: {msg}"))
-
                 ac = AttackConfig(tuple(g.fams), tuple(cfg.baselines), tuple(cfg.fprs), cfg.bootstrap, cfg.seed,
                                   "original", None if g.nr_variants is None else tuple(g.nr_variants))
-                fits.put(key, fit_attacks(splits, g.shadow, ac, g.shadow_perturbed, note))
-                prog.advance(task)
+                units.append((key, label, Unit(f"fit {label}", fit_attacks, (splits, g.shadow, ac, g.shadow_perturbed))))
+            if executor is None or isinstance(executor, SerialExecutor):
+                for key, label, unit in units:
+
+                    def note(msg: str, label: str = label) -> None:
+                        prog.update(task, description=esc(f"fit {label}: {msg}"))
+
+                    fits.put(key, fit_attacks(*unit.args, note))
+                    prog.advance(task)
+            else:
+                key_of = {id(unit): key for key, _, unit in units}  # labels may repeat (other shadow source)
+                prog.update(task, description=f"fitting {len(units)} attack groups as Ray tasks")
+                for unit, fitted in executor.run([unit for _, _, unit in units]):
+                    fits.put(key_of[id(unit)], fitted)
+                    prog.update(task, advance=1, description=esc(f"fitted {unit.key.removeprefix('fit ')}"))
         fitted_of = {id(g): fits.get(g.key) for g in groups}
         total = sum(f.n_rows for f in fitted_of.values() if f is not None)
         rtask = prog.add_task("scoring rows", total=total)
@@ -395,9 +411,11 @@ def attack_run(
     families: Sequence[str] | None = None,
     console: Console | None = None,
     fits: FitCache | None = None,
+    executor: Executor | None = None,
 ) -> dict[str, list[ResultRow]]:
     """Run the attacks on every collected device (or only ``device``); write ``attacks/<device>/results.json``
-    and ``scores.npz``.
+    and ``scores.npz``. ``executor``: where the attack groups are fitted (a Ray executor fans them out as tasks;
+    None: in this process).
 
     ``families``: subset of NR, SR, MR; empty or None takes ``[attack] families`` of ``RUN/experiment.toml``
     (all three when there is no config). Every device's inputs are checked first; each distinct attack group is
@@ -419,7 +437,7 @@ def attack_run(
             raise HarnessError(f"{rd.root / 'outputs'}: no collected outputs; run 'compleak collect {rd.root}' first")
     groups = [g for dev in devices for g in _plan_device(rd, dev, splits, manifest, cfg, fams, console)]
     fits = fits if fits is not None else FitCache()
-    done = _fit_and_score(splits, groups, cfg, fits, console)
+    done = _fit_and_score(splits, groups, cfg, fits, console, executor)
     results: dict[str, list[ResultRow]] = {}
     for dev in devices:
         rows, scores = done.get(dev, ([], {}))

@@ -141,6 +141,33 @@ def _collect_unit(
     return device.device_id, len(written)
 
 
+def _warm_collect() -> None:
+    """A collect actor's warm-up, run while the build still goes on: import what a device collect uses (the
+    collect stage, the device drivers, paramiko), so the collect itself starts at once."""
+    import devices.adb  # noqa: F401
+    import devices.runner_server  # noqa: F401
+    import devices.runners  # noqa: F401
+    import devices.ssh  # noqa: F401
+    import devices.uri  # noqa: F401
+    import harness.collect  # noqa: F401
+    import harness.data  # noqa: F401
+
+
+def device_collect_unit(device: AuditDevice, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None) -> Unit:
+    """A device's collect unit: a Ray actor (key ``collect <device id>``, 0 CPUs, pinned by the device's
+    resource) running :func:`_collect_unit` with ``args``; the same key for every run, so an audit's seeds reuse
+    the device's actor and :meth:`Executor.prestart` can start it during the build (``args`` are then unused)."""
+    return Unit(f"collect {device.device_id}", _collect_unit, args, kwargs or {}, num_cpus=0.0,
+                resources={device.resource: 1.0} if device.resource else {}, actor=True,
+                warm=_warm_collect)  # fmt: skip
+
+
+def prestart_collect_actors(executor: Executor, devices: list[AuditDevice]) -> None:
+    """Have ``executor`` start every non-host device's collect actor as soon as it starts (during the build), so
+    the actors' process start and imports overlap the build instead of delaying the collect."""
+    executor.prestart([device_collect_unit(d) for d in devices if d.device_id != "local"])
+
+
 def collect_units(
     run: Path, devices: list[AuditDevice], shadows_on_devices: bool, in_process: bool, console: Console
 ) -> list[Unit]:
@@ -164,9 +191,10 @@ def collect_units(
             if in_process:  # as the serial collect says it
                 console.print(f"[green]all artifacts already collected on {esc(d.device_id)}[/]")
             continue
-        units.append(Unit(f"collect {d.device_id}", _collect_unit, (str(run), d, ids), kw,
-                          num_cpus=1.0 if host else 0.0, resources={d.resource: 1.0} if d.resource else {},
-                          actor=not host))  # fmt: skip
+        if host:
+            units.append(Unit(f"collect {d.device_id}", _collect_unit, (str(run), d, ids), kw, num_cpus=1.0))
+        else:
+            units.append(device_collect_unit(d, (str(run), d, ids), kw))
     return units
 
 
@@ -322,6 +350,7 @@ def _run_audit(
     # one executor (embedded Ray, a cluster, or serial) for every stage of the audit; Ray starts on first use
     logs_root = root if root is not None else Path("runs") / exp.experiment.name
     with make_executor(execution or ExecOptions(serial=True), logs_root) as ex, _Stages(console, steps) as st:
+        prestart_collect_actors(ex, devices)  # they start with Ray, during the first build
         for label, config, unit_out in units:
             run = st.run(
                 f"{label}build",
@@ -343,7 +372,7 @@ def _run_audit(
                     f"{label}attack {d.uri}",
                     STAGE_WEIGHT["attack"],
                     lambda d=d, run=run, fits=fits: attack_run(
-                        run, device=d.device_id, families=families, console=console, fits=fits
+                        run, device=d.device_id, families=families, console=console, fits=fits, executor=ex
                     ),
                     skip=attack_is_current(run, d.device_id, families),
                 )

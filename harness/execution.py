@@ -51,7 +51,9 @@ class Unit:
     ``kwargs`` must be picklable. ``num_cpus``/``num_gpus`` are what one run needs; ``num_gpus="auto"`` asks for one
     GPU when the cluster has any. ``resources`` are Ray custom resources the unit must run where they exist (a
     phone farm's USB hub host: ``{"hub-a": 1}``). ``actor`` runs the unit in its own Ray actor (a long-lived
-    process that keeps a device connection) instead of a task.
+    process that keeps a device connection) instead of a task; ``warm`` (actors only) is a module-level function
+    without arguments that :meth:`Executor.prestart` runs in the new actor ahead of the unit (imports, say), so the
+    actor's start-up overlaps other work. Actor units with the same ``key`` share one actor.
     """
 
     key: str
@@ -62,6 +64,7 @@ class Unit:
     num_gpus: float | Literal["auto"] = 0.0
     resources: dict[str, float] = field(default_factory=dict)
     actor: bool = False
+    warm: Callable[[], Any] | None = None
 
 
 class Executor(Protocol):
@@ -73,6 +76,12 @@ class Executor(Protocol):
         """Yield ``(unit, result)`` as units finish (any order under Ray, the given order serially).
 
         A unit's user error is re-raised here as the original exception; remaining units are cancelled."""
+        ...
+
+    def prestart(self, units: Sequence[Unit]) -> None:
+        """Start the actors of ``units`` (those with ``actor``) as soon as the executor starts -- now if it has --
+        and run their ``warm`` function, so a later :meth:`run` of units with the same keys finds them ready.
+        Nothing starts because of this alone; the serial executor ignores it."""
         ...
 
     def close(self) -> None: ...
@@ -136,6 +145,9 @@ class SerialExecutor:
         for u in units:
             yield u, u.fn(*u.args, **u.kwargs)
 
+    def prestart(self, units: Sequence[Unit]) -> None:
+        pass  # everything runs in this process, which has imported what it needs by the time it runs a unit
+
     def close(self) -> None:
         pass
 
@@ -177,12 +189,21 @@ class _UnitActor:
     def call(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         return _call(fn, args, kwargs, self.cpus)
 
+    def warm(self, fn: Callable[[], Any]) -> bool:
+        """Run a unit's warm-up (imports, ...); best effort: a failure here resurfaces in the unit itself."""
+        try:
+            fn()
+        except Exception:  # noqa: BLE001
+            return False
+        return True
+
 
 class RayExecutor:
     """Units as Ray tasks (or actors): embedded local Ray, or a cluster by address. See the module docstring.
 
     Ray starts (or is joined) on the first :meth:`run`, so a stage with nothing to do starts nothing and writes
-    nothing (no ``RUN/logs/``)."""
+    nothing (no ``RUN/logs/``). Actors live until :meth:`close`: a unit key that comes back (the same device in
+    the next seed's collect) reuses its actor, and :meth:`prestart` starts them ahead of their units."""
 
     name = "ray"
 
@@ -193,6 +214,9 @@ class RayExecutor:
         self._started = False
         self._ray: Any = None
         self.mode = "cluster" if options.cluster_address else "embedded"
+        self._actors: dict[str, Any] = {}  # unit key -> its live actor
+        self._prestart: list[Unit] = []  # actor units to start as soon as Ray starts
+        self._warming: list[Any] = []  # object refs of the warm-up calls
 
     def start(self) -> None:
         """Start the embedded instance or join the cluster (once)."""
@@ -248,6 +272,47 @@ class RayExecutor:
         self._remote_call = ray.remote(_call)
         self._remote_actor = ray.remote(_UnitActor)
         self._ray = ray
+        if self._prestart:
+            units, self._prestart = self._prestart, []
+            self.prestart(units)
+
+    def prestart(self, units: Sequence[Unit]) -> None:
+        """See :meth:`Executor.prestart`. An actor needing a custom resource no node offers is left to :meth:`run`,
+        which refuses it in one line."""
+        if self._ray is None:
+            self._prestart.extend(u for u in units if u.actor)
+            return
+        have = self._ray.cluster_resources()
+        for u in units:
+            if not u.actor or u.key in self._actors:
+                continue
+            if any(have.get(name, 0.0) < amount for name, amount in u.resources.items()):
+                continue
+            actor = self._actor(u)
+            self._actors[u.key] = actor
+            if u.warm is not None:
+                self._warming.append(actor.warm.remote(u.warm))
+
+    @property
+    def actors(self) -> dict[str, Any]:
+        """The live actors by unit key (a copy)."""
+        return dict(self._actors)
+
+    def wait_prestarted(self, timeout: float | None = None) -> int:
+        """Block until every prestarted actor has run its warm-up (or ``timeout`` seconds); returns how many are
+        ready. For benchmarks and tests: a stage never needs to wait, :meth:`run` queues behind the warm-up."""
+        if not self._warming:
+            return 0
+        ready, _ = self._ray.wait(self._warming, num_returns=len(self._warming), timeout=timeout)
+        return len(ready)
+
+    def _actor(self, unit: Unit) -> Any:
+        opts: dict[str, Any] = {"num_cpus": unit.num_cpus, "num_gpus": self._gpus(unit)}
+        if unit.resources:
+            opts["resources"] = dict(unit.resources)
+        return self._remote_actor.options(
+            **opts, max_restarts=MAX_RETRIES, max_task_retries=MAX_RETRIES
+        ).remote(unit.num_cpus)
 
     # ----------------------------------------------------------------- resources
 
@@ -271,20 +336,29 @@ class RayExecutor:
                 )
 
     def _submit(self, unit: Unit) -> tuple[Any, Any]:
-        """(object ref of the result, the actor or None)."""
+        """(object ref of the result, the actor or None). An actor unit runs in the live actor of its key (started
+        by :meth:`prestart` or an earlier run), else in a new one that stays for the unit key's next run."""
         self._check_resources(unit)
+        if unit.actor:
+            actor = self._actors.get(unit.key)
+            if actor is None:
+                actor = self._actors[unit.key] = self._actor(unit)
+            return actor.call.remote(unit.fn, unit.args, unit.kwargs), actor
         opts: dict[str, Any] = {"num_cpus": unit.num_cpus, "num_gpus": self._gpus(unit)}
         if unit.resources:
             opts["resources"] = dict(unit.resources)
-        if unit.actor:
-            actor = self._remote_actor.options(
-                **opts, max_restarts=MAX_RETRIES, max_task_retries=MAX_RETRIES
-            ).remote(unit.num_cpus)
-            return actor.call.remote(unit.fn, unit.args, unit.kwargs), actor
         ref = self._remote_call.options(**opts, max_retries=MAX_RETRIES, retry_exceptions=False).remote(
             unit.fn, unit.args, unit.kwargs, unit.num_cpus
         )
         return ref, None
+
+    def _kill_actor(self, key: str) -> None:
+        actor = self._actors.pop(key, None)
+        if actor is not None:
+            try:
+                self._ray.kill(actor, no_restart=True)
+            except Exception:  # noqa: BLE001  (best effort: it may be gone already)
+                pass
 
     # ----------------------------------------------------------------- running
 
@@ -312,27 +386,30 @@ class RayExecutor:
                         raise cause from None
                     raise
                 except (WorkerCrashedError, RayActorError) as exc:
+                    self._kill_actor(unit.key)
                     raise HarnessError(
                         f"unit {unit.key}: its Ray worker died {MAX_RETRIES + 1} times "
                         f"({exc.__class__.__name__}); finished work is kept, rerun to resume"
                     ) from None
-                finally:
-                    if actor is not None:
-                        ray.kill(actor, no_restart=True)
                 if isinstance(result, _UserFailure):
                     raise result.error
                 yield unit, result
         finally:
-            for ref, (_, actor) in pending.items():
+            for ref, (unit, actor) in pending.items():  # stopped early: a unit's error, or the caller's
+                if actor is not None:
+                    self._kill_actor(unit.key)
+                    continue
                 try:
-                    if actor is not None:
-                        ray.kill(actor, no_restart=True)
-                    else:
-                        ray.cancel(ref, force=True)
+                    ray.cancel(ref, force=True)
                 except Exception:  # noqa: BLE001  (best effort on the way out)
                     pass
 
     def close(self) -> None:
+        self._prestart = []
+        if self._ray is not None:  # our actors go, also from a Ray the embedding program keeps running
+            for key in list(self._actors):
+                self._kill_actor(key)
+            self._warming = []
         if not self._started:
             return
         self._started = False

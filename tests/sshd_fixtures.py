@@ -35,7 +35,8 @@ def _run(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
     return subprocess.run(list(argv), capture_output=True, text=True, check=check, timeout=30)
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now (the tests' peers bind it next)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -178,7 +179,7 @@ def start_sshd(workdir: Path, netns: bool = True) -> SshServer:
     authorized.write_text(user_key.with_suffix(".pub").read_text())
     os.chmod(authorized, 0o600)
     ns = _Netns.create() if netns else None
-    host, port = (ns.ns_addr, 22) if ns else ("127.0.0.1", _free_port())
+    host, port = (ns.ns_addr, 22) if ns else ("127.0.0.1", free_port())
     user = getpass.getuser()
     config = workdir / "sshd_config"
     config.write_text(

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ if TYPE_CHECKING:
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from adbd_standin import AdbdStandin  # noqa: E402
+from sshd_fixtures import free_port  # noqa: E402
 
 from devices.adb import AdbDevice, parse_getprop  # noqa: E402
 from devices.errors import DeviceError, UnreachableDevice  # noqa: E402
@@ -33,17 +33,11 @@ pytestmark = [pytest.mark.timeout(300)]
 adb = pytest.mark.adb  # needs the adb client (the fixtures skip without it)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class AdbServer:
     """A private adb server (own port, own HOME and key) for one test module."""
 
     def __init__(self, home: Path) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.env = dict(os.environ, HOME=str(home), ANDROID_ADB_SERVER_PORT=str(self.port))
         self.env.pop("ADB_SERVER_SOCKET", None)
 
@@ -176,7 +170,7 @@ def test_workspace_created_under_data_local_tmp_and_removed(dev, phone):
 
 @adb
 def test_unknown_serial_is_one_line_error(adb_server):
-    port = _free_port()
+    port = free_port()
     with pytest.raises(UnreachableDevice, match=rf"adb connect 127\.0\.0\.1:{port}") as exc:
         AdbDevice(f"127.0.0.1:{port}")
     assert "\n" not in str(exc.value)

@@ -142,6 +142,24 @@ def test_fit_once_score_every_device(run: Path) -> None:
     assert (run / "attacks" / "ssh_pi@board_22" / "scores.npz").is_file()
 
 
+def test_fits_as_ray_tasks_give_the_same_rows_and_scores(run: Path, tmp_path: Path) -> None:
+    """With a Ray executor (embedded, 2 workers) every attack group is fitted in a Ray task: the rows and the
+    per-example scores equal the in-process fits bit for bit."""
+    from harness.execution import ExecOptions, RayExecutor
+
+    other = tmp_path / "ray-run"
+    shutil.copytree(run, other)
+    serial = attack_run(run, families=["NR", "SR", "MR"], console=_quiet())
+    fits = FitCache()
+    with RayExecutor(ExecOptions(workers=2), tmp_path) as ex:
+        on_ray = attack_run(other, families=["NR", "SR", "MR"], console=_quiet(), fits=fits, executor=ex)
+        assert ex.mode == "embedded"
+    assert fits.fitted == 3  # each group once, on a worker
+    assert [r.model_dump() for r in on_ray["local"]] == [r.model_dump() for r in serial["local"]]
+    a, b = load_scores(scores_path(RunDir(run), "local")), load_scores(scores_path(RunDir(other), "local"))
+    assert sorted(a) == sorted(b) and all(np.array_equal(a[k], b[k]) for k in a)
+
+
 def test_cli_attack_prints_a_table_and_respects_families(run: Path) -> None:
     res = CliRunner().invoke(app, ["attack", str(run), "--families", "NR"])
     assert res.exit_code == 0, res.output

@@ -9,6 +9,7 @@ wheels are unchanged).
 from __future__ import annotations
 
 import hashlib
+import os
 import json
 import shutil
 import subprocess
@@ -238,3 +239,29 @@ def test_collect_runner_option_native_equals_python(bundle: Path, tiny_run: Path
         assert np.array_equal(a.index, b.index) and np.array_equal(a.values, b.values), aid
     bad = cli(["collect", str(tmp_path / "native"), "--runner", "nativ"])
     assert_one_line_error(bad, "--runner", "auto, python, native")
+
+
+def test_old_bundles_are_pruned_but_current_and_builds_in_progress_stay(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A build keeps the KEEP_BUNDLES newest bundles per architecture (several venvs may share one cache); the one
+    current.json names and a half-built folder of a running build are never removed."""
+    from devices.native_runner import BUNDLE_NAME, prune_bundles, runners_cache
+
+    monkeypatch.setenv("COMPLEAK_CACHE_DIR", str(tmp_path / "cache"))
+    base = runners_cache() / "arm64"
+    keys = [f"{i:016x}" for i in range(5)]  # keys[0] oldest
+    for i, key in enumerate(keys):
+        manifest = base / key / BUNDLE_NAME / "manifest.json"
+        manifest.parent.mkdir(parents=True)
+        manifest.write_text("{}")
+        os.utime(manifest, ns=(10**18 + i * 10**9, 10**18 + i * 10**9))
+        (base / f"build-{key}.log").write_text("log")
+    (base / "current.json").write_text(json.dumps({"key": keys[0]}))  # the oldest is still the current one
+    (base / ".build-0123456789abcdef-x").mkdir()  # a build in progress
+    (base / "not-a-key").mkdir()
+    removed = prune_bundles("arm64", keep=3)
+    assert removed == [base / keys[1]]
+    left = sorted(p.name for p in base.iterdir())
+    assert left == sorted([".build-0123456789abcdef-x", "not-a-key", "current.json", keys[0], keys[2], keys[3],
+                           keys[4], *(f"build-{k}.log" for k in (keys[0], keys[2], keys[3], keys[4]))])
+    assert prune_bundles("arm64", keep=3) == [] and prune_bundles("amd64") == []  # nothing more; no such folder

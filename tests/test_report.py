@@ -37,6 +37,7 @@ from compleak.rundir import (
 )
 from harness.compare import compare_device
 from harness.report import resolvable, write_report
+from sshd_fixtures import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 DEVICE = "ssh://tester@127.0.0.1:2222"
@@ -267,12 +268,6 @@ def test_report_errors_are_one_line(tmp_path: Path) -> None:
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class _CDP:
     """A minimal DevTools-protocol session over websocket-client (request/response plus collected events)."""
 
@@ -312,7 +307,7 @@ class _CDP:
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium not installed (scripts/setup.sh --test)")
 def test_report_renders_in_headless_chromium(synthetic_run: Path, tmp_path: Path) -> None:
     index = write_report(synthetic_run, console=Console(quiet=True))
-    port = _free_port()
+    port = free_port()
     profile = tmp_path / "profile"
     proc = subprocess.Popen(
         [

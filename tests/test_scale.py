@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,6 +22,7 @@ import numpy as np
 import pytest
 
 from compleak.rundir import RunDir, sha256_file
+from sshd_fixtures import free_port
 
 RAY = Path(sys.executable).with_name("ray")
 K = 4  # reference (shadow) models
@@ -62,12 +62,6 @@ torch = ["original", "prune-0.5"]
 frameworks = ["torch"]
 torch_formats = ["onnx"]
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -128,12 +122,12 @@ def ray_cluster() -> Iterator[RayCluster]:
     env = ray_env()
     token = _ray_cmd("get-auth-token", "--generate", env=env)
     assert token.returncode == 0, token.stderr[-2000:]
-    port = _free_port()
+    port = free_port()
     common = ["--num-cpus", "1", "--disable-usage-stats"]
     head = _ray_cmd(
         "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port), "--temp-dir", str(temp),
-        "--include-dashboard", "false", "--ray-client-server-port", str(_free_port()),
-        "--dashboard-agent-listen-port", str(_free_port()), "--runtime-env-agent-port", str(_free_port()),
+        "--include-dashboard", "false", "--ray-client-server-port", str(free_port()),
+        "--dashboard-agent-listen-port", str(free_port()), "--runtime-env-agent-port", str(free_port()),
         "--min-worker-port", "0", "--max-worker-port", "0", *common, env=env,
     )  # fmt: skip
     cluster = RayCluster(f"127.0.0.1:{port}", temp)
@@ -141,7 +135,7 @@ def ray_cluster() -> Iterator[RayCluster]:
         assert head.returncode == 0, head.stderr[-2000:]
         worker = _ray_cmd(
             "start", "--address", cluster.address, "--node-ip-address", "127.0.0.1",
-            "--dashboard-agent-listen-port", str(_free_port()), "--runtime-env-agent-port", str(_free_port()),
+            "--dashboard-agent-listen-port", str(free_port()), "--runtime-env-agent-port", str(free_port()),
             "--min-worker-port", "0", "--max-worker-port", "0", *common, env=env,
         )  # fmt: skip
         assert worker.returncode == 0, worker.stderr[-2000:]
@@ -297,7 +291,7 @@ def test_parallel_collection_on_three_ssh_devices_equals_sequential(
 
     from rich.console import Console
 
-    from harness.audit import AuditDevice, collect_devices
+    from harness.audit import AuditDevice, collect_devices, prestart_collect_actors
     from harness.execution import ExecOptions, RayExecutor, SerialExecutor
     from sshd_fixtures import start_sshd
 
@@ -316,7 +310,13 @@ def test_parallel_collection_on_three_ssh_devices_equals_sequential(
         with SerialExecutor() as ex:
             seq = collect_devices(runs["sequential"], devices, ex, quiet)
         with RayExecutor(ExecOptions(address=ray_cluster.address), runs["parallel"]) as ex:
+            prestart_collect_actors(ex, devices)  # as `compleak audit` does before the build
+            ex.start()
+            assert sorted(ex.actors) == sorted(f"collect {s.device_id}" for s in servers)  # not the host's
+            assert ex.wait_prestarted(timeout=300) == 3
+            actors = ex.actors
             par = collect_devices(runs["parallel"], devices, ex, quiet)
+            assert ex.actors == actors  # the collect ran in the prestarted actors
     finally:
         for s in servers:
             s.close()
@@ -368,6 +368,37 @@ def test_user_error_in_a_ray_unit_is_the_same_one_line_error(tmp_path: Path) -> 
         with pytest.raises(HarnessError, match=r"needs Ray resource 'hub-zz' .*ray start --resources"):
             list(ex.run([Unit("pinned", operator.mul, (1, 1), resources={"hub-zz": 1.0}, actor=True)]))
     assert list((tmp_path / "logs" / "ray").glob("session_*/"))  # Ray's own logs kept in the run directory
+
+
+def test_actor_units_run_in_their_prestarted_actor_until_close(tmp_path: Path) -> None:
+    """``prestart`` queues actor units until Ray starts, then starts them and runs their warm-up; every later run
+    of the same key uses that one process (an audit's seeds reuse a device's actor); ``close`` ends it."""
+    from harness.execution import ExecOptions, RayExecutor, Unit
+
+    unit = Unit("collect dev-a", os.getpid, num_cpus=0.0, actor=True, warm=os.getpid)
+    task = Unit("host", os.getpid)
+    with RayExecutor(ExecOptions(workers=2), tmp_path) as ex:
+        ex.prestart([unit, task])  # Ray has not started: nothing starts because of this alone
+        assert ex.actors == {} and not (tmp_path / "logs").exists()
+        ex.start()
+        assert list(ex.actors) == ["collect dev-a"]  # the task is not an actor: not prestarted
+        assert ex.wait_prestarted(timeout=180) == 1
+        prestarted = ex.actors["collect dev-a"]
+        first = dict((u.key, r) for u, r in ex.run([unit, task]))
+        again = dict((u.key, r) for u, r in ex.run([unit]))
+        assert ex.actors["collect dev-a"] == prestarted  # no second actor was made
+        pid = first["collect dev-a"]
+        assert again["collect dev-a"] == pid and pid not in (os.getpid(), first["host"])
+        os.kill(pid, 0)  # alive between runs
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # closed: the actor's process ends
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.5)
+    else:
+        pytest.fail(f"the actor's process {pid} outlived the executor")
 
 
 @pytest.mark.parametrize(

@@ -137,6 +137,15 @@ def test_command_timeout_and_connection_loss(sshd_server: SshServer) -> None:
             dev.run(["sleep", "30"], timeout=60)
         killer.join()
         assert time.monotonic() - t0 < 20 and "\n" not in str(exc.value)
+        with pytest.raises(DeviceError, match="connection lost"):
+            dev.ping()
+
+
+def test_ping_is_one_round_trip_on_the_open_connection(sshd_server: SshServer) -> None:
+    with _connect(sshd_server) as dev:
+        rtts = [dev.ping() for _ in range(5)]
+        assert all(0 < r < 5 for r in rtts)  # loopback: well under a second each
+        assert dev.run(["true"], timeout=10).ok  # the connection is still usable
 
 
 def test_unreachable_host_gives_up_at_the_deadline(sshd_server: SshServer) -> None:
