@@ -367,7 +367,14 @@ class RayExecutor:
         ray = self._ray
         from ray.exceptions import RayActorError, RayTaskError, WorkerCrashedError
 
-        limit = self.options.workers or len(units) or 1
+        # in flight at once: --workers, else as many as the cluster has CPUs (units wait here, not in Ray's queue
+        # with their arguments already in the object store); actors (0-CPU device units) all at once
+        if self.options.workers:
+            limit = self.options.workers
+        elif any(u.actor for u in units):
+            limit = len(units) or 1
+        else:
+            limit = max(1, int(ray.cluster_resources().get("CPU", 1)))
         queue = list(units)
         pending: dict[Any, tuple[Unit, Any]] = {}
         try:
