@@ -282,26 +282,26 @@ def _fit_and_score(
     with _progress(console) as prog:
         if todo:
             task = prog.add_task("fitting attack groups", total=len(todo))
-            units = []
+            runner = executor or SerialExecutor()
+            in_process = isinstance(runner, SerialExecutor)
+            units, key_of = [], {}
             for key, g in todo.items():
                 label = "+".join(a.id for a in g.group.values())
+
+                def note(msg: str, label: str = label) -> None:
+                    prog.update(task, description=esc(f"fit {label}: {msg}"))
+
                 ac = AttackConfig(tuple(g.fams), tuple(cfg.baselines), tuple(cfg.fprs), cfg.bootstrap, cfg.seed,
                                   "original", None if g.nr_variants is None else tuple(g.nr_variants))
-                units.append((key, label, Unit(f"fit {label}", fit_attacks, (splits, g.shadow, ac, g.shadow_perturbed))))
-            if executor is None or isinstance(executor, SerialExecutor):
-                for key, label, unit in units:
-
-                    def note(msg: str, label: str = label) -> None:
-                        prog.update(task, description=esc(f"fit {label}: {msg}"))
-
-                    fits.put(key, fit_attacks(*unit.args, note))
-                    prog.advance(task)
-            else:
-                key_of = {id(unit): key for key, _, unit in units}  # labels may repeat (other shadow source)
+                unit = Unit(f"fit {label}", fit_attacks, (splits, g.shadow, ac, g.shadow_perturbed),
+                            {"progress": note} if in_process else {})  # fmt: skip
+                units.append(unit)
+                key_of[id(unit)] = key  # labels may repeat (another shadow source)
+            if not in_process:
                 prog.update(task, description=f"fitting {len(units)} attack groups as Ray tasks")
-                for unit, fitted in executor.run([unit for _, _, unit in units]):
-                    fits.put(key_of[id(unit)], fitted)
-                    prog.update(task, advance=1, description=esc(f"fitted {unit.key.removeprefix('fit ')}"))
+            for unit, fitted in runner.run(units):
+                fits.put(key_of[id(unit)], fitted)
+                prog.update(task, advance=1, description=esc(f"fitted {unit.key.removeprefix('fit ')}"))
         fitted_of = {id(g): fits.get(g.key) for g in groups}
         total = sum(f.n_rows for f in fitted_of.values() if f is not None)
         rtask = prog.add_task("scoring rows", total=total)

@@ -282,11 +282,12 @@ class RayExecutor:
         if self._ray is None:
             self._prestart.extend(u for u in units if u.actor)
             return
-        have = self._ray.cluster_resources()
         for u in units:
             if not u.actor or u.key in self._actors:
                 continue
-            if any(have.get(name, 0.0) < amount for name, amount in u.resources.items()):
+            try:
+                self._check_resources(u)
+            except HarnessError:
                 continue
             actor = self._actor(u)
             self._actors[u.key] = actor
@@ -306,12 +307,16 @@ class RayExecutor:
         ready, _ = self._ray.wait(self._warming, num_returns=len(self._warming), timeout=timeout)
         return len(ready)
 
-    def _actor(self, unit: Unit) -> Any:
+    def _options(self, unit: Unit) -> dict[str, Any]:
+        """Ray scheduling options of ``unit`` (CPUs, GPUs, custom resources)."""
         opts: dict[str, Any] = {"num_cpus": unit.num_cpus, "num_gpus": self._gpus(unit)}
         if unit.resources:
             opts["resources"] = dict(unit.resources)
+        return opts
+
+    def _actor(self, unit: Unit) -> Any:
         return self._remote_actor.options(
-            **opts, max_restarts=MAX_RETRIES, max_task_retries=MAX_RETRIES
+            **self._options(unit), max_restarts=MAX_RETRIES, max_task_retries=MAX_RETRIES
         ).remote(unit.num_cpus)
 
     # ----------------------------------------------------------------- resources
@@ -344,10 +349,7 @@ class RayExecutor:
             if actor is None:
                 actor = self._actors[unit.key] = self._actor(unit)
             return actor.call.remote(unit.fn, unit.args, unit.kwargs), actor
-        opts: dict[str, Any] = {"num_cpus": unit.num_cpus, "num_gpus": self._gpus(unit)}
-        if unit.resources:
-            opts["resources"] = dict(unit.resources)
-        ref = self._remote_call.options(**opts, max_retries=MAX_RETRIES, retry_exceptions=False).remote(
+        ref = self._remote_call.options(**self._options(unit), max_retries=MAX_RETRIES, retry_exceptions=False).remote(
             unit.fn, unit.args, unit.kwargs, unit.num_cpus
         )
         return ref, None
