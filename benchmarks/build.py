@@ -70,7 +70,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-build-") as tmp:
         out = Path(tmp)
         if "tf" in frameworks:
-            from harness.tf_build import apply_step, convert, train_model
+            from harness.build.tf_pipeline import apply_step, convert, train_model
             from harness.config import parse_variant
 
             original = timed("tf train", train_model, exp, owner)
@@ -93,7 +93,7 @@ def main() -> int:
                 paths.append(p)
             timed(f"tf host eval ({len(paths)} files)", host_eval, paths)
         if "torch" in frameworks:
-            from harness.torch_build import build_variants
+            from harness.build.torch_pipeline import build_variants
 
             built = []
             for v in exp.compress.torch:

@@ -28,8 +28,9 @@ sys.path.insert(0, str(ROOT / "tests"))  # the sshd fixture
 import numpy as np  # noqa: E402
 from rich.console import Console  # noqa: E402
 
-from compleak.rundir import ArtifactRecord, Manifest, RunDir, Splits, TensorSpec  # noqa: E402
-from compleak.rundir import sha256_file  # noqa: E402
+from devices.spec import DeviceSpec  # noqa: E402
+from rundir import ArtifactRecord, Manifest, RunDir, Splits, TensorSpec  # noqa: E402
+from rundir import sha256_file  # noqa: E402
 
 
 def make_run(root: Path, n: int) -> tuple[RunDir, np.ndarray]:
@@ -37,7 +38,7 @@ def make_run(root: Path, n: int) -> tuple[RunDir, np.ndarray]:
     import tensorflow as tf
 
     from devices.ondevice.compleak_runner import describe
-    from harness.tf_build import build_model
+    from harness.build.tf_pipeline import build_model
 
     rd = RunDir(root)
     rd.artifacts_dir.mkdir(parents=True)
@@ -78,15 +79,15 @@ def raw_loop(model_path: Path, x: np.ndarray, batch: int) -> tuple[float, np.nda
     return time.perf_counter() - t0, np.concatenate(out)
 
 
-def timed_collect(rd: RunDir, uri: str, batch: int, **kw: object) -> tuple[float, dict[str, float]]:
+def timed_collect(rd: RunDir, device: DeviceSpec | str, batch: int) -> tuple[float, dict[str, float]]:
     """Wall seconds of one full collect_run, and where they went (from the provenance it wrote)."""
     import json
 
-    from harness.collect import collect_run
+    from harness.collect.stage import collect_run
 
     shutil.rmtree(rd.root / "outputs", ignore_errors=True)
     t0 = time.perf_counter()
-    collect_run(rd.root, uri, batch_size=batch, console=Console(quiet=True), **kw)  # type: ignore[arg-type]
+    collect_run(rd.root, device, batch_size=batch, console=Console(quiet=True))
     wall = time.perf_counter() - t0
     prov_file = next((rd.root / "outputs").glob("*/*.json"))
     chunks = json.loads(prov_file.read_text())["chunks"]
@@ -105,38 +106,8 @@ def timed_collect(rd: RunDir, uri: str, batch: int, **kw: object) -> tuple[float
 
 
 def native_collect(rd: RunDir, batch: int, bundle: Path) -> tuple[float, dict[str, float]]:
-    """``timed_collect`` on local through the native runner (``collect_run(runner="native")`` where collect has
-    the option; else the same NativeRunner session collect uses, over the run's queries in collect's chunks)."""
-    import inspect
-
-    from harness.collect import collect_run
-
-    if "runner" in inspect.signature(collect_run).parameters:
-        os.environ["COMPLEAK_NATIVE_BUNDLE"] = str(bundle)
-        return timed_collect(rd, "local", batch, runner="native")
-    from devices.local import LocalDevice
-    from devices.native_runner import NativeRunner
-    from devices.runner_server import RunnerServerPool
-    from harness.collect import DEFAULT_CHUNK
-
-    rec = rd.load_manifest().artifacts[0]
-    with np.load(rd.root / "queries.npz") as z:
-        x = z["x"]
-    t0 = time.perf_counter()
-    dev = LocalDevice()
-    with RunnerServerPool(dev) as pool:
-        with NativeRunner(bundle, "tflite", batch_size=batch, pool=pool).session(dev, rd.root / rec.path,
-                                                                               rec) as infer:
-            provs = [infer(x[s : s + DEFAULT_CHUNK])[1] for s in range(0, len(x), DEFAULT_CHUNK)]
-    wall = time.perf_counter() - t0
-    total = lambda key: float(sum(p.get(key) or 0.0 for p in provs))  # noqa: E731
-    parts = {"runtime invoke": total("invoke_seconds"),
-             "runner start-up not hidden + model load": total("startup_wait_seconds") + total("load_seconds"),
-             "query stream and replies beyond invoke (protocol, copies)": total("command_seconds")
-             - total("invoke_seconds") - total("startup_wait_seconds") - total("load_seconds"),
-             "transfers (bundle push, model up)": total("upload_seconds") + total("bundle_upload_seconds")}
-    parts["host side (workspace, session)"] = wall - sum(parts.values())
-    return wall, parts
+    """``timed_collect`` on local through the native runner (``--runner native --bundle BUNDLE``)."""
+    return timed_collect(rd, DeviceSpec("local", runner="native", bundle=bundle), batch)
 
 
 def _median_run(runs: list[tuple[float, dict[str, float]]]) -> tuple[float, dict[str, float]]:
@@ -161,8 +132,8 @@ def main() -> None:
         from sshd_fixtures import start_sshd
 
         server = start_sshd(Path(tmp) / "sshd", netns=False)  # loopback
-        ssh_kw = dict(identity=server.identity, known_hosts=server.known_hosts)
-        from devices.native_runner import BundleError, build_bundle
+        ssh_device = DeviceSpec(server.uri, identity=server.identity, known_hosts=server.known_hosts)
+        from devices.native.bundle import BundleError, build_bundle
 
         try:
             bundle: Path | None = build_bundle(log=lambda m: console.print(f"  native runner: {m}", style="dim"))
@@ -176,7 +147,7 @@ def main() -> None:
                 locals_.append(timed_collect(rd, "local", batch))
                 got = rd.load_outputs("local", model_path.name).values
                 assert np.allclose(got, reference, atol=1e-5), "local outputs differ from the raw loop"
-                sshs.append(timed_collect(rd, server.uri, batch, **ssh_kw))
+                sshs.append(timed_collect(rd, ssh_device, batch))
                 got = rd.load_outputs(server.device_id, model_path.name).values
                 assert np.allclose(got, reference, atol=1e-5), "ssh outputs differ from the raw loop"
                 if bundle is not None:

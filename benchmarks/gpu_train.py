@@ -1,6 +1,6 @@
 """GPU training throughput of the paper protocol (issue 13): ResNet-18 on one GPU, and the projected build time.
 
-Trains ``harness.torch_build.ResNet18`` with the recipe of ``experiments/paper-cifar10.toml`` (SGD 0.1, momentum
+Trains ``harness.build.torch_pipeline.ResNet18`` with the recipe of ``experiments/paper-cifar10.toml`` (SGD 0.1, momentum
 0.9, weight decay 5e-4, cosine schedule, batch 128) on as many examples as that protocol's target member set
 (``target_in`` less its hold-out). Fashion-MNIST stands in for CIFAR-10 (no registry here ships CIFAR-10): each
 28x28 grey image is padded to 32x32 and repeated to 3 channels, so the tensors are the CIFAR shape 32x32x3.
@@ -47,7 +47,7 @@ def main() -> None:
     from harness.config import load_experiment
     from harness.data import OwnerData, load_dataset
     from harness.errors import HarnessError
-    from harness.torch_build import ResNet18, _torch_settings, train_model
+    from harness.build.torch_pipeline import ResNet18, _torch_settings, train_model
 
     exp = load_experiment(PROTOCOL)
     try:

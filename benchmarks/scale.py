@@ -81,7 +81,7 @@ def config_text(k: int, smoke: bool, config: Path | None = None) -> str:
 def timed_build(cfg: Path, out: Path, *extra: str) -> float:
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     t = time.perf_counter()
-    r = subprocess.run([sys.executable, "-m", "harness.cli", "build", str(cfg), "--out", str(out), *extra],
+    r = subprocess.run([sys.executable, "-m", "harness.cli.main", "build", str(cfg), "--out", str(out), *extra],
                        capture_output=True, text=True, env=env)  # fmt: skip
     took = time.perf_counter() - t
     if r.returncode != 0:
@@ -158,7 +158,8 @@ def bench_farm(run: Path, tmp: Path, n_devices: int, delay_ms: int, repeats: int
     per-repetition seconds, medians and the load average."""
     from rich.console import Console
 
-    from harness.audit import AuditDevice, collect_devices, prestart_collect_actors
+    from devices.spec import DeviceSpec
+    from harness.collect.fanout import AuditDevice, collect_devices, prestart_collect_actors
     from harness.execution import ExecOptions, RayExecutor, SerialExecutor
     from latency_proxy import start_proxy
     from sshd_fixtures import start_sshd
@@ -192,7 +193,7 @@ def bench_farm(run: Path, tmp: Path, n_devices: int, delay_ms: int, repeats: int
         print(f"  SSH round trip (keepalive request): {base[0]:.1f} ms direct, {added[0]:.1f} ms with the added "
               f"latency (+{added[0] - base[0]:.1f} ms)")  # fmt: skip
         print(f"  ssh exec of 'true' (open connection): {base[1]:.1f} ms direct, {added[1]:.1f} ms with it")
-        devices = [AuditDevice(u, identity=e[2], known_hosts=e[3]) for u, e in zip(uris, endpoints)]
+        devices = [AuditDevice(DeviceSpec(u, identity=e[2], known_hosts=e[3])) for u, e in zip(uris, endpoints)]
         times: dict[str, list[float]] = {"sequential": [], "parallel": []}
         with SerialExecutor() as serial, RayExecutor(ExecOptions(), None) as ray:
             ray.start()  # Ray's start-up is not part of the collect time (the audit's build started it)

@@ -19,8 +19,9 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-# Public names -> defining module. Imported lazily (PEP 562) so that ``import compleak.rundir`` -- which every
-# stage does -- stays light and does not pull in scikit-learn, SciPy or PyTorch.
+# Public names -> defining module (``compleak.<name>``, or the run-directory contract ``rundir`` the library stands on).
+# Imported lazily (PEP 562) so that ``import compleak`` stays light and does not pull in scikit-learn, SciPy or
+# PyTorch.
 _EXPORTS = {
     "FusionAttack": "attacks", "LearnedAttack": "attacks", "ThresholdAttack": "attacks", "shadow_split": "attacks",
     "LiRA": "baselines", "LiRAOffline": "baselines", "RMIA": "baselines", "RMIAOffline": "baselines",
@@ -41,7 +42,8 @@ _EXPORTS = {
 
 def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
-        return getattr(importlib.import_module(f"compleak.{_EXPORTS[name]}"), name)
+        module = _EXPORTS[name]
+        return getattr(importlib.import_module(module if module == "rundir" else f"compleak.{module}"), name)
     raise AttributeError(f"module 'compleak' has no attribute {name!r}")
 
 

@@ -32,10 +32,9 @@ from compleak import signals as sig
 from compleak.attacks import FusionAttack, LearnedAttack, ThresholdAttack
 from compleak.baselines import RMIA, LiRA, LiRAOffline, RMIAOffline, calibrate_rmia_a
 from compleak.metrics import best_threshold, evaluate
-from compleak.rundir import ContractError, OutputBatch, ResultRow, Splits
+from rundir import ContractError, OutputBatch, ResultRow, Splits
+from rundir.vocabulary import BASELINES, FAMILIES
 
-FAMILIES = ("NR", "SR", "MR")
-BASELINES = ("rmia", "lira")
 #: Learned attacks train on the first reference models' own examples, adding models until this many examples.
 LEARNED_MAX_EXAMPLES = 20_000
 
@@ -291,7 +290,7 @@ def check_inputs(
     splits: Splits, target_outputs: Mapping[str, OutputBatch], shadow_outputs: Mapping[str, Sequence[OutputBatch]]
 ) -> None:
     """Validate inputs as :func:`run_attacks` would (splits, ids, labels, class counts, NaN) without attacking;
-    raise :class:`~compleak.rundir.ContractError` naming the offending file. Lets a caller fail fast before
+    raise :class:`~rundir.ContractError` naming the offending file. Lets a caller fail fast before
     hours of attacks on other groups."""
     splits.validate("splits passed to run_attacks")
     classes = _Classes(splits)

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from compleak.rundir import ContractError, ResultRow, RunDir, _load_npz, device_dirname, load_results as _read_rows
+from rundir import ContractError, ResultRow, RunDir, load_npz as _load_npz, device_dirname, load_results as _read_rows
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -23,7 +23,7 @@ from typing import Literal
 import numpy as np
 
 from compleak import signals as sig
-from compleak.rundir import ContractError
+from rundir import ContractError
 
 PERTURBED_SUFFIX = ".perturbed.npz"
 

@@ -9,7 +9,7 @@ array by :func:`log_posterior`:
   probabilities as they are -- **no second softmax**. Tiny negative values from dequantization are clipped to 0,
   rows are renormalised to sum to 1 (quantized softmax rows rarely sum exactly to 1), and ``log`` is taken of
   ``max(p, PROB_FLOOR)``. Rows that are clearly not probabilities (negative entries below ``-0.01`` or sums outside
-  ``[0.5, 1.5]``) raise :class:`~compleak.rundir.ContractError`: the artifact's ``output_kind`` is wrong.
+  ``[0.5, 1.5]``) raise :class:`~rundir.ContractError`: the artifact's ``output_kind`` is wrong.
 
 Shapes: ``values`` float [M, C]; ``labels`` int [M]; signals float64 [M].
 """
@@ -21,7 +21,7 @@ from typing import Literal
 import numpy as np
 from scipy.special import log_softmax, logsumexp
 
-from compleak.rundir import ContractError
+from rundir import ContractError
 
 #: Smallest probability used when taking logs of already-probability outputs (quantized softmax emits exact zeros).
 PROB_FLOOR = 1e-12

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import softmax
 
-from compleak.rundir import OutputBatch, Splits
+from rundir import OutputBatch, Splits
 from compleak.samia import PerturbedBatch
 
 

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 from devices.base import (
-    LIBC_SCRIPT, PRIVATE_BASE_CHECK, CommandResult, Device, DeviceProperties, _keyed, fill_runners, unsafe_base_error,
+    LIBC_SCRIPT, PRIVATE_BASE_CHECK, CommandResult, Device, DeviceProperties, _keyed, unsafe_base_error,
 )
 from devices.errors import DeviceError, UnreachableDevice
 
@@ -99,7 +99,7 @@ class AdbDevice(Device):
     Args:
         serial: as ``adb devices`` lists it (``R58M...``, ``emulator-5554``, ``192.168.1.7:5555``).
         binaries: a folder with native runners per ABI (``<abi>/benchmark_model``, ``<abi>/executor_runner``),
-            see :mod:`devices.android_runners`.
+            see :mod:`devices.runners.android`.
         timeout: seconds allowed for short housekeeping commands and for waiting on the device.
         adb_path: the adb client to use (default: ``$ADB`` or ``adb`` on PATH).
 
@@ -292,7 +292,6 @@ class AdbDevice(Device):
         self._fill_runtimes(props)
         if props.python and self.python_command():
             props.extra["python_cmd"] = self.python_command()
-        fill_runners(props)
         return props
 
 

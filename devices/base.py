@@ -165,8 +165,8 @@ class DeviceProperties:
     #: C library of the device's native programs: ``gnu`` (glibc loader present), ``musl``, ``bionic`` (Android) or
     #: None when unknown; decides which native runner build can run there
     libc: str | None = None
-    #: runner kind (``python``, ``native``) -> one line saying whether it can run here and with what (see
-    #: :func:`devices.runners.usable_runners`); filled by :meth:`Device.properties`
+    #: runner kind (``python``, ``native``) -> one line saying whether it can run here and with what; not a fact the
+    #: transport reports: filled by the runners wing (:func:`devices.runners.choose.probe`)
     runners: dict[str, str] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -351,7 +351,6 @@ class Device(ABC):
             self._read_probe(props, [python], res)
         elif python:
             self._fill_runtimes(props, [python])
-        fill_runners(props)
         return props
 
     def _fill_runtimes(self, props: DeviceProperties, py: list[str] | None = None) -> None:
@@ -397,13 +396,6 @@ LIBC_SCRIPT = (
     'if [ -e /system/bin/linker64 ] || [ -e /system/bin/linker ]; then echo "libc=bionic"; '
     'elif [ -n "$g" ]; then echo "libc=gnu"; elif [ -n "$m" ]; then echo "libc=musl"; fi'
 )
-
-
-def fill_runners(props: DeviceProperties) -> None:
-    """Set ``props.runners`` (which runner kinds can run on the device; see :func:`devices.runners.usable_runners`)."""
-    from devices.runners import usable_runners
-
-    props.runners = usable_runners(props)
 
 
 #: POSIX shell (``$b`` is the base): fails, printing ``unsafe_base=`` and ``unsafe=<why>``, unless ``$b`` is a real

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from compleak.rundir import atomic_path
+from rundir import atomic_path
 from devices.errors import DeviceError
 
 

@@ -175,7 +175,7 @@ def parse_device_uri(uri: str) -> DeviceURI:
 
 
 def connect(
-    uri: str,
+    uri: str | DeviceURI,
     *,
     identity: Path | str | None = None,
     known_hosts: Path | str | None = None,
@@ -191,6 +191,7 @@ def connect(
     """Open the device named by ``uri``.
 
     Args:
+        uri: a device URI, or one already parsed (:class:`DeviceURI`).
         identity: ssh private key (default: the user's keys and agent).
         known_hosts: ssh known_hosts file (default ``~/.ssh/known_hosts``); host keys are always verified.
         trust_new_host: accept an unknown ssh host key AND record it in ``known_hosts`` (reported via ``log``).
@@ -201,7 +202,7 @@ def connect(
         python: the device's Python interpreter for the runner (ssh/local; overrides ``?python=`` in the URI).
         log: where notices go (default: stderr).
     """
-    parsed = parse_device_uri(uri)
+    parsed = uri if isinstance(uri, DeviceURI) else parse_device_uri(uri)
     if parsed.scheme == "local":
         from devices.local import LocalDevice
 

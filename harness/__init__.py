@@ -4,7 +4,7 @@ The public Python API is the stage functions the CLI commands call, re-exported 
 ``import harness`` stays light and an optional extra only matters to the stage that needs it). Each works on a run
 directory, resumes what is already done, takes an optional ``console`` (a ``rich.console.Console``; pass
 ``Console(quiet=True)`` in a notebook to silence it) and raises the project's one-line error types
-(``harness.errors.HarnessError``, ``compleak.rundir.ContractError``, ``devices.errors.DeviceError``,
+(``harness.errors.HarnessError``, ``rundir.ContractError``, ``devices.errors.DeviceError``,
 ``harness.config.ConfigError``). ``examples/python_api.py`` runs them end to end; docs/ci.md lists them.
 
 - :func:`build_run` (experiment.toml -> run directory), :func:`import_run` (artifacts built elsewhere -> run)
@@ -25,12 +25,12 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "build_run": "harness.build",
-    "import_run": "harness.importer",
-    "collect_run": "harness.collect",
-    "attack_run": "harness.attack_stage",
+    "build_run": "harness.build.stage",
+    "import_run": "harness.importer.stage",
+    "collect_run": "harness.collect.stage",
+    "attack_run": "harness.attack.stage",
     "compare_run": "harness.compare",
-    "write_report": "harness.report",
+    "write_report": "harness.report.stage",
     "audit_run": "harness.audit",
     "check_run": "harness.gate",
     "parse_rule": "harness.gate",

@@ -12,215 +12,27 @@ from __future__ import annotations
 
 import time
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Self
+from typing import Self
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
-from compleak.rundir import RunDir, atomic_write_bytes, load_results
+from devices.spec import DeviceSpec
+from harness.collect.fanout import AuditDevice, audit_devices, collect_devices, prestart_collect_actors
 from harness.config import Experiment, load_experiment
 from harness.errors import HarnessError, esc
-from harness.execution import ExecOptions, Executor, SerialExecutor, Unit, make_executor
+from harness.execution import ExecOptions, Executor, make_executor
+from rundir import RunDir, atomic_write_bytes, load_results
+from rundir.vocabulary import families_problem
 
 #: Relative cost of each stage, used for the progress bar and its time-remaining estimate (measured on the
 #: Fashion-MNIST default on 2 cores: the build dominates, attacks come second).
 STAGE_WEIGHT = {"build": 60.0, "collect": 8.0, "attack": 12.0, "compare": 1.0, "report": 2.0}
 DEMO_CONFIG = "fashion-default.toml"
-SEEDS_DIR = "seeds"  # experiment.seeds: RUN/seeds/<seed>/ is one complete run per seed
-
-
-@dataclass
-class AuditDevice:
-    """One device of an audit and the options to reach it (from ``[audit] devices`` or ``--device``)."""
-
-    uri: str
-    device_id: str = ""  # the canonical id (outputs/<device>/ is named after it); filled from uri
-    identity: Path | None = None
-    known_hosts: Path | None = None
-    trust_new_host: bool = False
-    binaries: Path | None = None
-    password_env: str | None = None  # name of an env var holding an ssh password (never the password itself)
-    resource: str | None = None  # Ray custom resource its collect actor is pinned to (``URI@ray:NAME``, docs/scale.md)
-    start_timeout: float = 30.0  # seconds its runner may take to start (collect_run's start_timeout; a loaded host)
-    batch_size: int = 512  # examples per device invocation (collect_run's batch_size; ``audit --batch-size``)
-    runner: str = "auto"  # auto | python | native (collect_run's runner; ``audit --runner``)
-    bundle: Path | None = None  # a native runner bundle instead of the built one (``audit --bundle``)
-
-    def __post_init__(self) -> None:
-        from devices.uri import parse_device_uri
-
-        if not self.device_id:
-            self.device_id = parse_device_uri(self.uri).canonical
-
-
-def audit_devices(
-    exp: Experiment,
-    cli_devices: list[str],
-    identity: Path | None = None,
-    known_hosts: Path | None = None,
-    trust_new_host: bool = False,
-) -> list[AuditDevice]:
-    """``local`` first, then the config's ``[audit] devices``, then ``--device`` URIs; duplicates (by their
-    on-disk name) dropped. Command-line ssh options fill in what a config entry leaves unset."""
-    out = [AuditDevice("local")]
-    seen = {"local"}
-    for e in exp.audit.devices:
-        if _canonical(e.uri) in seen:
-            continue
-        seen.add(_canonical(e.uri))
-        out.append(
-            AuditDevice(
-                e.uri,
-                identity=Path(e.identity).expanduser() if e.identity else identity,
-                known_hosts=Path(e.known_hosts).expanduser() if e.known_hosts else known_hosts,
-                trust_new_host=e.trust_new_host or trust_new_host,
-                binaries=Path(e.binaries).expanduser() if e.binaries else None,
-                password_env=e.password_env,
-                resource=e.resource,
-            )
-        )
-    for given in cli_devices:
-        uri, resource = split_resource(given)
-        if _canonical(uri) in seen:
-            continue
-        seen.add(_canonical(uri))
-        out.append(AuditDevice(uri, identity=identity, known_hosts=known_hosts, trust_new_host=trust_new_host,
-                               resource=resource))  # fmt: skip
-    return out
-
-
-RESOURCE_SUFFIX = "@ray:"
-
-
-def split_resource(given: str) -> tuple[str, str | None]:
-    """``URI@ray:NAME`` -> (URI, NAME): the device's collect actor runs on a Ray node offering custom resource
-    NAME (a phone farm's USB hub host). A plain URI -> (URI, None)."""
-    import re
-
-    from devices.uri import mask_uri  # error messages are printed literally (no esc), passwords masked
-
-    if RESOURCE_SUFFIX not in given:
-        return given, None
-    uri, name = given.rsplit(RESOURCE_SUFFIX, 1)
-    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name):
-        raise HarnessError(
-            f"--device {mask_uri(given[:120])}: '{mask_uri(name[:40])}' is not a Ray resource name; use letters, "
-            "digits, '_', '.', '-' (e.g. ssh://pi@board.lan@ray:hub-a)"
-        )
-    return uri, name
-
-
-# --------------------------------------------------------------------------- collect fan-out
-
-
-def _collect_unit(
-    run: str, device: AuditDevice, artifacts: list[str] | None, console: Console | None = None
-) -> tuple[str, int]:
-    """One collect unit: ``collect_run`` on one device (a Ray actor, or in-process); returns (device id, count)."""
-    from harness.collect import collect_run
-
-    written = collect_run(
-        run,
-        device.uri,
-        artifacts=artifacts,
-        identity=device.identity,
-        known_hosts=device.known_hosts,
-        trust_new_host=device.trust_new_host,
-        binaries=device.binaries,
-        batch_size=device.batch_size,
-        console=console or Console(quiet=True),
-        password_env=device.password_env,
-        start_timeout=device.start_timeout,
-        runner=device.runner,
-        bundle=device.bundle,
-    )
-    return device.device_id, len(written)
-
-
-def _warm_collect() -> None:
-    """A collect actor's warm-up, run while the build still goes on: import what a device collect uses (the
-    collect stage, the device drivers, paramiko), so the collect itself starts at once."""
-    import devices.adb  # noqa: F401
-    import devices.runner_server  # noqa: F401
-    import devices.runners  # noqa: F401
-    import devices.ssh  # noqa: F401
-    import devices.uri  # noqa: F401
-    import harness.collect  # noqa: F401
-    import harness.data  # noqa: F401
-
-
-def device_collect_unit(device: AuditDevice, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None) -> Unit:
-    """A device's collect unit: a Ray actor (key ``collect <device id>``, 0 CPUs, pinned by the device's
-    resource) running :func:`_collect_unit` with ``args``; the same key for every run, so an audit's seeds reuse
-    the device's actor and :meth:`Executor.prestart` can start it during the build (``args`` are then unused)."""
-    return Unit(f"collect {device.device_id}", _collect_unit, args, kwargs or {}, num_cpus=0.0,
-                resources={device.resource: 1.0} if device.resource else {}, actor=True,
-                warm=_warm_collect)  # fmt: skip
-
-
-def prestart_collect_actors(executor: Executor, devices: list[AuditDevice]) -> None:
-    """Have ``executor`` start every non-host device's collect actor as soon as it starts (during the build), so
-    the actors' process start and imports overlap the build instead of delaying the collect."""
-    executor.prestart([device_collect_unit(d) for d in devices if d.device_id != "local"])
-
-
-def collect_units(
-    run: Path, devices: list[AuditDevice], shadows_on_devices: bool, in_process: bool, console: Console
-) -> list[Unit]:
-    """The collect units of an audit that have work left (:func:`harness.collect.collect_pending`): one per
-    device, as a Ray actor pinned by the device's resource, and the host (``local``) as a CPU task. The reference
-    (shadow) artifacts run only on the host unless ``shadows_on_devices``; the other devices run only the target
-    artifacts (the attack stage takes the shadows' outputs from the host). ``in_process``: the units run in this
-    process (serial executor) and print to ``console``."""
-    from compleak.rundir import RunDir
-    from harness.collect import collect_pending
-
-    run = Path(run).resolve()  # a worker's working directory is not the driver's
-    records = RunDir(run).load_manifest().artifacts
-    targets = [r.id for r in records if r.role == "target"]
-    kw: dict[str, Any] = {"console": console} if in_process else {}
-    units: list[Unit] = []
-    for d in devices:
-        host = d.device_id == "local"
-        ids = None if host or shadows_on_devices else targets
-        if not collect_pending(run, d.device_id, ids):
-            if in_process:  # as the serial collect says it
-                console.print(f"[green]all artifacts already collected on {esc(d.device_id)}[/]")
-            continue
-        if host:
-            units.append(Unit(f"collect {d.device_id}", _collect_unit, (str(run), d, ids), kw, num_cpus=1.0))
-        else:
-            units.append(device_collect_unit(d, (str(run), d, ids), kw))
-    return units
-
-
-def collect_devices(
-    run: Path,
-    devices: list[AuditDevice],
-    executor: Executor,
-    console: Console,
-    shadows_on_devices: bool = False,
-) -> dict[str, int]:
-    """Collect on every device at once (one actor per device; the host's reference outputs on CPU workers);
-    returns {device id: artifacts collected}. Serially (``--no-ray``) the devices are visited one after another."""
-    in_process = isinstance(executor, SerialExecutor)
-    units = collect_units(run, devices, shadows_on_devices, in_process, console)
-    done: dict[str, int] = {}
-    for unit, (device_id, n) in executor.run(units):
-        done[device_id] = done.get(device_id, 0) + n
-        if not in_process:
-            console.print(f"  collected {n} artifact(s): {esc(unit.key)}", highlight=False)
-    return done
-
-
-def _canonical(uri: str) -> str:
-    from devices.uri import parse_device_uri
-
-    return parse_device_uri(uri).canonical
 
 
 def attack_is_current(run: Path, device_id: str, families: list[str]) -> bool:
@@ -301,6 +113,80 @@ class _Stages:
         return result
 
 
+@dataclass(frozen=True)
+class _SeedRun:
+    """One complete run of an audit: ``label`` prefixes its stage names (``seed 3: ``, or nothing), ``config`` is
+    its experiment.toml and ``out`` its run directory (None: the build stage's default)."""
+
+    label: str
+    config: Path
+    out: Path | None
+
+
+def _seed_runs(experiment: Path, exp: Experiment, out: Path | None) -> tuple[Path | None, list[_SeedRun]]:
+    """(root, runs): one run per seed of ``experiment.seeds`` (a complete run in ``RUN/seeds/<seed>/``), else the
+    run itself."""
+    if exp.experiment.seeds:
+        root = Path(out) if out is not None else Path("runs") / exp.experiment.name
+        return root, [_SeedRun(f"seed {s}: ", cfg, cfg.parent) for s, cfg in prepare_seed_runs(experiment, root, exp)]
+    return (Path(out) if out is not None else None), [_SeedRun("", experiment, out)]
+
+
+def _collect_step(label: str, n: int) -> str:
+    return f"{label}collect ({n} device{'s' if n > 1 else ''})"
+
+
+def _steps(runs: list[_SeedRun], devices: list[AuditDevice], across_seeds: bool) -> list[tuple[str, float]]:
+    """The progress bar's (stage name, weight) steps, in order."""
+    steps: list[tuple[str, float]] = []
+    for r in runs:
+        steps += [(f"{r.label}build", STAGE_WEIGHT["build"])]
+        steps += [(_collect_step(r.label, len(devices)), STAGE_WEIGHT["collect"] * len(devices))]
+        steps += [(f"{r.label}attack {d.uri}", STAGE_WEIGHT["attack"]) for d in devices]
+        steps += [(f"{r.label}compare", STAGE_WEIGHT["compare"]), (f"{r.label}report", STAGE_WEIGHT["report"])]
+    if across_seeds:
+        steps += [("report across seeds", STAGE_WEIGHT["report"])]
+    return steps
+
+
+@dataclass
+class _Audit:
+    """What every stage of one audit shares: its devices, options, executor, progress bar and console."""
+
+    devices: list[AuditDevice]
+    families: list[str]
+    stage: StageOptions
+    data_dir: Path | None
+    shadows_on_devices: bool
+    executor: Executor
+    stages: _Stages
+    console: Console
+
+    def run_one(self, r: _SeedRun) -> Path:
+        """build -> collect -> attack (every device) -> compare -> report of one run; returns its report page."""
+        from harness.attack.stage import FitCache, attack_run
+        from harness.build.stage import build_run
+        from harness.compare import compare_run
+        from harness.report.stage import write_report
+
+        st, ex, console, stage = self.stages, self.executor, self.console, self.stage
+        run = Path(st.run(f"{r.label}build", STAGE_WEIGHT["build"], lambda: build_run(  # type: ignore[arg-type]
+            r.config, out=r.out, data_dir=self.data_dir, force=stage.force, container=stage.container,
+            engine=stage.engine, console=console, executor=ex)))
+        n = len(self.devices)
+        st.run(_collect_step(r.label, n), STAGE_WEIGHT["collect"] * n, lambda: collect_devices(
+            run, self.devices, ex, console, self.shadows_on_devices, stage.batch_size))
+        fits = FitCache()  # attack groups fitted once, reused by every device's attack stage and by compare
+        for d in self.devices:
+            st.run(f"{r.label}attack {d.uri}", STAGE_WEIGHT["attack"],
+                   lambda d=d: attack_run(run, device=d.device_id, families=self.families, console=console, fits=fits,
+                                          executor=ex),
+                   skip=attack_is_current(run, d.device_id, self.families))  # fmt: skip
+        st.run(f"{r.label}compare", STAGE_WEIGHT["compare"], lambda: compare_run(run, console=console, fits=fits))
+        return Path(st.run(f"{r.label}report", STAGE_WEIGHT["report"],  # type: ignore[arg-type]
+                           lambda: write_report(run, console=console)))
+
+
 def _run_audit(
     experiment: Path,
     exp: Experiment,
@@ -312,13 +198,10 @@ def _run_audit(
     shadows_on_devices: bool = False,
     stage: StageOptions | None = None,
 ) -> Path:
-    from harness.attack_stage import FitCache, attack_run
-    from harness.build import build_run
-    from harness.compare import compare_run
-    from harness.report import write_report
+    from harness.report.stage import write_report
 
     for d in devices:
-        if d.trust_new_host:
+        if d.spec.trust_new_host:
             console.print(
                 f"[yellow]note[/]: {esc(d.uri)}: an unknown ssh host key will be accepted and recorded "
                 "(--trust-new-host)"
@@ -326,65 +209,30 @@ def _run_audit(
     n = len(devices)
     stage = stage or StageOptions()
     families = list(stage.families or exp.attack.families)
-    # one unit per seed (experiment.seeds: a complete run in RUN/seeds/<seed>/), else the run itself
-    if exp.experiment.seeds:
-        root = Path(out) if out is not None else Path("runs") / exp.experiment.name
-        units = [(f"seed {s}: ", cfg, cfg.parent) for s, cfg in prepare_seed_runs(experiment, root, exp)]
-    else:
-        root, units = (Path(out) if out is not None else None), [("", experiment, out)]
-    steps: list[tuple[str, float]] = []
-    for label, _, _ in units:
-        steps += [(f"{label}build", STAGE_WEIGHT["build"])]
-        steps += [(f"{label}collect ({n} device{'s' if n > 1 else ''})", STAGE_WEIGHT["collect"] * n)]
-        steps += [(f"{label}attack {d.uri}", STAGE_WEIGHT["attack"]) for d in devices]
-        steps += [(f"{label}compare", STAGE_WEIGHT["compare"]), (f"{label}report", STAGE_WEIGHT["report"])]
-    if exp.experiment.seeds:
-        steps += [("report across seeds", STAGE_WEIGHT["report"])]
+    root, runs = _seed_runs(experiment, exp, out)
+    seeds = exp.experiment.seeds
     console.print(
         f"audit [bold]{esc(exp.experiment.name)}[/]: {n} device{'s' if n > 1 else ''} "
         f"({esc(', '.join(d.uri for d in devices))}), attacks {', '.join(families)}"
         f"{' + ' + ', '.join(exp.attack.baselines) if exp.attack.baselines else ''}"
-        + (f", seeds {', '.join(map(str, exp.experiment.seeds))}" if exp.experiment.seeds else ""),
+        + (f", seeds {', '.join(map(str, seeds))}" if seeds else ""),
         highlight=False,
     )
     # one executor (embedded Ray, a cluster, or serial) for every stage of the audit; Ray starts on first use
     logs_root = root if root is not None else Path("runs") / exp.experiment.name
+    steps = _steps(runs, devices, bool(seeds))
     with make_executor(execution or ExecOptions(serial=True), logs_root) as ex, _Stages(console, steps) as st:
         prestart_collect_actors(ex, devices)  # they start with Ray, during the first build
-        for label, config, unit_out in units:
-            run = st.run(
-                f"{label}build",
-                STAGE_WEIGHT["build"],
-                lambda config=config, unit_out=unit_out: build_run(
-                    config, out=unit_out, data_dir=data_dir, force=stage.force, container=stage.container,
-                    engine=stage.engine, console=console, executor=ex,
-                ),
-            )
-            run = Path(run)  # type: ignore[arg-type]
-            st.run(
-                f"{label}collect ({n} device{'s' if n > 1 else ''})",
-                STAGE_WEIGHT["collect"] * n,
-                lambda run=run: collect_devices(run, devices, ex, console, shadows_on_devices),
-            )
-            fits = FitCache()  # attack groups fitted once, reused by every device's attack stage and by compare
-            for d in devices:
-                st.run(
-                    f"{label}attack {d.uri}",
-                    STAGE_WEIGHT["attack"],
-                    lambda d=d, run=run, fits=fits: attack_run(
-                        run, device=d.device_id, families=families, console=console, fits=fits, executor=ex
-                    ),
-                    skip=attack_is_current(run, d.device_id, families),
-                )
-            st.run(f"{label}compare", STAGE_WEIGHT["compare"],
-                   lambda run=run, fits=fits: compare_run(run, console=console, fits=fits))
-            index = st.run(f"{label}report", STAGE_WEIGHT["report"], lambda run=run: write_report(run, console=console))
-        if exp.experiment.seeds:
+        audit = _Audit(devices, families, stage, data_dir, shadows_on_devices, ex, st, console)
+        for r in runs:
+            index = audit.run_one(r)
+        if seeds:
             assert root is not None
-            index = st.run("report across seeds", STAGE_WEIGHT["report"], lambda: write_report(root, console=console))
+            index = Path(st.run("report across seeds", STAGE_WEIGHT["report"],  # type: ignore[arg-type]
+                                lambda: write_report(root, console=console)))
     total = time.monotonic() - st.t0
     console.print(f"audit finished in {total / 60:.1f} min; report: [bold]{esc(index)}[/]", highlight=False)
-    return Path(index)  # type: ignore[arg-type]
+    return index
 
 
 def seed_config(config: bytes, seed: int) -> bytes:
@@ -415,7 +263,7 @@ def prepare_seed_runs(experiment: Path, root: Path, exp: Experiment) -> list[tup
         _write_if_changed(rd.experiment, config)
     out = []
     for seed in exp.experiment.seeds or []:
-        cfg = root / SEEDS_DIR / str(int(seed)) / "experiment.toml"
+        cfg = RunDir(rd.seed_dir(int(seed))).experiment
         cfg.parent.mkdir(parents=True, exist_ok=True)
         _write_if_changed(cfg, seed_config(config, seed))
         out.append((int(seed), cfg))
@@ -436,53 +284,39 @@ class StageOptions:
 
 def audit_run(
     experiment: Path,
-    devices: list[str],
+    devices: Sequence[str | DeviceSpec] = (),
     out: Path | None = None,
     data_dir: Path | None = None,
-    identity: Path | None = None,
-    known_hosts: Path | None = None,
-    trust_new_host: bool = False,
     console: Console | None = None,
     execution: ExecOptions | None = None,
+    stage: StageOptions | None = None,
+    device_options: DeviceSpec | None = None,
     shadows_on_devices: bool = False,
-    families: list[str] | None = None,
-    batch_size: int = 512,
-    force: bool = False,
-    container: str | None = None,
-    engine: str | None = None,
-    runner: str = "auto",
-    bundle: Path | None = None,
 ) -> Path:
     """build -> collect (every device; ``local`` always) -> attack -> compare -> report. Returns report/index.html.
 
     Args:
         experiment: the experiment.toml.
-        devices: device URIs from the command line, added to the config's ``[audit] devices``.
+        devices: devices besides the config's ``[audit] devices``: URIs (``URI@ray:NAME`` pins the device's collect
+            to a Ray resource), which take ``device_options``, or whole :class:`~devices.spec.DeviceSpec` values.
         out: run directory (default: the build stage's default, runs/<experiment name>).
         data_dir: where the dataset files are.
-        identity / known_hosts / trust_new_host: ssh options for devices the config does not give them for.
         execution: where units run (``harness.execution``; default serial in-process; the CLI's default is an
             embedded Ray); devices collect in parallel under Ray.
+        stage: the stage options (:class:`StageOptions`: attack families, collect's batch size, the build's
+            force / container / engine).
+        device_options: the command line's device options (ssh identity, known hosts, trust, runner, bundle,
+            start timeout; its ``uri`` is unused): they fill in what a config entry leaves unset.
         shadows_on_devices: run the reference (shadow) artifacts on every device too (default: on the host only;
             the attack stage takes their outputs from ``local``).
-        families: attack families (subset of NR, SR, MR; None: the config's ``[attack] families``).
-        batch_size: collect's examples per device invocation.
-        runner / bundle: collect's runner choice on every device (``auto``: Python where the device has a usable
-            one, else native; ``python`` / ``native`` force one) and a native runner bundle to use.
-        force / container / engine: the build stage's options (rebuild everything; build in a toolchain image).
     """
-    from harness.config import ATTACK_FAMILIES
-
-    bad = [f for f in families or [] if f not in ATTACK_FAMILIES]
-    if bad:  # before anything is built
-        raise HarnessError(f"--families: unknown attack families {bad}; choose from {', '.join(ATTACK_FAMILIES)}")
+    stage = stage or StageOptions()
+    problem = families_problem(stage.families or [])
+    if problem:  # before anything is built
+        raise HarnessError(problem)
     console = console or Console()
     exp = load_experiment(experiment)
-    devs = audit_devices(exp, list(devices), identity, known_hosts, trust_new_host)
-    for d in devs:
-        d.batch_size = int(batch_size)
-        d.runner, d.bundle = runner, bundle
-    stage = StageOptions(list(families) if families else None, int(batch_size), force, container, engine)
+    devs = audit_devices(exp, list(devices), device_options)
     return _run_audit(Path(experiment), exp, devs, out, data_dir, console, execution, shadows_on_devices, stage)
 
 
@@ -519,6 +353,6 @@ def demo_run(
             f"the demo needs Fashion-MNIST, not found {where}; install it with "
             "'apt-get install dataset-fashion-mnist' (Debian) or pass --data-dir FOLDER holding the four IDX files"
         ) from None
-    index = _run_audit(config, exp, [AuditDevice("local")], Path(out), data_dir, console, execution)
+    index = _run_audit(config, exp, audit_devices(exp, []), Path(out), data_dir, console, execution)
     console.print(f"open the report in a browser: [bold]{esc(index.resolve().as_uri())}[/]", highlight=False)
     return index

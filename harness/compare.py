@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from compleak.rundir import (
+from rundir import (
     ContractError,
     OutputBatch,
     ResultRow,
@@ -168,11 +168,11 @@ def host_shadow_attack(
     """The auditor's realistic case: every attack trained on the HOST's shadow outputs, applied to the DEVICE's
     target outputs. Returns the attack stage's rows (``shadow_device`` = ``local``, ``device`` = ``device_id``).
 
-    Runs the attack stage (``harness.attack_stage.attack_rows``) with the shadow side forced to ``local``; nothing
-    of the run directory is written. ``fits`` (a ``harness.attack_stage.FitCache``): attack groups already fitted
+    Runs the attack stage (``harness.attack.stage.attack_rows``) with the shadow side forced to ``local``; nothing
+    of the run directory is written. ``fits`` (a ``harness.attack.stage.FitCache``): attack groups already fitted
     on the host's shadows (by the attack stage on ``local``, or for another device) are reused, not refitted.
     """
-    from harness.attack_stage import attack_rows
+    from harness.attack.stage import attack_rows
 
     rows, _ = attack_rows(run, device_id, shadow_device=HOST, fits=fits)
     bad = [r for r in rows if (r.model_extra or {}).get("shadow_device") not in (HOST, [HOST])]
@@ -307,7 +307,7 @@ def compare_run(
             f"{run}: devices were collected but not the host; run 'compleak collect {run} --device local'"
         )
     if fits is None:  # one cache for every device: the host-shadow attacks are fitted once, not once per device
-        from harness.attack_stage import FitCache
+        from harness.attack.stage import FitCache
 
         fits = FitCache()
     console = console or Console()

@@ -15,13 +15,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from compleak.rundir import NAME_HELP, name_problem
+from rundir.vocabulary import BASELINES, FAMILIES
+
+from rundir import NAME_HELP, name_problem
 
 ARCHS = ("cnn-small", "resnet18", "vgg16-bn", "mobilenetv2")
 FRAMEWORKS = ("tf", "torch")
 FORMATS = {"tf": ("tflite",), "torch": ("pte", "ptl", "onnx")}
-ATTACK_FAMILIES = ("NR", "SR", "MR")
-BASELINES = ("rmia", "lira")
 
 # one compression step; a variant is steps joined with "+", e.g. "prune-0.8+int8"
 _STEP = re.compile(r"^(original|prune-(0?\.\d+)|cluster-(\d+)|qat-int8|int8|dynamic-int8|fp16)$")
@@ -58,7 +58,7 @@ class _Strict(BaseModel):
 
 
 class ExperimentSection(_Strict):
-    name: str = "experiment"  # becomes the folder runs/<name>: a checked name (compleak.rundir.check_name)
+    name: str = "experiment"  # becomes the folder runs/<name>: a checked name (rundir.check_name)
     seed: int = Field(0, ge=0, lt=2**31)
 
     @field_validator("name")
@@ -191,8 +191,8 @@ class ExportSection(_Strict):
 
 
 class AttackSection(_Strict):
-    families: list[Literal["NR", "SR", "MR"]] = Field(default_factory=lambda: list(ATTACK_FAMILIES))
-    baselines: list[Literal["rmia", "lira"]] = Field(default_factory=lambda: list(BASELINES))
+    families: list[Literal[FAMILIES]] = Field(default_factory=lambda: list(FAMILIES))  # type: ignore[valid-type]
+    baselines: list[Literal[BASELINES]] = Field(default_factory=lambda: list(BASELINES))  # type: ignore[valid-type]
     fprs: list[float] = Field(default_factory=lambda: [0.001, 0.01])
     bootstrap: int = Field(200, ge=0)
     seed: int = Field(0, ge=0, lt=2**31)
@@ -234,6 +234,12 @@ class AuditSection(_Strict):
     devices: list[DeviceEntry] = Field(default_factory=list)  # 'local' is always added
 
 
+def owner_seed(seed: int, role: str, shadow: int | None = None) -> int:
+    """The seed of one model owner from the experiment's ``seed``: ``seed`` for the target, ``seed + 1 + k`` for
+    reference (shadow) model k (:meth:`Experiment.owner_seed`)."""
+    return int(seed) + (0 if role == "target" else 1 + int(shadow or 0))
+
+
 class Experiment(_Strict):
     experiment: ExperimentSection = Field(default_factory=ExperimentSection)
     data: DataSection = Field(default_factory=DataSection)
@@ -273,6 +279,11 @@ class Experiment(_Strict):
     def reference_models(self) -> int:
         """K, the number of reference (shadow) models (resolved from attack.reference_models / splits.n_shadows)."""
         return int(self.attack.reference_models or 1)
+
+    def owner_seed(self, role: str, shadow: int | None = None) -> int:
+        """The seed of one model owner (its training, its drawn membership): the target trains with
+        ``experiment.seed``, reference (shadow) model k with ``seed + 1 + k``. The one place this rule lives."""
+        return owner_seed(self.experiment.seed, role, shadow)
 
     def section_hash(self, *sections: str, extra: Any = None) -> str:
         """sha256 over the JSON of the named sections (and ``extra``): the cache key of a build step."""

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from compleak.rundir import Splits, atomic_path
+from rundir import Splits, atomic_path
 from harness.errors import HarnessError
 
 if TYPE_CHECKING:

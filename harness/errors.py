@@ -19,7 +19,7 @@ class HarnessError(RuntimeError):
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """All exception types that are reported as one line (imported lazily to keep packages independent)."""
-    from compleak.rundir import ContractError
+    from rundir import ContractError
     from devices.errors import DeviceError
     from harness.config import ConfigError
 

@@ -65,6 +65,26 @@ class Unit:
     resources: dict[str, float] = field(default_factory=dict)
     actor: bool = False
     warm: Callable[[], Any] | None = None
+    #: keyword arguments passed only where the unit runs in this process (a console, a progress callback, a dataset
+    #: already in memory): things not worth or not possible to send to a worker. The executor decides; the unit
+    #: computes the same result without them.
+    local: dict[str, Any] = field(default_factory=dict)
+
+
+class ExecEvents:
+    """What a stage hears while the executor runs its units: Ray Tune's callbacks, in small. The executor calls
+    these; a stage overrides what it shows (progress bars, one line per finished unit) and never asks which
+    executor it has."""
+
+    def started(self, units: Sequence[Unit], where: str) -> None:
+        """``units`` are about to run; ``where`` says how, for the terminal ("serially in this process", "on
+        embedded local Ray (2 CPUs, 0 GPUs)")."""
+
+    def finished(self, unit: Unit, result: Any) -> None:
+        """``unit`` finished with ``result`` (before :meth:`Executor.run` yields it)."""
+
+
+_NO_EVENTS = ExecEvents()
 
 
 class Executor(Protocol):
@@ -72,8 +92,9 @@ class Executor(Protocol):
 
     name: str
 
-    def run(self, units: Sequence[Unit]) -> Iterator[tuple[Unit, Any]]:
-        """Yield ``(unit, result)`` as units finish (any order under Ray, the given order serially).
+    def run(self, units: Sequence[Unit], events: ExecEvents | None = None) -> Iterator[tuple[Unit, Any]]:
+        """Yield ``(unit, result)`` as units finish (any order under Ray, the given order serially), telling
+        ``events`` when they start and as each finishes.
 
         A unit's user error is re-raised here as the original exception; remaining units are cancelled."""
         ...
@@ -141,9 +162,14 @@ class SerialExecutor:
     def __init__(self, options: ExecOptions | None = None) -> None:
         self.options = options or ExecOptions(serial=True)
 
-    def run(self, units: Sequence[Unit]) -> Iterator[tuple[Unit, Any]]:
+    def run(self, units: Sequence[Unit], events: ExecEvents | None = None) -> Iterator[tuple[Unit, Any]]:
+        events = events or _NO_EVENTS
+        if units:
+            events.started(units, describe(self))
         for u in units:
-            yield u, u.fn(*u.args, **u.kwargs)
+            result = u.fn(*u.args, **u.kwargs, **u.local)
+            events.finished(u, result)
+            yield u, result
 
     def prestart(self, units: Sequence[Unit]) -> None:
         pass  # everything runs in this process, which has imported what it needs by the time it runs a unit
@@ -364,9 +390,12 @@ class RayExecutor:
 
     # ----------------------------------------------------------------- running
 
-    def run(self, units: Sequence[Unit]) -> Iterator[tuple[Unit, Any]]:
+    def run(self, units: Sequence[Unit], events: ExecEvents | None = None) -> Iterator[tuple[Unit, Any]]:
+        events = events or _NO_EVENTS
         self.start()
         ray = self._ray
+        if units:
+            events.started(units, describe(self))
         from ray.exceptions import RayActorError, RayTaskError, WorkerCrashedError
 
         # in flight at once: --workers, else as many as the cluster has CPUs (units wait here, not in Ray's queue
@@ -402,6 +431,7 @@ class RayExecutor:
                     ) from None
                 if isinstance(result, _UserFailure):
                     raise result.error
+                events.finished(unit, result)
                 yield unit, result
         finally:
             for ref, (unit, actor) in pending.items():  # stopped early: a unit's error, or the caller's
@@ -451,11 +481,11 @@ class RayExecutor:
 
 
 def describe(executor: Executor) -> str:
-    """One line for the terminal: how units run."""
+    """One line for the terminal: how units run (what :meth:`ExecEvents.started` is told)."""
     if isinstance(executor, RayExecutor):
         where = {"embedded": "embedded local Ray", "cluster": "Ray cluster", "existing": "running Ray"}[executor.mode]
         cap = f", at most {executor.options.workers} at once" if executor.options.workers else ""
         executor.start()
         res = executor._ray.cluster_resources()
-        return f"{where} ({res.get('CPU', 0):g} CPUs, {res.get('GPU', 0):g} GPUs{cap})"
+        return f"on {where} ({res.get('CPU', 0):g} CPUs, {res.get('GPU', 0):g} GPUs{cap})"
     return "serially in this process"

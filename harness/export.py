@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from compleak.results import load_all_scores, load_results
-from compleak.rundir import RunDir, atomic_path
+from rundir import RunDir, atomic_path
 from harness.errors import HarnessError
 
 if TYPE_CHECKING:

@@ -34,11 +34,11 @@ from rich.console import Console
 from rich.table import Table
 
 from compleak.results import RunResult, eps_of, result_rows, tpr_at
+from rundir.vocabulary import ROW_FAMILIES
 from harness.errors import HarnessError, esc
 
 MAX_TABLE_ROWS = 40  # tripped rows printed; the rest are counted (a CI log stays readable)
 EXIT_TRIPPED = 3  # the exit status of `compleak check` / `audit --fail-on` when a rule trips
-FAMILIES = ("NR", "SR", "MR", "baseline")
 SCOPE_KEYS = ("family", "method", "variant", "device", "framework", "format", "artifact", "seed")
 METRICS = ("auc", "auc_lo", "auc_hi", "bacc", "eps", "tpr@FPR")
 _ALIASES = {"balanced_accuracy": "bacc", "eps_lower_bound": "eps"}
@@ -121,9 +121,9 @@ def _parse_scope(text: str, scope: str) -> tuple[Selector, ...]:
         if not part:
             raise _bad(text, "empty selector in the scope before ':' (a stray ',')")
         if "=" not in part:
-            fam = next((f for f in FAMILIES if f.lower() == part.lower()), None)
+            fam = next((f for f in ROW_FAMILIES if f.lower() == part.lower()), None)
             if fam is None:
-                raise _bad(text, f"unknown scope {part!r}: a family ({', '.join(FAMILIES)}) or KEY=PATTERN with KEY "
+                raise _bad(text, f"unknown scope {part!r}: a family ({', '.join(ROW_FAMILIES)}) or KEY=PATTERN with KEY "
                                  f"one of {', '.join(SCOPE_KEYS)}")
             out.append(Selector("family", fam))
             continue
@@ -134,7 +134,7 @@ def _parse_scope(text: str, scope: str) -> tuple[Selector, ...]:
         if not pattern:
             raise _bad(text, f"scope key {key!r} has no value (write {key}=VALUE)")
         if key == "family":
-            pattern = next((f for f in FAMILIES if f.lower() == pattern.lower()), pattern)
+            pattern = next((f for f in ROW_FAMILIES if f.lower() == pattern.lower()), pattern)
         out.append(Selector(key, pattern))
     return tuple(out)
 

@@ -26,7 +26,7 @@ TINY_TOML = Path(__file__).parent / "data" / "tiny.toml"
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Build (or reuse) the tiny run and return its directory."""
-    from harness.build import build_run
+    from harness.build.stage import build_run
 
     cached = os.environ.get("COMPLEAK_TINY_RUN")
     out = Path(cached) if cached else tmp_path_factory.getbasetemp() / "tiny_run"

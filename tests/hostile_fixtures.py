@@ -71,7 +71,7 @@ class TreeState:
 
 def cli(args: list[str], input: str | None = None, env: dict[str, str] | None = None) -> Result:
     """Invoke the ``compleak`` CLI in-process; stdout and stderr are both in ``result.output``."""
-    from harness.cli import app
+    from harness.cli.main import app
 
     return CliRunner().invoke(app, args, input=input, env=env)
 

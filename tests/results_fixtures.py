@@ -2,7 +2,7 @@
 
 ``tests/test_report.py``'s :func:`make_synthetic_run` writes splits, a manifest, outputs on ``local`` and on an SSH
 device id (``DEVICE``) that differs slightly, and hand-made result rows; the attack stage
-(:func:`harness.attack_stage.attack_run`) then replaces those rows with real ones (ε lower bound, per-class AUC,
+(:func:`harness.attack.stage.attack_run`) then replaces those rows with real ones (ε lower bound, per-class AUC,
 score keys) and writes ``attacks/<device>/scores.npz``. 60 members and 60 non-members per model, three variants, fast
 attack settings: about half a minute on 2 cores. Tests must not modify it (copy it with ``copy_run`` first).
 """
@@ -19,7 +19,7 @@ from rich.console import Console
 def attacked_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from test_report import FAST_ATTACKS, make_synthetic_run
 
-    from harness.attack_stage import attack_run
+    from harness.attack.stage import attack_run
 
     root = tmp_path_factory.mktemp("attacked") / "run"
     root.mkdir()

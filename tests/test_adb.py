@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 if TYPE_CHECKING:
-    from compleak.rundir import ArtifactRecord
+    from rundir import ArtifactRecord
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from adbd_standin import AdbdStandin  # noqa: E402
@@ -218,7 +218,7 @@ def _record(path: Path, artifact_id: str, fmt: str = "tflite") -> "ArtifactRecor
     """A manifest record for an artifact file, its tensors read by the on-device runner's describe()."""
     import hashlib
 
-    from compleak.rundir import ArtifactRecord, TensorSpec
+    from rundir import ArtifactRecord, TensorSpec
     from devices.ondevice.compleak_runner import describe
 
     d = describe(str(path))
@@ -265,7 +265,8 @@ def _queries(n: int, seed: int = 2) -> np.ndarray:
 def test_python_runner_over_adb_equals_local_run(dev, tflite_models):
     """The Python runner chosen for the stand-in phone gives exactly the host interpreter's outputs."""
     from devices.ondevice.compleak_runner import load_model
-    from devices.runners import PythonRunner, choose_runner
+    from devices.runners.python import PythonRunner
+    from devices.runners.choose import choose_runner
 
     path, rec = tflite_models["int8"]
     x = _queries(100)
@@ -317,7 +318,7 @@ def fake_binaries(tmp_path):
 def test_benchmark_model_input_and_output_files(tflite_models, fake_binaries, kind):
     """Our value file, read as benchmark_model reads it, and its output file, parsed back, give the local outputs
     (int8: quantized inputs, dequantized outputs); the padded last chunk is dropped."""
-    from devices.android_runners import BenchmarkModelRunner
+    from devices.runners.android import BenchmarkModelRunner
     from devices.ondevice.compleak_runner import load_model
 
     path, rec = tflite_models[kind]
@@ -338,7 +339,7 @@ def test_benchmark_model_input_and_output_files(tflite_models, fake_binaries, ki
 def test_benchmark_model_command_and_script_quote_every_path(tflite_models, fake_binaries):
     import shlex
 
-    from devices.android_runners import BenchmarkModelRunner
+    from devices.runners.android import BenchmarkModelRunner
 
     _, rec = tflite_models["float"]
     runner = BenchmarkModelRunner(fake_binaries / "arm64-v8a" / "benchmark_model", "arm64-v8a", batch_size=16,
@@ -369,8 +370,8 @@ def test_benchmark_model_command_and_script_quote_every_path(tflite_models, fake
 
 def test_executor_runner_files_and_command(fake_binaries):
     """executor_runner: NCHW raw float32 input at the program's fixed batch, output BASE-0.bin parsed back."""
-    from compleak.rundir import ArtifactRecord, TensorSpec
-    from devices.android_runners import ExecutorRunner
+    from rundir import ArtifactRecord, TensorSpec
+    from devices.runners.android import ExecutorRunner
 
     rec = ArtifactRecord(id="torch-target-original.pte", role="target", variant="original", framework="torch",
                          format="pte", path="a.pte", sha256="0" * 64, bytes=1,
@@ -395,7 +396,7 @@ def test_executor_runner_files_and_command(fake_binaries):
 
 
 def test_binary_lookup_by_abi_and_missing_binary_error(fake_binaries, tmp_path, monkeypatch):
-    from devices.android_runners import binary_cache_dir, find_binary
+    from devices.runners.android import binary_cache_dir, find_binary
 
     monkeypatch.setenv("COMPLEAK_CACHE_DIR", str(tmp_path / "cache"))
     assert find_binary("benchmark_model", ["armeabi-v7a", "arm64-v8a"], fake_binaries) == \
@@ -412,7 +413,7 @@ def test_binary_lookup_by_abi_and_missing_binary_error(fake_binaries, tmp_path, 
 
 
 def test_choose_android_runner_by_format(fake_binaries, tflite_models):
-    from devices.android_runners import BenchmarkModelRunner, choose_android_runner
+    from devices.runners.android import BenchmarkModelRunner, choose_android_runner
     from devices.base import DeviceProperties
 
     _, rec = tflite_models["float"]
@@ -466,7 +467,7 @@ def _mini_run(run: Path, tflite_models) -> list:
     """A run directory the collect stage accepts: manifest (int8 target, float shadow), splits, queries.npz."""
     import shutil as sh
 
-    from compleak.rundir import Manifest, Splits
+    from rundir import Manifest, Splits
 
     (run / "artifacts").mkdir(parents=True)
     recs = []
@@ -493,8 +494,8 @@ def test_collect_over_adb_equals_local(phone, dev, tflite_models, tmp_path):
 
     from rich.console import Console
 
-    from compleak.rundir import RunDir
-    from harness.collect import collect_run
+    from rundir import RunDir
+    from harness.collect.stage import collect_run
 
     run = tmp_path / "run with space"
     recs = _mini_run(run, tflite_models)
@@ -527,8 +528,8 @@ def test_device_lost_mid_collection_then_rerun_completes(adb_server, tflite_mode
 
     from rich.console import Console
 
-    from compleak.rundir import RunDir
-    from harness.collect import collect_run
+    from rundir import RunDir
+    from harness.collect.stage import collect_run
 
     run = tmp_path / "run"
     recs = _mini_run(run, tflite_models)
@@ -603,7 +604,7 @@ def pte_model(tmp_path_factory):
 def test_benchmark_model_runner_flow_over_adb(dev, tflite_models, tmp_path):
     """The whole benchmark_model flow on the stand-in phone (push, chmod, batches cut with dd, one run per batch,
     outputs concatenated, pulled, dequantized) gives the local outputs; a manifest/binary mismatch is one line."""
-    from devices.android_runners import BenchmarkModelRunner, choose_android_runner
+    from devices.runners.android import BenchmarkModelRunner, choose_android_runner
     from devices.base import DeviceProperties
     from devices.ondevice.compleak_runner import load_model
 
@@ -628,7 +629,7 @@ def test_benchmark_model_runner_flow_over_adb(dev, tflite_models, tmp_path):
 def test_executor_runner_flow_over_adb(dev, pte_model, tmp_path):
     """The executor_runner flow on the stand-in phone: NHWC queries transposed to the program's NCHW, padded to the
     program's fixed batch of 4, output read from BASE-0.bin; equals the local ExecuTorch run."""
-    from devices.android_runners import ExecutorRunner, choose_android_runner
+    from devices.runners.android import ExecutorRunner, choose_android_runner
     from devices.base import DeviceProperties
     from devices.ondevice.compleak_runner import load_model
 

@@ -1,4 +1,4 @@
-"""The attack stage on a synthetic run directory written with compleak.rundir, through attack_run and the CLI."""
+"""The attack stage on a synthetic run directory written with rundir, through attack_run and the CLI."""
 
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ from rich.console import Console
 from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
 
-from compleak.rundir import ArtifactRecord, Manifest, OutputBatch, RunDir, load_results
+from rundir import ArtifactRecord, Manifest, OutputBatch, RunDir, load_results
 from compleak.synthetic import VariantSpec as V
 from compleak.synthetic import make_splits, synthetic_outputs
-from harness.attack_stage import FitCache, attack_rows, attack_run, load_scores, scores_path
-from harness.cli import app
+from harness.attack.stage import FitCache, attack_rows, attack_run, load_scores, scores_path
+from harness.cli.main import app
 
 # (framework, format, variant) of every target artifact; each gets one shadow artifact of the same kind
 ARTIFACTS = [

@@ -15,8 +15,9 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
-from compleak.rundir import RunDir, device_dirname, load_results
-from harness.cli import app
+from rundir import RunDir, device_dirname, load_results
+from devices.spec import DeviceSpec
+from harness.cli.main import app
 
 AUDIT_TOML = """
 [experiment]
@@ -124,8 +125,8 @@ def test_audit_local_and_ssh_then_resume(tmp_path: Path, sshd_server) -> None:
     from harness.audit import audit_run
 
     index = audit_run(
-        cfg, [dev], out=run, identity=sshd_server.identity, known_hosts=sshd_server.known_hosts, console=console,
-        shadows_on_devices=True,
+        cfg, [DeviceSpec(dev, identity=sshd_server.identity, known_hosts=sshd_server.known_hosts)], out=run,
+        console=console, shadows_on_devices=True,
     )
     assert index == run / "report" / "index.html"
     assert _snapshot(run) == before
@@ -145,7 +146,7 @@ def test_demo_without_fashion_mnist_is_one_line(tmp_path: Path) -> None:
 
 
 def test_audit_device_list_and_bad_uri(tmp_path: Path) -> None:
-    from harness.audit import audit_devices
+    from harness.collect.fanout import audit_devices
     from harness.config import load_experiment
 
     cfg = tmp_path / "audit.toml"
@@ -154,10 +155,10 @@ def test_audit_device_list_and_bad_uri(tmp_path: Path) -> None:
     devs = audit_devices(
         exp,
         ["local", "ssh://pi@board:2222?python=/opt/py/bin/python3", "adb://emulator-5554"],
-        identity=Path("/keys/default"),
+        DeviceSpec("local", identity=Path("/keys/default")),
     )
     assert [d.device_id for d in devs] == ["local", "ssh://pi@board:2222", "adb://emulator-5554"]
-    assert devs[1].identity == Path("/keys/pi") and devs[2].identity == Path("/keys/default")
+    assert devs[1].spec.identity == Path("/keys/pi") and devs[2].spec.identity == Path("/keys/default")
 
     result = CliRunner().invoke(app, ["audit", str(cfg), "--device", "bogus://x", "--out", str(tmp_path / "run")])
     assert result.exit_code == 2, (result.output, result.exception)

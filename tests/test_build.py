@@ -11,8 +11,8 @@ import pytest
 from rich.console import Console
 
 from build_fixtures import TINY_TOML
-from compleak.rundir import RunDir
-from compleak.rundir import sha256_file
+from rundir import RunDir
+from rundir import sha256_file
 
 SMALL = """
 [experiment]
@@ -56,7 +56,7 @@ class Interrupt(Exception):
 
 @pytest.mark.slow
 def test_interrupted_build_resumes_without_redoing_finished_artifacts(tmp_path: Path) -> None:
-    from harness.build import build_into, build_run
+    from harness.build.stage import build_into, build_run
     from harness.config import load_experiment
 
     cfg = _write(tmp_path)
@@ -126,7 +126,7 @@ def test_interrupted_build_resumes_without_redoing_finished_artifacts(tmp_path: 
 @pytest.mark.slow
 def test_tiny_run_layout(tiny_run: Path) -> None:
     """The fixture's run directory honours the contract: every planned artifact, hashed, evaluated on the host."""
-    from harness.build import plan
+    from harness.build.stage import plan
     from harness.config import load_experiment
 
     run = RunDir(tiny_run)
@@ -157,7 +157,7 @@ def test_tiny_run_layout(tiny_run: Path) -> None:
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "harness.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "harness.cli.main", *args], cwd=cwd, capture_output=True, text=True, timeout=300
     )
 
 

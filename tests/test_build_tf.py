@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from compleak.rundir import RunDir
+from rundir import RunDir
 
 pytestmark = pytest.mark.slow
 
@@ -54,7 +54,7 @@ def _weights(path) -> list[tuple[str, np.ndarray]]:
 
 def test_every_tflite_matches_its_keras_model(tiny_run):
     from devices.ondevice.compleak_runner import detect_format, load_model
-    from harness.tf_build import load_keras
+    from harness.build.tf_pipeline import load_keras
 
     run = RunDir(tiny_run)
     manifest = run.load_manifest()
@@ -137,7 +137,7 @@ def test_manifest_records_tensor_specs_quantization_and_op_versions(tiny_run):
 
 
 def test_zoo_topologies():
-    from harness.tf_build import build_model
+    from harness.build.tf_pipeline import build_model
 
     m = build_model("cnn-small", (28, 28, 1), 10)
     assert [layer.__class__.__name__ for layer in m.layers] == [
@@ -164,9 +164,9 @@ def test_rerun_builds_from_the_model_cache_without_training(tiny_run, tmp_path, 
     """A fresh process finds the trained, fine-tuned and QAT models by content hash and converts them again."""
     import shutil
 
-    import harness.tf_build as tb
+    import harness.build.tf_pipeline as tb
     from devices.ondevice.compleak_runner import load_model
-    from harness.build import _owner_seed
+    from harness.build.stage import _owner_seed
     from harness.config import load_experiment
     from harness.data import load_dataset, owner_data
 

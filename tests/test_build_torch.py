@@ -21,7 +21,7 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("executorch")
 
-from harness import torch_build as tb  # noqa: E402
+from harness.build import torch_pipeline as tb  # noqa: E402
 from harness.config import Experiment  # noqa: E402
 from harness.data import OwnerData  # noqa: E402
 from harness.errors import HarnessError  # noqa: E402

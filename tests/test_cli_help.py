@@ -12,7 +12,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from harness.cli import _split, app
+from harness.cli.main import _split, app
 
 
 def _commands() -> list[tuple[str, Any]]:
@@ -90,7 +90,7 @@ def test_list_options_reach_the_stage(tiny_run, tmp_path) -> None:
     in the stage: a real (small) collect and attack on a copy of the tiny run."""
     from hostile_fixtures import cli, copy_run
 
-    from compleak.rundir import RunDir, load_results
+    from rundir import RunDir, load_results
 
     run = copy_run(tiny_run, tmp_path / "run")
     rd = RunDir(run)
@@ -121,12 +121,14 @@ def test_audit_has_the_stage_options() -> None:
     cmds = dict(_commands())
     opts = {o for p in cmds["audit"].params for o in p.opts}
     assert {"--batch-size", "--force", "--container", "--families", "--engine"} <= opts
+    import dataclasses
     import inspect
 
-    from harness.audit import audit_run
+    from harness.audit import StageOptions, audit_run
 
-    params = inspect.signature(audit_run).parameters
-    assert {"families", "batch_size", "force", "container", "engine"} <= set(params)
+    assert "stage" in inspect.signature(audit_run).parameters  # the stage options travel as one value
+    fields = {f.name for f in dataclasses.fields(StageOptions)}
+    assert {"families", "batch_size", "force", "container", "engine"} <= fields
 
 
 def test_bad_family_on_audit_is_one_line(tmp_path) -> None:

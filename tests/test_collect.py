@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from compleak.rundir import ArtifactRecord, Manifest, RunDir, TensorSpec, device_dirname
+from rundir import ArtifactRecord, Manifest, RunDir, TensorSpec, device_dirname
 from devices.errors import DeviceError
+from devices.spec import DeviceSpec
 from devices.ondevice import compleak_runner as cr
-from compleak.rundir import sha256_file
-from harness.collect import collect_run
+from rundir import sha256_file
+from harness.collect.stage import collect_run
 from harness.errors import HarnessError
 from sshd_fixtures import SshServer
 
@@ -166,7 +167,7 @@ def test_queries_npz_is_used_when_present(run: RunDir) -> None:
 def test_sshd_killed_mid_collection_then_rerun_completes(
     run: RunDir, sshd_server: SshServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import harness.collect as collect_mod
+    import harness.collect.chunks as collect_mod  # the chunk loop stores each finished chunk
 
     dev_dir = run.outputs_dir(sshd_server.device_id)
     assert dev_dir.name == device_dirname(sshd_server.device_id)
@@ -183,10 +184,11 @@ def test_sshd_killed_mid_collection_then_rerun_completes(
 
     monkeypatch.setattr(collect_mod, "atomic_write_json", store_then_kill)
     remote_ws = tmp_path / "remote workspace"  # private: a killed session cannot remove its job directory
-    opts = dict(identity=sshd_server.identity, known_hosts=sshd_server.known_hosts, batch_size=16, chunk_size=30,
-                console=quiet(), workspace=str(remote_ws))
+    spec = DeviceSpec(sshd_server.uri, identity=sshd_server.identity, known_hosts=sshd_server.known_hosts,
+                      workspace=str(remote_ws))
+    opts = dict(batch_size=16, chunk_size=30, console=quiet())
     with pytest.raises(DeviceError) as exc:
-        collect_run(run.root, sshd_server.uri, **opts)
+        collect_run(run.root, spec, **opts)
     assert killed.is_set() and "\n" not in str(exc.value) and sshd_server.device_id in str(exc.value)
     assert run.output_npz(sshd_server.device_id, "tf-target-original.tflite").is_file()  # finished one stays
     assert not run.output_npz(sshd_server.device_id, second).exists()
@@ -195,7 +197,7 @@ def test_sshd_killed_mid_collection_then_rerun_completes(
 
     sshd_server.restart()
     rerun_start = time.time()
-    collect_run(run.root, sshd_server.uri, **opts)
+    collect_run(run.root, spec, **opts)
     for rec in run.load_manifest().artifacts:
         out = run.load_outputs(sshd_server.device_id, rec.id)  # validates: no duplicate ids, no NaN
         ids, expected = _expected(run, rec)
@@ -219,7 +221,7 @@ def test_bad_run_directory_errors(tmp_path: Path) -> None:
     with pytest.raises(HarnessError, match="run directory not found"):
         collect_run(tmp_path / "missing", "local", console=quiet())
     (tmp_path / "empty").mkdir()
-    from compleak.rundir import ContractError
+    from rundir import ContractError
 
     with pytest.raises(ContractError, match="manifest.json: file not found"):
         collect_run(tmp_path / "empty", "local", console=quiet())

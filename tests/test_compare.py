@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from compleak.rundir import ArtifactRecord, OutputBatch, ResultRow, RunDir, load_results
+from rundir import ArtifactRecord, OutputBatch, ResultRow, RunDir, load_results
 from harness.compare import compare_device, compare_run, divergence_arrays, leakage_deltas, output_divergence
 from harness.errors import HarnessError
 
@@ -144,7 +144,7 @@ def test_host_shadows_applied_to_device_targets(tmp_path: Path) -> None:
     attacks (trained on its corrupted shadows) differ."""
     from test_report import DEVICE, FAST_ATTACKS, make_synthetic_run
 
-    from harness.attack_stage import attack_run
+    from harness.attack.stage import attack_run
 
     rd = make_synthetic_run(tmp_path, n=80, variants=["original", "prune-0.8", "int8"], extra_toml=FAST_ATTACKS)
     rng = np.random.default_rng(5)

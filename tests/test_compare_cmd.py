@@ -15,7 +15,7 @@ import pytest
 from hostile_fixtures import TreeState, cli, cli_refuses, copy_run
 from test_report import DEVICE, FAST_ATTACKS, make_synthetic_run
 
-from compleak.rundir import device_dirname
+from rundir import device_dirname
 
 DEVICE_DIR = "ssh_tester@127.0.0.1_2222"
 

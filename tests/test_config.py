@@ -80,7 +80,7 @@ def test_variant_labels() -> None:
 
 
 def test_build_keys_follow_the_relevant_sections() -> None:
-    from harness.build import PlannedArtifact, build_key
+    from harness.build.stage import PlannedArtifact, build_key
 
     exp = load_experiment(ROOT / "tests" / "data" / "tiny.toml")
     item = PlannedArtifact("tf", "target", None, "prune-0.8", "tflite")

@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from harness import containers
+from harness.toolchain import containers
 from harness.errors import HarnessError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,7 +57,7 @@ def test_no_engine_installed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
 
 
 def test_no_engine_cli_one_line(tmp_path: Path) -> None:
-    from harness.cli import app
+    from harness.cli.main import app
 
     res = CliRunner().invoke(app, ["devices", "up", "edge-arm64", "--engine", str(tmp_path / "bin" / "podman")])
     assert res.exit_code == 2
@@ -249,7 +249,7 @@ def test_images_are_tagged_and_cached(images: dict[str, str]) -> None:
 
 @heavy
 def test_build_in_toolchain_tf_214(run_214: Path, images: dict[str, str]) -> None:
-    from compleak.rundir import RunDir
+    from rundir import RunDir
     from devices.compat import tflite_op_versions
 
     rd = RunDir(run_214)
@@ -280,9 +280,9 @@ def test_port_taken_on_up(images: dict[str, str]) -> None:
 
 @heavy
 def test_edge_arm64_probe_and_collect(edge_arm64: str, run_214: Path, tmp_path: Path) -> None:
-    from compleak.rundir import RunDir
+    from rundir import RunDir
     from devices.uri import connect
-    from harness.collect import collect_run
+    from harness.collect.stage import collect_run
     from harness.compare import output_divergence
 
     # the registry gives connect() the generated key and the recorded host key: no flags
@@ -293,7 +293,7 @@ def test_edge_arm64_probe_and_collect(edge_arm64: str, run_214: Path, tmp_path: 
 
     # the CLI, too, needs no --identity / --known-hosts
     env = dict(os.environ)
-    cli = [sys.executable, "-m", "harness.cli"]
+    cli = [sys.executable, "-m", "harness.cli.main"]
     probe = subprocess.run(cli + ["devices", "probe", edge_arm64], capture_output=True, text=True, env=env, cwd=ROOT,
                            timeout=600)
     assert probe.returncode == 0, probe.stderr
@@ -304,8 +304,7 @@ def test_edge_arm64_probe_and_collect(edge_arm64: str, run_214: Path, tmp_path: 
     res = subprocess.run(cli + ["collect", str(run_214), "--device", edge_arm64, "--artifacts", ",".join(ids)],
                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=1200)
     assert res.returncode == 0, res.stderr
-    collect_run(run_214, "local", artifacts=ids, identity=None, known_hosts=None, trust_new_host=False, binaries=None,
-                batch_size=512, console=None)
+    collect_run(run_214, "local", artifacts=ids, batch_size=512, console=None)
 
     report = {}
     for rec in rd.load_manifest().targets():
@@ -327,10 +326,10 @@ def test_edge_arm64_probe_and_collect(edge_arm64: str, run_214: Path, tmp_path: 
 @heavy
 def test_tf221_artifact_refused_by_arm64_device(edge_arm64: str, tmp_path: Path) -> None:
     """A dynamic-range model converted by the host's TF 2.21 is refused up front, naming the toolchain fix."""
-    from compleak.rundir import RunDir
+    from rundir import RunDir
     from devices.errors import IncompatibleArtifact
-    from harness.build import build_run
-    from harness.collect import collect_run
+    from harness.build.stage import build_run
+    from harness.collect.stage import collect_run
 
     exp = tmp_path / "experiment.toml"
     exp.write_text(EXPERIMENT.replace('tf = ["original", "dynamic-int8"]', 'tf = ["dynamic-int8"]'))
@@ -339,8 +338,7 @@ def test_tf221_artifact_refused_by_arm64_device(edge_arm64: str, tmp_path: Path)
     target = rd.load_manifest().targets()[0]
     assert target.toolchain["tensorflow"].startswith("2.21")
     with pytest.raises(IncompatibleArtifact, match=r"FULLY_CONNECTED version 12 .*--container toolchain-tf:2\.14\.0"):
-        collect_run(run, edge_arm64, artifacts=[target.id], identity=None, known_hosts=None, trust_new_host=False,
-                    binaries=None, batch_size=512, console=None)
+        collect_run(run, edge_arm64, artifacts=[target.id], batch_size=512, console=None)
     assert not rd.output_npz(edge_arm64, target.id).exists()
 
 

@@ -19,7 +19,7 @@ from hostile_fixtures import TreeState, cli, cli_refuses, copy_run
 from test_report import DEVICE, make_synthetic_run
 
 import compleak
-from compleak.rundir import ContractError
+from rundir import ContractError
 
 ROOT = Path(__file__).resolve().parents[1]
 DEVICE_DIR = "ssh_tester@127.0.0.1_2222"

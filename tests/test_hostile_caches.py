@@ -66,7 +66,7 @@ def _experiment() -> Experiment:
 def _lambda_model(sentinel: Path):
     """A Keras model whose Lambda layer runs ``touch SENTINEL`` whenever the layer is called (also when a loader
     rebuilds the model from its config) and outputs the constant logit 7."""
-    from harness.tf_build import keras
+    from harness.build.tf_pipeline import keras
 
     cmd = f"touch {shlex.quote(str(sentinel))}"
     fn = eval(f"lambda t: (__import__('os').system({cmd!r}), t * 0.0 + 7.0)[1]")  # a real lambda: its bytecode is saved
@@ -90,7 +90,7 @@ def _tflite_outputs(path: Path, x: np.ndarray) -> np.ndarray:
 @pytest.fixture(scope="module")
 def tf_clean(tmp_path_factory: pytest.TempPathFactory):
     """One clean TF build of ``original`` (its cache entry and sidecar) to tamper with in copies."""
-    import harness.tf_build as tb
+    import harness.build.tf_pipeline as tb
 
     out = tmp_path_factory.mktemp("tf-clean")
     exp, owner = _experiment(), _digits_owner()
@@ -99,7 +99,7 @@ def tf_clean(tmp_path_factory: pytest.TempPathFactory):
 
 
 def _tf_cache_entry(out: Path, exp, owner) -> Path:
-    import harness.tf_build as tb
+    import harness.build.tf_pipeline as tb
 
     return out / tb.CACHE_DIR / f"tf-target-original-{tb.original_key(exp, owner)[:16]}.keras"
 
@@ -120,7 +120,7 @@ def test_tf_verified_cache_entry_is_reused(tf_clean, tmp_path, monkeypatch):
     """The control: an intact entry (zip .keras + matching sidecar) is loaded, not retrained, same file out."""
     import shutil
 
-    import harness.tf_build as tb
+    import harness.build.tf_pipeline as tb
 
     exp, owner, clean = tf_clean
     out = tmp_path / "out"
@@ -144,7 +144,7 @@ def test_tf_planted_lambda_model_never_runs_nor_ships(tf_clean, tmp_path, monkey
     and as a .keras zip with a forged sidecar (correct sha256, key and recipe): never deserialized, rebuilt."""
     import shutil
 
-    import harness.tf_build as tb
+    import harness.build.tf_pipeline as tb
 
     exp, owner, clean = tf_clean
     out = tmp_path / "out"
@@ -189,7 +189,7 @@ def test_tf_digest_mismatch_rebuilds(tf_clean, tmp_path, monkeypatch):
     """A valid model of the right architecture swapped in without updating the digest is not used."""
     import shutil
 
-    import harness.tf_build as tb
+    import harness.build.tf_pipeline as tb
 
     exp, owner, clean = tf_clean
     out = tmp_path / "out"
@@ -210,7 +210,7 @@ def test_tf_digest_mismatch_rebuilds(tf_clean, tmp_path, monkeypatch):
 
 def test_tf_qat_stage_is_cached_as_verified_keras_zip(tmp_path, monkeypatch):
     """Every cached stage (here quantization-aware training) is a zip .keras with a sidecar, and reloads."""
-    import harness.tf_build as tb
+    import harness.build.tf_pipeline as tb
 
     exp, owner = _experiment(), _digits_owner(200)
     tb.build_variants(exp, owner, ["qat-int8"], tmp_path, "target")
@@ -242,7 +242,7 @@ class _Evil:
 
 @pytest.fixture(scope="module")
 def torch_clean(tmp_path_factory: pytest.TempPathFactory):
-    tb = pytest.importorskip("harness.torch_build")
+    tb = pytest.importorskip("harness.build.torch_pipeline")
     out = tmp_path_factory.mktemp("torch-clean")
     exp, owner = _experiment(), _digits_owner()
     tb.build_variants(exp, owner, ["original"], out, "target", formats=["onnx"])
@@ -250,7 +250,7 @@ def torch_clean(tmp_path_factory: pytest.TempPathFactory):
 
 
 def _torch_entry(out: Path) -> Path:
-    import harness.torch_build as tb
+    import harness.build.torch_pipeline as tb
 
     (entry,) = (out / tb.CACHE_DIR).glob("target-original-*.pt")
     return entry
@@ -266,7 +266,7 @@ def _onnx_outputs(path: Path, x_nhwc: np.ndarray) -> np.ndarray:
 def test_torch_verified_cache_is_reused(torch_clean, tmp_path, monkeypatch):
     import shutil
 
-    import harness.torch_build as tb
+    import harness.build.torch_pipeline as tb
 
     exp, owner, clean = torch_clean
     out = tmp_path / "out"
@@ -285,7 +285,7 @@ def test_torch_tampered_cache_never_unpickles(torch_clean, tmp_path, monkeypatch
     a forged digest ``torch.load(weights_only=True)`` refuses it. Either way: retrained, sentinel absent."""
     import shutil
 
-    import harness.torch_build as tb
+    import harness.build.torch_pipeline as tb
     import torch
 
     exp, owner, clean = torch_clean
@@ -585,7 +585,7 @@ def test_cli_build_never_ships_a_planted_cache_model(tiny_run, tmp_path):
     model (today's failure: the command ran and the planted model shipped with exit 0)."""
     from hostile_fixtures import cli, copy_run
 
-    from compleak.rundir import RunDir, sha256_file
+    from rundir import RunDir, sha256_file
 
     run = copy_run(tiny_run, tmp_path / "run")
     sentinel = tmp_path / "PWNED"

@@ -26,8 +26,8 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from compleak.rundir import Manifest
-from harness.cli import friendly
+from rundir import Manifest
+from harness.cli.main import friendly
 from hostile_fixtures import TreeState, assert_one_line_error, cli, cli_refuses, copy_run
 
 MARK = "SEKRET"  # every piece of every test password carries it: it must never show up
@@ -173,7 +173,7 @@ def test_markup_in_device_hostname_prints_literally() -> None:
     if shutil.which("unshare") is None:
         pytest.skip("unshare (util-linux) is not installed")
     name = "[/]x[bold]"
-    script = f'printf %s "{name}" > /proc/sys/kernel/hostname && exec "$0" -m harness.cli devices probe local'
+    script = f'printf %s "{name}" > /proc/sys/kernel/hostname && exec "$0" -m harness.cli.main devices probe local'
     proc = subprocess.run(["unshare", "-u", "sh", "-c", script, sys.executable], capture_output=True, text=True,
                           timeout=300, cwd=Path(__file__).resolve().parents[1])
     if proc.returncode != 0 and "unshare" in proc.stderr and "Traceback" not in proc.stderr:
@@ -318,7 +318,7 @@ def test_membership_csv_with_byte_order_mark_is_accepted(shipped, tmp_path: Path
     args = _import_args(tmp_path / "run", shipped, members=csv)
     result = cli(args)
     assert result.exit_code == 0, result.output
-    from compleak.rundir import Splits
+    from rundir import Splits
 
     s = Splits.load(tmp_path / "run" / "splits.npz")
     assert list(s.target_in) == ids and list(s.target_out) == non
@@ -362,7 +362,7 @@ def test_failed_reimport_leaves_the_run_byte_identical(imported: Path, shipped, 
 
 
 def test_reimport_replaces_an_artifact_and_stays_consistent(imported: Path, shipped, tmp_path: Path) -> None:
-    from compleak.rundir import sha256_file
+    from rundir import sha256_file
 
     run = copy_run(imported, tmp_path / "run")
     result = cli(_import_args(run, shipped, target=f"{shipped['dynamic']}:original"))

@@ -31,12 +31,12 @@ from typing import Iterator
 import numpy as np
 import pytest
 
-from compleak.rundir import OutputBatch, RunDir
+from rundir import OutputBatch, RunDir
 from devices.base import JOB_MARKER
 from devices.errors import DeviceError
 from devices.local import LocalDevice
 from devices.ondevice import compleak_runner as cr
-from devices.runner_server import RunnerServer
+from devices.runners.server import RunnerServer
 from devices.uri import connect
 from hostile_fixtures import TreeState, cli, cli_refuses, copy_run
 from sshd_fixtures import SshServer
@@ -478,7 +478,7 @@ def test_queries_npz_of_the_wrong_shape_or_kind_is_refused(run: Path) -> None:
 def test_second_collect_on_the_same_run_and_device_fails_at_once(run: Path) -> None:
     holder = subprocess.Popen(
         [sys.executable, "-c",
-         "import sys, time; from compleak.rundir import RunDir; from harness.collect_guard import CollectLock\n"
+         "import sys, time; from rundir import RunDir; from harness.collect.guard import CollectLock\n"
          "CollectLock(RunDir(sys.argv[1]), 'local').acquire(); print('locked', flush=True); time.sleep(120)\n",
          str(run)],
         stdout=subprocess.PIPE, text=True, cwd=ROOT)
@@ -498,7 +498,7 @@ def test_second_collect_on_the_same_run_and_device_fails_at_once(run: Path) -> N
 
 
 def test_output_check_refuses_nan_integer_and_out_of_range_probabilities(tiny_run: Path) -> None:
-    from harness.collect_guard import bad_outputs
+    from harness.collect.guard import bad_outputs
 
     rec = RunDir(tiny_run).load_manifest().by_id(ART)
     good = np.zeros((4, 10), np.float32)

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from hostile_fixtures import TreeState, cli, cli_refuses, copy_run
 
-from compleak.rundir import ContractError, RunDir, UnsafePathError, check_name, device_dirname
+from rundir import ContractError, RunDir, UnsafePathError, check_name, device_dirname
 
 TARGET = "tf-target-original.tflite"
 

@@ -20,10 +20,10 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from compleak.rundir import Manifest, RunDir, Splits, load_results
-from harness.cli import app
+from rundir import Manifest, RunDir, Splits, load_results
+from harness.cli.main import app
 from harness.config import load_experiment
-from harness.importer import experiment_toml
+from harness.importer.stage import experiment_toml
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "import_shipped_model" / "export_models.py"

@@ -10,11 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from compleak.rundir import ArtifactRecord, TensorSpec
+from rundir import ArtifactRecord, TensorSpec
 from devices.errors import DeviceError, IncompatibleArtifact
 from devices.local import LocalDevice
 from devices.ondevice import compleak_runner as cr
-from devices.runners import PythonRunner, choose_runner
+from devices.runners.python import PythonRunner
+from devices.runners.choose import choose_runner
 from test_runner import make_tflite_models
 
 
@@ -126,7 +127,7 @@ def test_no_runtime_for_format_names_the_fix(tfl: dict) -> None:
 def test_cli_devices_list_and_probe_local() -> None:
     from typer.testing import CliRunner
 
-    from harness.cli import app
+    from harness.cli.main import app
 
     res = CliRunner().invoke(app, ["devices", "list"], env={"COLUMNS": "200"})
     assert res.exit_code == 0 and "local" in res.output and "this host" in res.output

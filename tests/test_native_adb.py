@@ -1,7 +1,7 @@
 """The native runner bundle over ADB (issue 14): the REAL adb client and server against the protocol-level adbd
 stand-in (tests/adbd_standin.py), which runs the device's commands on this host, so the bundle is this host's
 (``compleak runners build``, amd64 here). ADB cannot keep a command running (``AdbDevice.can_spawn`` is False), so
-the runner is the one-shot one (``devices.native_oneshot``): per chunk one ``compleak-runner --serve`` command with
+the runner is the one-shot one (``devices.runners.native_oneshot``): per chunk one ``compleak-runner --serve`` command with
 request and reply files, parsed by the runner server's own checks. Its outputs must equal the host runtimes' bit
 for bit (same binary, same libraries, same machine). Real Android phones need the NDK build of the same sources
 (.github/workflows/native-runner-android.yml); the probe says so for a bionic device.
@@ -32,7 +32,7 @@ ARTIFACTS = ("tf-target-original.tflite", "tf-target-int8.tflite", "torch-target
 @pytest.fixture(scope="module")
 def bundle() -> Path:
     """This host's native runner bundle (built once, then reused from the user's cache)."""
-    from devices.native_runner import build_bundle
+    from devices.native.bundle import build_bundle
 
     return build_bundle()
 
@@ -75,7 +75,7 @@ def dev(bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[obje
 
 @pytest.fixture(scope="module")
 def records(tiny_run: Path) -> dict[str, tuple[Path, object]]:
-    from compleak.rundir import RunDir
+    from rundir import RunDir
 
     rd = RunDir(tiny_run)
     recs = {a.id: a for a in rd.load_manifest().artifacts}
@@ -87,7 +87,9 @@ def _queries(n: int) -> np.ndarray:
 
 
 def test_probe_over_adb_reports_native_runner(dev) -> None:
-    props = dev.properties()
+    from devices.runners.choose import probe
+
+    props = probe(dev)
     assert props.android_api == 34 and props.libc == "gnu"  # the stand-in runs on this host's glibc
     assert props.runners["native"].startswith("ready: "), props.runners
 
@@ -95,9 +97,9 @@ def test_probe_over_adb_reports_native_runner(dev) -> None:
 @pytest.mark.parametrize("aid", ARTIFACTS)
 def test_native_bundle_over_adb_equals_host_runtime(dev, records, aid: str) -> None:
     """The bundle deploys through adb push and runs one-shot; outputs equal the host's runtime bit for bit."""
-    from devices.native_oneshot import NativeOneShotRunner
+    from devices.runners.native_oneshot import NativeOneShotRunner
     from devices.ondevice.compleak_runner import load_model
-    from devices.runners import choose_runner
+    from devices.runners.choose import choose_runner
 
     path, rec = records[aid]
     runner = choose_runner(dev, rec, runner="native", batch_size=32)
@@ -118,8 +120,8 @@ def test_native_bundle_over_adb_equals_host_runtime(dev, records, aid: str) -> N
 
 def test_no_python_on_adb_device_chooses_native(dev, records) -> None:
     """Without a usable Python and without Android binaries, auto choice is the native runner (one-shot)."""
-    from devices.native_oneshot import NativeOneShotRunner
-    from devices.runners import choose_runner
+    from devices.runners.native_oneshot import NativeOneShotRunner
+    from devices.runners.choose import choose_runner
 
     props = dev.properties()
     props.python = props.numpy = None
@@ -137,7 +139,7 @@ def test_no_python_on_adb_device_chooses_native(dev, records) -> None:
 
 def test_broken_model_one_line_error_over_adb(dev, records, tmp_path: Path) -> None:
     from devices.errors import DeviceError
-    from devices.runners import choose_runner
+    from devices.runners.choose import choose_runner
 
     path, rec = records["tf-target-original.tflite"]
     bad = tmp_path / "bad.tflite"

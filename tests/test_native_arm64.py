@@ -27,7 +27,7 @@ from typing import Iterator
 import numpy as np
 import pytest
 
-from harness import containers
+from harness.toolchain import containers
 from harness.errors import HarnessError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,8 +54,8 @@ def _emulation_unavailable() -> str | None:
 @pytest.fixture(scope="module")
 def arm64_bundle() -> Path:
     """The arm64 native runner bundle, cross-built (or reused) in the user's cache."""
-    from devices.native_runner import build_bundle
-    from harness.runners_cross import cross_build_args
+    from devices.native.bundle import build_bundle
+    from harness.toolchain.cross import cross_build_args
 
     return build_bundle("arm64", **cross_build_args("arm64"))
 
@@ -88,7 +88,7 @@ def run(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _cli(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "harness.cli.main", *args], capture_output=True, text=True,
                           env=dict(os.environ), cwd=ROOT, timeout=timeout)
 
 
@@ -108,15 +108,14 @@ def test_board_has_no_python_and_probe_names_native(board: str) -> None:
 
 
 def test_collect_on_board_and_compare_with_host(board: str, run: Path, tmp_path: Path) -> None:
-    from compleak.rundir import RunDir
-    from harness.collect import collect_run
+    from rundir import RunDir
+    from harness.collect.stage import collect_run
     from harness.compare import compare_device
 
     ids = [*FP32, *QUANTIZED]
     res = _cli("collect", str(run), "--device", board, "--artifacts", ",".join(ids), timeout=1200)
     assert res.returncode == 0, res.stderr[-2000:]
-    collect_run(run, "local", artifacts=ids, identity=None, known_hosts=None, trust_new_host=False, binaries=None,
-                batch_size=256, console=None)
+    collect_run(run, "local", artifacts=ids, batch_size=256, console=None)
     rd = RunDir(run)
     for aid in ids:  # the board's outputs came from the native runner, on aarch64, through the runtime named
         prov = json.loads(rd.output_provenance(board, aid).read_text())
@@ -144,9 +143,9 @@ def test_collect_on_board_and_compare_with_host(board: str, run: Path, tmp_path:
 
 
 def test_forced_python_runner_says_why_in_one_line(board: str, run: Path) -> None:
-    from compleak.rundir import RunDir
+    from rundir import RunDir
     from devices.errors import DeviceError
-    from devices.runners import choose_runner
+    from devices.runners.choose import choose_runner
     from devices.uri import connect
 
     rec = next(a for a in RunDir(run).load_manifest().artifacts if a.id == FP32[0])
@@ -165,10 +164,10 @@ def test_litert_under_qemu_with_host_cpuinfo_is_a_known_limit(tiny_run: Path, mo
     prefix): it sees the host's x86 /proc/cpuinfo, where LiteRT's XNNPACK accelerator crashes and ExecuTorch does
     not. The crash must come back as one line naming it; it is recorded as a known limit (xfail) — the board
     started by ``devices up`` mounts an arm64 cpuinfo and runs LiteRT (test above)."""
-    from compleak.rundir import RunDir
+    from rundir import RunDir
     from devices.errors import DeviceError
     from devices.local import LocalDevice
-    from devices.native_oneshot import NativeOneShotRunner
+    from devices.runners.native_oneshot import NativeOneShotRunner
     from devices.ondevice.compleak_runner import load_model
 
     why = _emulation_unavailable()
@@ -177,8 +176,8 @@ def test_litert_under_qemu_with_host_cpuinfo_is_a_known_limit(tiny_run: Path, mo
         pytest.skip(why)
     if not (sysroot / "lib" / "ld-linux-aarch64.so.1").exists():
         pytest.skip("needs the aarch64 sysroot of g++-aarch64-linux-gnu (/usr/aarch64-linux-gnu)")
-    from devices.native_runner import build_bundle
-    from harness.runners_cross import cross_build_args
+    from devices.native.bundle import build_bundle
+    from harness.toolchain.cross import cross_build_args
 
     bundle = build_bundle("arm64", **cross_build_args("arm64"))
     monkeypatch.setenv("QEMU_LD_PREFIX", str(sysroot))

@@ -20,21 +20,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from compleak.rundir import RunDir
+from rundir import RunDir
 from devices.errors import DeviceError
 from devices.local import LocalDevice
-from devices.native_runner import (
-    BINARY,
-    BundleError,
-    NativeRunner,
-    NativeRunnerServer,
-    build_bundle,
-    find_bundle,
-    read_bundle_manifest,
-)
+from devices.native.bundle import BINARY, BundleError, build_bundle, find_bundle, read_bundle_manifest
+from devices.runners.native import NativeRunner, NativeRunnerServer
 from devices.ondevice import compleak_runner as cr
-from devices.runner_server import RunnerServerPool
-from devices.runners import PythonRunner
+from devices.runners.server import RunnerServerPool
+from devices.runners.python import PythonRunner
 
 pytestmark = pytest.mark.skipif(shutil.which("cmake") is None or shutil.which("c++") is None,
                                 reason="needs cmake and a C++ compiler (scripts/setup.sh --test installs them)")
@@ -186,7 +179,7 @@ def test_a_bundle_without_a_runtime_says_which_and_how_to_fix(bundle: Path, tmp_
 
 
 def test_dataset_rows_give_the_float32_outputs(bundle: Path, tiny_run: Path, tmp_path: Path) -> None:
-    from devices.runner_server import DatasetRows, DeviceDataset, RunnerRefusal
+    from devices.runners.server import DatasetRows, DeviceDataset, RunnerRefusal
 
     rd = RunDir(tiny_run)
     recs = [r for r in rd.load_manifest().artifacts if r.variant in ("original", "int8") and r.role == "target"
@@ -245,7 +238,7 @@ def test_old_bundles_are_pruned_but_current_and_builds_in_progress_stay(tmp_path
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """A build keeps the KEEP_BUNDLES newest bundles per architecture (several venvs may share one cache); the one
     current.json names and a half-built folder of a running build are never removed."""
-    from devices.native_runner import BUNDLE_NAME, prune_bundles, runners_cache
+    from devices.native.bundle import BUNDLE_NAME, prune_bundles, runners_cache
 
     monkeypatch.setenv("COMPLEAK_CACHE_DIR", str(tmp_path / "cache"))
     base = runners_cache() / "arm64"

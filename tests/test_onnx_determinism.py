@@ -22,7 +22,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnx")
 
-from harness import torch_build as tb  # noqa: E402
+from harness.build import torch_pipeline as tb  # noqa: E402
 from harness.config import Experiment  # noqa: E402
 from harness.data import OwnerData  # noqa: E402
 
@@ -82,7 +82,7 @@ def test_export_is_identical_in_another_process(tmp_path: Path) -> None:
     tb.export_onnx(fresh, torch.zeros(1, 1, 8, 8), tmp_path / "here.onnx")
     script = (
         "import sys, torch\n"
-        "from harness import torch_build as tb\n"
+        "from harness.build import torch_pipeline as tb\n"
         "torch.set_num_threads(2)\n"
         "m = tb.build_model('cnn-small', (1, 8, 8), 10)\n"
         "m.load_state_dict(torch.load(sys.argv[1], weights_only=True))\n"

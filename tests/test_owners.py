@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from compleak.rundir import RunDir, Splits
-from harness.artifacts import content_digest
+from rundir import RunDir, Splits
+from harness.build.artifacts import content_digest
 from harness.config import Experiment, load_experiment
 from harness.data import load_dataset, make_splits, owner_data, query_inputs
-from harness.threat import THREAT_MODEL_FILE, build_threat_model, write_threat_model
+from harness.build.threat import THREAT_MODEL_FILE, build_threat_model, write_threat_model
 
 
 def _online(k: int, **splits) -> Experiment:
@@ -133,7 +133,7 @@ def test_default_pool_matches_the_target_training_size() -> None:
 
 
 def test_every_reference_goes_through_the_targets_compression_pipeline() -> None:
-    from harness.build import plan
+    from harness.build.stage import plan
 
     planned, _ = plan(_online(3))
     by_owner: dict[str, set[tuple[str, str, str]]] = {}
@@ -207,7 +207,7 @@ def test_built_run_has_its_threat_model(tiny_run: Path) -> None:
     assert tm["source"] == "compleak build" and tm["threat_model"] == splits.threat_model == "offline"
     assert tm["reference_models"] == splits.n_references and tm["attacker_pool"]["contains_target_candidates"] is False
     assert tm["seed"] == load_experiment(rd.experiment).experiment.seed
-    from compleak.rundir import sha256_file
+    from rundir import sha256_file
 
     assert tm["splits_sha256"] == sha256_file(rd.splits)
 
@@ -235,9 +235,9 @@ def test_collect_queries_the_population_on_every_artifact_and_each_id_once(tmp_p
     from rich.console import Console
     from test_collect import _tflite
 
-    from compleak.rundir import ArtifactRecord, Manifest, TensorSpec, sha256_file
+    from rundir import ArtifactRecord, Manifest, TensorSpec, sha256_file
     from devices.ondevice import compleak_runner as cr
-    from harness.collect import collect_run
+    from harness.collect.stage import collect_run
 
     rd = RunDir(tmp_path / "run")
     rd.root.mkdir()

@@ -23,12 +23,12 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-import devices.runner_server as rs
-from compleak.rundir import RunDir
+import devices.runners.server as rs
+from rundir import RunDir
 from devices.errors import DeviceError
 from devices.ondevice import compleak_runner as cr
 from devices.ondevice import runner_path
-from harness.collect import collect_run
+from harness.collect.stage import collect_run
 from hostile_fixtures import copy_run
 
 #: one artifact of every format, a quantized-input TF-Lite model among them, and a reference model

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from harness.logs import quiet, run_log_path
+from harness.cli.quiet import quiet, run_log_path
 
 COMPLEAK = Path(sys.executable).parent / "compleak"
 

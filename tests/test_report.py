@@ -1,6 +1,6 @@
 """The report over a synthetic run directory, checked as data and as a page in headless Chromium.
 
-The run directory is written through ``compleak.rundir`` (the same contract every stage uses): splits, a manifest
+The run directory is written through ``rundir`` (the same contract every stage uses): splits, a manifest
 with target and shadow artifacts, outputs on ``local`` and on an SSH device that differs slightly, attack results
 whose AUCs and ROC points are computed from per-example scores, provenance, and a compare file made by harness.compare.
 """
@@ -13,7 +13,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import urllib.request
@@ -25,7 +24,7 @@ from rich.console import Console
 from sklearn.metrics import roc_auc_score
 
 from compleak.metrics import roc_points
-from compleak.rundir import (
+from rundir import (
     ArtifactRecord,
     Manifest,
     OutputBatch,
@@ -36,7 +35,7 @@ from compleak.rundir import (
     save_results,
 )
 from harness.compare import compare_device
-from harness.report import resolvable, write_report
+from harness.report.stage import resolvable, write_report
 from sshd_fixtures import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -252,7 +251,7 @@ def test_report_templates_are_packaged_and_autoescape_every_field(tmp_path: Path
 
 
 def test_report_errors_are_one_line(tmp_path: Path) -> None:
-    from compleak.rundir import ContractError
+    from rundir import ContractError
     from harness.errors import HarnessError
 
     with pytest.raises(HarnessError, match="no such run directory"):

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from compleak.rundir import (
+from rundir import (
     ArtifactRecord,
     ContractError,
     Manifest,

@@ -1,4 +1,4 @@
-"""compleak.rundir.atomic_path: the one write-to-a-temp-file-then-rename primitive."""
+"""rundir.atomic_path: the one write-to-a-temp-file-then-rename primitive."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from compleak.rundir import atomic_path, atomic_write_bytes
+from rundir import atomic_path, atomic_write_bytes
 
 
 def _leftovers(folder: Path, target: Path) -> list[str]:

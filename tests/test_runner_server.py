@@ -14,8 +14,8 @@ import pytest
 from devices.errors import DeviceError
 from devices.local import LocalDevice
 from devices.ondevice import compleak_runner as cr
-from devices.runner_server import RunnerServer, RunnerServerPool
-from devices.runners import PythonRunner
+from devices.runners.server import RunnerServer, RunnerServerPool
+from devices.runners.python import PythonRunner
 from devices.uri import connect
 from sshd_fixtures import SshServer
 from test_local import record_for

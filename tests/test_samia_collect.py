@@ -13,16 +13,10 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from compleak.rundir import RunDir
+from rundir import RunDir
 from devices.ondevice import compleak_runner as cr
-from harness.collect import (
-    Perturbation,
-    collect_run,
-    perturbation_noise,
-    perturbed_ids,
-    perturbed_inputs,
-    perturbed_npz,
-)
+from harness.collect.perturb import Perturbation, perturbation_noise, perturbed_ids, perturbed_inputs, perturbed_npz
+from harness.collect.stage import collect_run
 from hostile_fixtures import TreeState, cli_refuses
 from test_collect import make_run
 

@@ -21,7 +21,7 @@ from typing import Iterator
 import numpy as np
 import pytest
 
-from compleak.rundir import RunDir, sha256_file
+from rundir import RunDir, sha256_file
 from sshd_fixtures import free_port
 
 RAY = Path(sys.executable).with_name("ray")
@@ -182,7 +182,7 @@ class _Build:
         self.log = out.with_name(out.name + ".log")
         with open(self.log, "w") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "harness.cli", "build", str(cfg), "--out", str(out), *extra],
+                [sys.executable, "-m", "harness.cli.main", "build", str(cfg), "--out", str(out), *extra],
                 stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cfg.parent,
             )  # fmt: skip
 
@@ -291,7 +291,8 @@ def test_parallel_collection_on_three_ssh_devices_equals_sequential(
 
     from rich.console import Console
 
-    from harness.audit import AuditDevice, collect_devices, prestart_collect_actors
+    from devices.spec import DeviceSpec
+    from harness.collect.fanout import AuditDevice, collect_devices, prestart_collect_actors
     from harness.execution import ExecOptions, RayExecutor, SerialExecutor
     from sshd_fixtures import start_sshd
 
@@ -299,8 +300,8 @@ def test_parallel_collection_on_three_ssh_devices_equals_sequential(
     try:
         for i in range(3):
             servers.append(start_sshd(tmp_path / f"sshd{i}"))
-        devices = [AuditDevice("local")] + [
-            AuditDevice(s.uri, identity=s.identity, known_hosts=s.known_hosts) for s in servers
+        devices = [AuditDevice(DeviceSpec("local"))] + [
+            AuditDevice(DeviceSpec(s.uri, identity=s.identity, known_hosts=s.known_hosts)) for s in servers
         ]
         runs = {}
         for name in ("sequential", "parallel"):
@@ -336,7 +337,7 @@ def test_parallel_collection_on_three_ssh_devices_equals_sequential(
 
 
 def test_options_and_resource_suffix_are_checked() -> None:
-    from harness.audit import split_resource
+    from harness.collect.fanout import split_resource
     from harness.errors import HarnessError
     from harness.execution import ExecOptions
 
@@ -354,7 +355,7 @@ def test_user_error_in_a_ray_unit_is_the_same_one_line_error(tmp_path: Path) -> 
     """A HarnessError raised inside a Ray task reaches the driver as itself (the CLI prints it as one line)."""
     import operator
 
-    from harness.audit import split_resource
+    from harness.collect.fanout import split_resource
     from harness.errors import HarnessError
     from harness.execution import ExecOptions, RayExecutor, Unit
 

@@ -3,7 +3,7 @@
 ``test_rerun_is_bit_identical`` audits a tiny config from scratch into two directories, once with seeds [3, 4] and
 once with seeds [3] (digits, TF-Lite and ExecuTorch artifacts, SAMIA perturbed queries on), and compares seed 3's
 artifact sha256s, outputs files and attack result rows: same config + seed must give the same bytes (torch
-deterministic algorithms, TF op determinism, fixed thread counts: harness.tf_build / harness.torch_build).
+deterministic algorithms, TF op determinism, fixed thread counts: harness.build.tf_pipeline / harness.build.torch_pipeline).
 """
 
 from __future__ import annotations
@@ -16,10 +16,12 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from compleak.rundir import RunDir
-from harness.audit import AuditDevice, _run_audit, seed_config
+from rundir import RunDir
+from devices.spec import DeviceSpec
+from harness.collect.fanout import AuditDevice
+from harness.audit import _run_audit, seed_config
 from harness.config import load_experiment
-from harness.report import write_report
+from harness.report.stage import write_report
 from test_report import make_synthetic_run
 
 SEEDS = [3, 4]
@@ -146,7 +148,7 @@ def test_rerun_is_bit_identical(tmp_path: Path) -> None:
         cfg = tmp_path / f"{out.name}.toml"
         cfg.write_text(TOML.replace(f"seeds = {SEEDS}", f"seeds = {seeds}"))
         # the audit's own orchestration, with a patient runner start: the shared test machine is often loaded
-        _run_audit(cfg, load_experiment(cfg), [AuditDevice("local", start_timeout=600.0)], out, None, quiet())
+        _run_audit(cfg, load_experiment(cfg), [AuditDevice(DeviceSpec("local", start_timeout=600.0))], out, None, quiet())
     a, b = (RunDir(r) for r in runs)
     shas: dict[int, dict[str, str]] = {}
     for seed in SEEDS[:1]:

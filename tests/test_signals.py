@@ -7,7 +7,7 @@ import pytest
 from scipy.special import softmax
 
 from compleak import signals as sig
-from compleak.rundir import ContractError
+from rundir import ContractError
 
 
 def test_posterior_from_logits_matches_softmax_and_is_stable() -> None:

@@ -12,7 +12,8 @@ import pytest
 
 from devices.errors import DeviceError, UnreachableDevice
 from devices.local import LocalDevice
-from devices.runners import PythonRunner, choose_runner
+from devices.runners.python import PythonRunner
+from devices.runners.choose import choose_runner
 from devices.ssh import SshDevice
 from devices.uri import connect
 from sshd_fixtures import SshServer
@@ -162,7 +163,7 @@ def test_unreachable_host_gives_up_at_the_deadline(sshd_server: SshServer) -> No
 def test_cli_probe_over_ssh(sshd_server: SshServer, tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from harness.cli import app
+    from harness.cli.main import app
 
     base = ["devices", "probe", sshd_server.uri, "--identity", str(sshd_server.identity)]
     res = CliRunner().invoke(app, [*base, "--known-hosts", str(sshd_server.known_hosts)], env={"COLUMNS": "200"})

@@ -6,7 +6,7 @@ import getpass
 
 import pytest
 
-from compleak.rundir import device_dirname
+from rundir import device_dirname
 from devices.errors import DeviceError
 from devices.local import LocalDevice
 from devices.uri import connect, parse_device_uri

@@ -1,0 +1,383 @@
+"""The native runner: ``compleak-runner``, a C++ binary that answers the runner protocol without Python on the device.
+
+Its sources ship in this package (this folder, ``devices/native/``: CMake project, ``src/*.cpp``); :func:`build_bundle` compiles
+them against the runtimes of the installed wheels (ExecuTorch's C++ runtime from ``executorch``, LiteRT's C API
+``libLiteRt.so`` from ``ai-edge-litert``) into a self-contained bundle::
+
+    <cache>/runners/<arch>/<key>/compleak-runner/
+        bin/compleak-runner          RUNPATH $ORIGIN/../lib
+        lib/libcompleak_executorch.so, libexecutorch*.so, libLiteRt.so
+        manifest.json                arch, versions, formats, sha256 of every file
+    <cache>/runners/<arch>/<key>/compleak-runner-linux-<arch>.tar.gz
+
+``<cache>`` is :func:`devices.known_devices.cache_dir`; ``<key>`` hashes the sources, the runtime versions and the
+build options, so a changed source or wheel gives a fresh bundle and :func:`find_bundle` finds the current one
+without building.
+
+The runner runs on a device through :mod:`devices.runners.native` (the host side).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import tarfile
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from devices.errors import DeviceError
+from rundir import sha256_file
+
+#: the CMake project of the binary (package data)
+SOURCE_DIR = Path(__file__).parent
+
+
+#: what the C++ build reads (the bundle key's digest covers these; this Python module is not one of them)
+SOURCE_PARTS = ("CMakeLists.txt", "cmake", "src")
+#: bundle architectures and the ``uname -m`` names they serve
+ARCH_OF_MACHINE = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
+
+
+MACHINE_OF_ARCH = {"amd64": "x86_64", "arm64": "aarch64"}
+
+
+BUNDLE_NAME = "compleak-runner"
+
+
+BINARY = "bin/compleak-runner"
+
+
+#: runtime the native runner uses for each format (what it reports in provenance)
+RUNTIME_OF_FORMAT = {"tflite": "litert", "pte": "executorch"}
+
+
+NATIVE_FORMATS = tuple(RUNTIME_OF_FORMAT)
+
+
+#: largest manifest.json read from a bundle (bytes)
+MAX_MANIFEST_BYTES = 1 << 20
+
+
+#: the ExecuTorch wheel's libraries the plugin needs (the rest of lib/ is not bundled)
+_ET_LIB_PREFIX = "libexecutorch"
+
+
+class BundleError(DeviceError):
+    """The native runner bundle cannot be built or is unusable; one line naming the fix."""
+
+
+def host_arch() -> str:
+    """This host's bundle architecture (``amd64`` | ``arm64``)."""
+    machine = platform.machine().lower()
+    if machine not in ARCH_OF_MACHINE:
+        raise BundleError(f"this host's architecture {machine!r} has no native runner build; use amd64 or arm64")
+    return ARCH_OF_MACHINE[machine]
+
+
+def _package_dir(module: str) -> Path | None:
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _dist_version(dist: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return None
+
+
+def _version_beside(package_dir: Path, dist: str) -> str | None:
+    """The version of an unpacked wheel from its ``<dist>-<version>.dist-info`` folder beside ``package_dir``."""
+    found = sorted(Path(package_dir).parent.glob(f"{dist}-*.dist-info"))
+    return found[-1].name[len(dist) + 1 : -len(".dist-info")] if found else None
+
+
+def runtime_sources(executorch_root: Path | None = None, litert_lib: Path | None = None) -> dict[str, Any]:
+    """Where the runtimes come from: ``{"executorch_root", "executorch", "litert_lib", "litert"}`` (paths or None,
+    versions or None). Defaults: the installed ``executorch`` and ``ai-edge-litert`` wheels; for folders given
+    explicitly (an unpacked wheel of another architecture) the version is the ``.dist-info`` beside them."""
+    et_root = Path(executorch_root) if executorch_root else _package_dir("executorch")
+    if et_root is not None and not (et_root / "share" / "cmake" / "executorch-config.cmake").is_file():
+        if executorch_root:
+            raise BundleError(f"{et_root}: not an executorch package folder (no share/cmake/executorch-config.cmake)")
+        et_root = None
+    lt = Path(litert_lib) if litert_lib else None
+    if lt is None:
+        pkg = _package_dir("ai_edge_litert")
+        lt = pkg / "libLiteRt.so" if pkg is not None else None
+    if lt is not None and not lt.is_file():
+        if litert_lib:
+            raise BundleError(f"{lt}: no such libLiteRt.so")
+        lt = None
+    et_version = lt_version = None
+    if et_root:
+        et_version = (_version_beside(et_root, "executorch") if executorch_root else None) or _dist_version(
+            "executorch") or "unknown"
+    if lt:
+        lt_version = (_version_beside(lt.parent, "ai_edge_litert") if litert_lib else None) or _dist_version(
+            "ai-edge-litert") or "unknown"
+    return {"executorch_root": et_root, "executorch": et_version, "litert_lib": lt, "litert": lt_version}
+
+
+def _sources_digest() -> str:
+    h = hashlib.sha256()
+    for path in sorted(p for p in SOURCE_DIR.rglob("*") if p.is_file() and p.relative_to(SOURCE_DIR).parts[0] in
+                       SOURCE_PARTS):
+        h.update(str(path.relative_to(SOURCE_DIR)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def _runner_version() -> str:
+    return _dist_version("compleak-harness") or "0.1.0"
+
+
+def _bundle_key(arch: str, sources: dict[str, Any], cmake_args: Sequence[str]) -> str:
+    h = hashlib.sha256()
+    for part in (arch, _sources_digest(), _runner_version(), str(sources["executorch_root"]), sources["executorch"],
+                 str(sources["litert_lib"]), sources["litert"], *cmake_args):
+        h.update(str(part).encode() + b"\0")
+    return h.hexdigest()[:16]
+
+
+def runners_cache() -> Path:
+    """``<cache>/runners``: bundles by architecture."""
+    from devices.known_devices import cache_dir
+
+    return cache_dir() / "runners"
+
+
+#: bundles kept per architecture (the newest; each is about 30 MiB): several virtual environments -- and so several
+#: runtime paths in the bundle key -- may share one cache, and each should find its own without a rebuild
+KEEP_BUNDLES = 3
+
+
+def prune_bundles(arch: str, keep: int = KEEP_BUNDLES) -> list[Path]:
+    """Remove all but the ``keep`` newest bundles of ``arch`` from the cache (by build time), with their build logs;
+    the one ``current.json`` names always stays. Returns the folders removed. Only ``<cache>/runners/<arch>/<key>``
+    folders that hold a bundle are candidates; half-built ``.build-*`` folders of a running build are left alone."""
+    base = runners_cache() / arch
+    if not base.is_dir():
+        return []
+    try:
+        current = str(json.loads((base / "current.json").read_text())["key"])
+    except (OSError, ValueError, KeyError, TypeError):
+        current = ""
+    bundles = [d for d in base.iterdir() if d.is_dir() and not d.is_symlink() and re.fullmatch(r"[0-9a-f]{16}", d.name)
+               and (d / BUNDLE_NAME / "manifest.json").is_file()]
+    bundles.sort(key=lambda d: (d / BUNDLE_NAME / "manifest.json").stat().st_mtime_ns, reverse=True)
+    removed = []
+    for d in bundles[max(keep, 1):]:
+        if d.name == current:
+            continue
+        shutil.rmtree(d, ignore_errors=True)
+        (base / f"build-{d.name}.log").unlink(missing_ok=True)
+        removed.append(d)
+    return removed
+
+
+def find_bundle(arch: str | None = None, executorch_root: Path | None = None, litert_lib: Path | None = None,
+                cmake_args: Sequence[str] = ()) -> Path | None:
+    """The bundle directory built from the current sources and runtimes for ``arch`` (default: this host's), or
+    None when it has not been built (``compleak runners build``). ``COMPLEAK_NATIVE_BUNDLE`` names one directly."""
+    if os.environ.get("COMPLEAK_NATIVE_BUNDLE"):
+        path = Path(os.environ["COMPLEAK_NATIVE_BUNDLE"]).expanduser()
+        read_bundle_manifest(path)  # checked: a wrong path says so now, in one line
+        return path
+    arch = arch or host_arch()
+    try:
+        key = _bundle_key(arch, runtime_sources(executorch_root, litert_lib), cmake_args)
+    except BundleError:
+        key = ""
+    path = runners_cache() / arch / key / BUNDLE_NAME
+    if key and (path / "manifest.json").is_file():
+        return path
+    if arch == host_arch() or executorch_root or litert_lib or cmake_args:
+        return None
+    # another architecture's bundle is built from that architecture's wheels, which the key above cannot see:
+    # the last one built (current.json), when it was built from these sources
+    try:
+        current = json.loads((runners_cache() / arch / "current.json").read_text())
+        path = runners_cache() / arch / str(current["key"]) / BUNDLE_NAME
+        manifest = read_bundle_manifest(path)
+    except (OSError, ValueError, KeyError, TypeError, BundleError):
+        return None
+    ok = manifest.get("arch") == arch and manifest.get("sources_sha256") == _sources_digest()
+    return path if ok and "/" not in str(current["key"]) else None
+
+
+def read_bundle_manifest(bundle: Path) -> dict[str, Any]:
+    """The bundle's ``manifest.json`` (bounded read), checked to name a binary and only files inside the bundle."""
+    path = Path(bundle) / "manifest.json"
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read(MAX_MANIFEST_BYTES + 1)
+        manifest = json.loads(raw) if len(raw) <= MAX_MANIFEST_BYTES else None
+    except (OSError, ValueError, RecursionError):
+        manifest = None
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(files, dict) or BINARY not in files or not all(
+        isinstance(k, str) and k.count("/") == 1 and k.split("/")[0] in ("bin", "lib")
+        and k.split("/")[1] not in ("", ".", "..") for k in files
+    ):
+        raise BundleError(f"{bundle}: not a compleak-runner bundle (missing or invalid manifest.json); "
+                          f"rebuild it with `compleak runners build`")
+    return manifest
+
+
+def _run(argv: list[str], log: Path, cwd: Path | None = None) -> None:
+    with open(log, "ab") as fh:
+        fh.write(("$ " + " ".join(argv) + "\n").encode())
+        fh.flush()
+        res = subprocess.run(argv, stdout=fh, stderr=subprocess.STDOUT, cwd=cwd)
+    if res.returncode != 0:
+        lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
+        errs = [ln for ln in lines if "error" in ln.lower()] or lines
+        last = " ".join((errs[-1] if errs else "").split())[:200]
+        raise BundleError(f"building the native runner failed ({Path(argv[0]).name} exited {res.returncode}: "
+                          f"{last}); full log: {log}")
+
+
+def _needed(lib: Path) -> list[str]:
+    """The DT_NEEDED names of an ELF file (``readelf -d``)."""
+    res = subprocess.run(["readelf", "-d", str(lib)], capture_output=True, text=True)
+    return [ln.split("[", 1)[1].rstrip("]").strip() for ln in res.stdout.splitlines()
+            if "(NEEDED)" in ln and "[" in ln]
+
+
+def build_bundle(arch: str | None = None, *, force: bool = False, jobs: int = 2, executorch_root: Path | None = None,
+                 litert_lib: Path | None = None, toolchain_file: Path | None = None, cmake_args: Sequence[str] = (),
+                 log: Callable[[str], None] | None = None) -> Path:
+    """Build (or reuse) the native runner bundle for ``arch``; return the bundle directory.
+
+    Args:
+        arch: ``amd64`` or ``arm64`` (default: this host's). Another architecture than the host's needs
+            ``executorch_root`` / ``litert_lib`` of that architecture's wheels and a ``toolchain_file``.
+        force: rebuild even when the bundle for these sources and runtimes exists.
+        jobs: parallel compile jobs.
+        executorch_root: the ``executorch/`` folder of the wheel to build against (default: the installed one;
+            None found: a bundle without ``.pte`` support).
+        litert_lib: ``libLiteRt.so`` to bundle (default: the installed ai-edge-litert's; None: no ``.tflite``).
+        toolchain_file: CMake toolchain file (cross builds).
+        cmake_args: extra ``-D...`` arguments.
+        log: called with one line per step.
+    """
+    say = log or (lambda _msg: None)
+    arch = arch or host_arch()
+    if arch not in MACHINE_OF_ARCH:
+        raise BundleError(f"unknown architecture {arch!r}; use one of {', '.join(MACHINE_OF_ARCH)}")
+    if arch != host_arch() and not toolchain_file:
+        raise BundleError(f"building the {arch} runner on this {host_arch()} host needs a cross toolchain and the "
+                          f"{arch} wheels: pass toolchain_file, executorch_root and litert_lib (see docs/native.md)")
+    for tool in ("cmake", "readelf"):
+        if shutil.which(tool) is None:
+            raise BundleError(f"{tool} not found; install it (Debian: apt-get install cmake g++ binutils)")
+    sources = runtime_sources(executorch_root, litert_lib)
+    if not sources["executorch_root"] and not sources["litert_lib"]:
+        raise BundleError("neither executorch nor ai-edge-litert is installed, so the native runner would run "
+                          "nothing; pip install executorch==1.5.1 ai-edge-litert")
+    extra = [*cmake_args] + ([f"-DCMAKE_TOOLCHAIN_FILE={toolchain_file}"] if toolchain_file else [])
+    key = _bundle_key(arch, sources, extra)
+    root = runners_cache() / arch / key
+    bundle = root / BUNDLE_NAME
+    if (bundle / "manifest.json").is_file() and not force:
+        say(f"reusing {bundle}")
+        return bundle
+    root.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".build-{key}-", dir=root.parent))
+    try:
+        build, stage = work / "build", work / BUNDLE_NAME
+        log_file = work / "build.log"
+        generator = ["-G", "Ninja"] if shutil.which("ninja") else []
+        configure = ["cmake", "-S", str(SOURCE_DIR), "-B", str(build), *generator, "-DCMAKE_BUILD_TYPE=Release",
+                     f"-DCOMPLEAK_RUNNER_VERSION={_runner_version()}",
+                     f"-DCOMPLEAK_LITERT_VERSION={sources['litert'] or 'unknown'}",
+                     f"-DCOMPLEAK_WITH_EXECUTORCH={'ON' if sources['executorch_root'] else 'OFF'}", *extra]
+        if sources["executorch_root"]:
+            configure += [f"-DEXECUTORCH_ROOT={sources['executorch_root']}",
+                          f"-DCOMPLEAK_EXECUTORCH_VERSION={sources['executorch']}"]
+        say(f"configuring ({arch}; executorch {sources['executorch']}, litert {sources['litert']})")
+        _run(configure, log_file)
+        say(f"compiling with {jobs} job(s)")
+        _run(["cmake", "--build", str(build), "--parallel", str(max(1, jobs))], log_file)
+        (stage / "bin").mkdir(parents=True)
+        (stage / "lib").mkdir()
+        shutil.copy2(build / "compleak-runner", stage / BINARY)
+        formats = []
+        if sources["litert_lib"]:
+            shutil.copy2(sources["litert_lib"], stage / "lib" / "libLiteRt.so")
+            formats.append("tflite")
+        if sources["executorch_root"]:
+            plugin = build / "libcompleak_executorch.so"
+            shutil.copy2(plugin, stage / "lib" / plugin.name)
+            et_lib = Path(sources["executorch_root"]) / "lib"
+            todo, seen = list(_needed(plugin)), set()
+            while todo:  # the wheel's libraries the plugin needs, transitively (system libraries stay out)
+                name = todo.pop()
+                if name in seen or not name.startswith(_ET_LIB_PREFIX) or not (et_lib / name).is_file():
+                    continue
+                seen.add(name)
+                shutil.copy2(et_lib / name, stage / "lib" / name)
+                todo += _needed(et_lib / name)
+            formats.append("pte")
+        files = {str(p.relative_to(stage)): sha256_file(p) for p in sorted(stage.rglob("*")) if p.is_file()}
+        manifest = {
+            "name": BUNDLE_NAME, "arch": arch, "machine": MACHINE_OF_ARCH[arch], "protocol": 1,
+            "runner_version": _runner_version(), "formats": formats,
+            "runtimes": {"executorch": sources["executorch"], "litert": sources["litert"]},
+            "binary": BINARY, "files": files, "key": key, "sources_sha256": _sources_digest(),
+            "built": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        (stage / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+        tarball = work / f"{BUNDLE_NAME}-linux-{arch}.tar.gz"
+        with tarfile.open(tarball, "w:gz") as tar:
+            tar.add(stage, arcname=BUNDLE_NAME)
+        shutil.rmtree(build)
+        if root.exists():
+            shutil.rmtree(root)
+        work.rename(root)  # atomic: a bundle is either complete or absent
+        current = root.parent / "current.json"  # find_bundle's answer for a cross-built architecture
+        tmp_current = current.with_suffix(".json.part")
+        tmp_current.write_text(json.dumps({"key": key}) + "\n")
+        os.replace(tmp_current, current)
+        say(f"bundle: {bundle} ({sum((bundle / f).stat().st_size for f in files) >> 20} MiB)")
+        for old in prune_bundles(arch, keep=KEEP_BUNDLES):
+            say(f"removed an older bundle: {old}")
+        return bundle
+    finally:
+        if work.exists():
+            keep = work / "build.log"
+            if keep.exists():
+                shutil.copy2(keep, root.parent / f"build-{key}.log")
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def bundle_for(device_machine: str | None, bundle: Path | None = None) -> Path:
+    """The bundle to use on a device whose ``uname -m`` is ``device_machine``: ``bundle`` when given (checked),
+    else the built one for that architecture; raises one line naming the build command when there is none."""
+    if bundle is not None:
+        read_bundle_manifest(Path(bundle))
+        return Path(bundle)
+    arch = ARCH_OF_MACHINE.get((device_machine or "").lower())
+    if arch is None:
+        raise BundleError(f"no native runner for a {device_machine or 'unknown'} device; "
+                          f"bundles exist for {', '.join(MACHINE_OF_ARCH.values())}")
+    found = find_bundle(arch)
+    if found is None:
+        raise BundleError(f"no native runner bundle for {arch} yet; build it with `compleak runners build --arch "
+                          f"{arch}`")
+    return found

@@ -1,0 +1,157 @@
+"""The native runner on the host side: :class:`NativeRunnerServer` pushes the bundle (built by
+:mod:`devices.native.bundle`) into the job workspace once per collection and spawns ``bin/compleak-runner --serve``;
+it is a :class:`~devices.runners.server.RunnerServer` (same framing, same checks of every reply byte), so
+``collect``, resumability and provenance are unchanged. :class:`NativeRunner` is the
+:class:`~devices.runners.base.Runner` that uses it (provenance ``runner: native``). See docs/native.md.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from devices.base import Device, DeviceProcess
+from devices.errors import DeviceError
+from devices.native.bundle import (
+    BINARY,
+    BUNDLE_NAME,
+    NATIVE_FORMATS,
+    RUNTIME_OF_FORMAT,
+    BundleError,
+    read_bundle_manifest,
+)
+from devices.runners.base import Infer
+from devices.runners.python import PythonRunner
+from devices.runners.server import RunnerServer, RunnerServerPool
+from devices.spec import DEFAULT_START_TIMEOUT_S
+from rundir import ArtifactRecord
+
+
+def push_bundle(device: Device, bundle: Path, workspace: str) -> str:
+    """Copy the bundle's files into ``<workspace>/runner/`` on ``device``; return the remote binary's path.
+
+    Only the files the manifest lists are sent, each to ``runner/bin`` or ``runner/lib`` (names checked by
+    :func:`read_bundle_manifest`), so nothing lands outside the workspace.
+    """
+    manifest = read_bundle_manifest(bundle)
+    remote = f"{workspace.rstrip('/')}/runner"
+    device.run(["mkdir", "-p", "--", f"{remote}/bin", f"{remote}/lib"], timeout=60).check(
+        device.id, "creating the runner folder in the workspace")
+    for rel in manifest["files"]:
+        local = Path(bundle) / rel
+        if not local.is_file():
+            raise BundleError(f"{bundle}: {rel} is missing; rebuild the bundle with `compleak runners build`")
+        device.put(local, f"{remote}/{rel}")
+    binary = f"{remote}/{BINARY}"
+    device.run(["chmod", "755", "--", binary], timeout=60).check(device.id, "making the runner executable")
+    return binary
+
+
+class NativeRunnerServer(RunnerServer):
+    """``bin/compleak-runner --serve`` on ``device``: the bundle is pushed into the job workspace at :meth:`start`.
+
+    Everything after the start (hello, load, infer, the checks of every reply) is :class:`RunnerServer`'s.
+    """
+
+    def __init__(self, device: Device, bundle: Path, hello_timeout_s: float = DEFAULT_START_TIMEOUT_S) -> None:
+        super().__init__(device, python=[BUNDLE_NAME], hello_timeout_s=hello_timeout_s)
+        self.bundle = Path(bundle)
+        self.manifest = read_bundle_manifest(self.bundle)
+        self.upload_seconds = 0.0  # pushing the bundle
+
+    def start(self) -> "NativeRunnerServer":
+        """Create the workspace, push the bundle, spawn the binary (does not wait for its hello)."""
+        try:
+            self.workspace = self._stack.enter_context(self.device.workspace())
+            t0 = time.perf_counter()
+            binary = push_bundle(self.device, self.bundle, self.workspace)
+            self.upload_seconds = time.perf_counter() - t0
+            if "runner" in getattr(self, "bytes_sent", {}):  # the bundle stands where the Python runner's source does
+                self.bytes_sent["runner"] += sum((self.bundle / rel).stat().st_size for rel in self.manifest["files"])
+            self._proc = self.device.spawn([binary, "--serve"], label=BUNDLE_NAME)
+        except DeviceError as exc:  # reported when the runner is first needed, as the Python runner's start
+            self._start_error = exc if isinstance(exc, BundleError) else DeviceError(
+                f"{self.device.id}: cannot start the native runner: {exc}")
+        return self
+
+    def ready(self) -> DeviceProcess:
+        if self._start_error is not None:
+            raise self._start_error
+        proc = super().ready()
+        self.require_runner("native")
+        return proc
+
+
+def native_server(pool: RunnerServerPool | None, device: Device, bundle: Path) -> NativeRunnerServer | None:
+    """The collection's native server for ``bundle`` (started now if none is alive); None without a pool.
+
+    It is filed in the pool under a key no Python command can have, so the pool closes it with the others.
+    """
+    if pool is None:
+        return None
+    key = (f"<{BUNDLE_NAME}>", str(Path(bundle).resolve()))
+    server = pool.get_or_start(key, lambda: NativeRunnerServer(device, bundle, hello_timeout_s=pool.start_timeout_s))
+    assert isinstance(server, NativeRunnerServer)  # the key is the bundle's: only native servers are filed there
+    return server
+
+
+class NativeRunner(PythonRunner):
+    """Runs ``.tflite`` (LiteRT C API) and ``.pte`` (ExecuTorch C++ runtime) through ``compleak-runner``.
+
+    Provenance is the Python runner's with ``runner: native``, ``runtime: litert|executorch``, the runtime's
+    version from the bundle, and ``native_runner_version``; ``device_python``/``device_numpy`` are None.
+    """
+
+    name = "native"
+
+    def __init__(self, bundle: Path, fmt: str, batch_size: int = 256, threads: int | None = None,
+                 timeout_s: float = 600.0, per_query_timeout_s: float = 0.05,
+                 pool: RunnerServerPool | None = None) -> None:
+        if fmt not in RUNTIME_OF_FORMAT:
+            raise DeviceError(f"the native runner runs {' and '.join(NATIVE_FORMATS)} artifacts, not {fmt}; "
+                              f"use --runner python on a device with Python")
+        self.bundle = Path(bundle)
+        self.manifest = read_bundle_manifest(self.bundle)
+        runtime = RUNTIME_OF_FORMAT[fmt]
+        version = (self.manifest.get("runtimes") or {}).get(runtime)
+        if fmt not in (self.manifest.get("formats") or []) or not version:
+            raise BundleError(f"{self.bundle}: this native runner bundle has no {runtime} runtime for {fmt} artifacts; "
+                              f"rebuild it on a host with {'executorch' if fmt == 'pte' else 'ai-edge-litert'} "
+                              f"installed (`compleak runners build --force`)")
+        super().__init__([], runtime, str(version), batch_size=batch_size, threads=threads, timeout_s=timeout_s,
+                         per_query_timeout_s=per_query_timeout_s, pool=pool)
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "native_runner_version": self.manifest.get("runner_version")}
+
+    def check(self, artifact_file: Path, artifact: ArtifactRecord, device: Device) -> list[str]:
+        return []
+
+    @contextmanager
+    def session(self, device: Device, artifact_file: Path, artifact: ArtifactRecord) -> Iterator[Infer]:
+        if not device.can_spawn:
+            raise DeviceError(f"{device.id}: the native runner needs a transport that keeps a command running "
+                              f"(local, ssh, adb); use --runner python here")
+        layout = str(getattr(artifact.inputs[0], "layout", None) or "auto") if artifact.inputs else "auto"
+        if layout not in ("NHWC", "NCHW"):
+            layout = "auto"
+        with ExitStack() as stack:
+            server = native_server(self.pool, device, self.bundle)
+            if server is None:
+                server = stack.enter_context(NativeRunnerServer(device, self.bundle))
+            first = [True]
+            for infer in self._served(device, server, Path(artifact_file), artifact, layout, []):
+                def native_infer(x: Any, _infer: Infer = infer) -> Any:
+                    values, prov = _infer(x)
+                    hello = server.hello or {}
+                    prov["native_runner_version"] = hello.get("runner_version")
+                    prov["device_machine"] = hello.get("machine")
+                    if first[0] and server.upload_seconds:  # the bundle push, paid once per collection
+                        prov["bundle_upload_seconds"] = server.upload_seconds
+                        server.upload_seconds = 0.0
+                    first[0] = False
+                    return values, prov
+
+                yield native_infer

@@ -1,0 +1,107 @@
+"""Artifact files as the framework builders produce them: the record they return, ids, and build cache keys."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class BuiltArtifact:
+    """One file written by a framework builder (``harness.build.tf_pipeline`` / ``harness.build.torch_pipeline``).
+
+    variant: label such as ``prune-0.8`` or ``prune-0.8+int8``; format: tflite | pte | ptl | onnx;
+    compression: what was applied ({"steps": [...], "sparsity": 0.8, "clusters": 8, "quantization": "int8", ...});
+    toolchain: library versions used; output_kind: ``logits`` or ``probs``.
+    """
+
+    variant: str
+    format: str
+    path: Path
+    compression: dict[str, Any] = field(default_factory=dict)
+    toolchain: dict[str, Any] = field(default_factory=dict)
+    output_kind: str = "logits"
+
+
+def artifact_id(framework: str, tag: str, variant: str, fmt: str) -> str:
+    """The manifest id of an artifact: ``{framework}-{tag}-{variant}.{format}``, e.g. ``tf-target-prune-0.8.tflite``."""
+    return f"{framework}-{tag}-{variant}.{fmt}"
+
+
+def content_digest(*parts: Any) -> str:
+    """sha256 over ``parts`` in order: arrays by dtype, shape and bytes; anything else as sorted JSON.
+
+    The cache key of build steps (trained models, fine-tuned stages, data and splits).
+    """
+    h = hashlib.sha256()
+    for p in parts:
+        if isinstance(p, np.ndarray):
+            a = np.ascontiguousarray(p)
+            h.update(f"{a.dtype}{a.shape}".encode())
+            h.update(a.tobytes())
+        else:
+            h.update(json.dumps(p, sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------- verified build caches
+
+#: Marks a builder progress message that must stay visible (e.g. a refused cache entry), not just flash by.
+NOTICE = "notice:"
+CACHE_RECORD_MAX_BYTES = 64 * 1024  # a cache entry's sidecar JSON is a few hundred bytes; anything larger is foreign
+
+
+def cache_record_path(path: Path) -> Path:
+    """The sidecar of cache file ``path``: ``path`` + ``.json`` (e.g. ``tf-target-original-KEY.keras.json``)."""
+    path = Path(path)
+    return path.with_name(path.name + ".json")
+
+
+def write_cache_record(path: Path, key: str, fmt: str, **extra: Any) -> None:
+    """Record the sha256 of the cache file ``path`` (just written by the builder) in its sidecar, atomically.
+
+    The sidecar holds ``{"format": fmt, "key": key, "sha256": ..., "bytes": ..., **extra}``; :func:`check_cache_entry`
+    accepts the file only while its content, format and cache key still match.
+    """
+    from rundir import atomic_write_json, sha256_file
+
+    path = Path(path)
+    atomic_write_json(
+        cache_record_path(path),
+        {"format": fmt, "key": key, "sha256": sha256_file(path), "bytes": path.stat().st_size, **extra},
+    )
+
+
+def check_cache_entry(path: Path, key: str | None, fmt: str) -> tuple[str | None, dict[str, Any]]:
+    """Why the cache file ``path`` may not be loaded, or ``(None, sidecar record)`` when it is verified.
+
+    Verified means: ``path`` is a regular file (not a link); its sidecar is a small JSON object written by
+    :func:`write_cache_record` with this ``fmt`` and (unless ``key`` is None) this cache ``key``; and the file's
+    sha256 equals the recorded one. Nothing in the file is parsed here. The reason is one short phrase.
+    """
+    from rundir import sha256_file
+
+    path = Path(path)
+    side = cache_record_path(path)
+    if path.is_symlink() or not path.is_file():
+        return "not a regular file", {}
+    if side.is_symlink() or not side.is_file():
+        return "no digest record (not written by this tool)", {}
+    if side.stat().st_size > CACHE_RECORD_MAX_BYTES:
+        return "digest record too large", {}
+    try:
+        rec = json.loads(side.read_bytes())
+    except (OSError, ValueError):
+        return "unreadable digest record", {}
+    if not isinstance(rec, dict) or rec.get("format") != fmt or not isinstance(rec.get("sha256"), str):
+        return f"digest record is not a {fmt} record", {}
+    if key is not None and rec.get("key") != key:
+        return "recorded for another cache key", {}
+    if sha256_file(path) != rec["sha256"]:
+        return "content does not match its recorded sha256", {}
+    return None, rec

@@ -1,0 +1,2 @@
+"""``compleak import``: artifacts built elsewhere become a run with the same manifest, splits and threat model as a
+built one (docs/import.md)."""

@@ -1,0 +1,115 @@
+"""Files of a run: content digests, atomic writes, and reads of ``.npz`` / JSON files that refuse pickles and name
+the file in every error."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import secrets
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+from pydantic import ValidationError
+
+from rundir.errors import ContractError, UnsafePathError
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file's content, read in 1 MiB chunks: the key every stage uses for an artifact."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+@contextmanager
+def atomic_path(path: Path | str, mode: int | None = None, *, keep_suffix: bool = False) -> Iterator[Path]:
+    """Yield a temp path in ``path``'s folder (hidden name, same file system); on normal exit fsync it and
+    ``os.replace`` it onto ``path`` (chmod to ``mode`` first when given); on an exception remove the temp file
+    and re-raise.
+
+    The folder is created when missing. The temp file exists (empty) when the block starts, created like any new
+    file (0666 less the umask) unless ``mode`` is given; write it by name (``open(tmp, "wb")``, a saver given
+    ``str(tmp)``). The temp name is ``.<name>.<random>.tmp``; ``keep_suffix=True`` makes it end with ``path``'s
+    suffix (``.<name>.<random>.tmp.h5``) for savers that pick the format from the file name.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = f".tmp{path.suffix}" if keep_suffix else ".tmp"
+    while True:
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}{suffix}"
+        try:  # O_EXCL: never an existing file or a planted symlink; mode 0o600 until the block is done if asked
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if mode is not None else 0o666))
+            break
+        except FileExistsError:
+            continue
+    try:
+        yield tmp
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if mode is not None:
+            os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (temp file in the same folder, fsync, rename)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        fh.write(data)
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    """Serialise ``obj`` as indented JSON and write it atomically."""
+    atomic_write_bytes(Path(path), (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+
+
+def atomic_save_npz(path: Path, **arrays: np.ndarray) -> None:
+    """``np.savez`` to ``path`` atomically, so a crash never leaves a half-written file."""
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    atomic_write_bytes(Path(path), buf.getvalue())
+
+
+def load_npz(path: Path) -> dict[str, np.ndarray]:
+    path = Path(path)
+    if not path.is_file():
+        raise ContractError(f"{path}: file not found")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except Exception as exc:  # zipfile.BadZipFile, ValueError, OSError ...
+        raise ContractError(f"{path}: not a readable .npz file ({exc.__class__.__name__}: {exc})") from None
+
+
+def load_json(path: Path) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise ContractError(f"{path}: file not found")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ContractError(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+
+
+def contract_error(exc: ValidationError, prefix: str) -> ContractError:
+    """One-line :class:`ContractError` (:class:`UnsafePathError` when a name/path check failed) for ``exc``."""
+    unsafe = any(isinstance((e.get("ctx") or {}).get("error"), UnsafePathError) for e in exc.errors())
+    return (UnsafePathError if unsafe else ContractError)(f"{prefix}: {first_error(exc)}")
+
+
+def first_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"])
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    return f"{loc}: {msg}" if loc else msg

@@ -1,0 +1,199 @@
+"""The run directory's layout: :class:`RunDir` owns every path of a run, so no stage spells a file name of the run
+itself (see docs/DESIGN.md, "Contracts")."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Iterator
+
+from rundir.errors import ContractError
+from rundir.manifest import ArtifactRecord, Manifest
+from rundir.names import check_name, device_dirname, inside_run
+from rundir.outputs import OutputBatch
+from rundir.splits import Splits
+
+SEEDS_DIR = "seeds"
+PERTURBED = ".perturbed"  # outputs/<device>/<artifact>.perturbed.npz / .json: SAMIA's perturbed queries
+
+
+class RunDir:
+    """Paths of a run directory ``RUN/`` (nothing is created until a stage writes)."""
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root)
+
+    @property
+    def experiment(self) -> Path:
+        return self.root / "experiment.toml"
+
+    @property
+    def splits(self) -> Path:
+        return self.root / "splits.npz"
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / "manifest.json"
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.root / "artifacts"
+
+    def inside(self, rel: str, what: str, source: object, under: str | None = None) -> Path:
+        """``root / rel`` after checking that it stays inside the run: the one check for every path read from a
+        run file.
+
+        ``rel`` must be relative, ``/``-separated, without ``.``/``..`` components, and its resolved location
+        (following any symlink already on disk) must lie under ``root`` (under ``root/under`` when given).
+        Raises :class:`ContractError` ``"<source>: <what> '<rel>' ..."``.
+        """
+        return inside_run(self.root, rel, what, source, under)
+
+    def artifact_path(self, record: ArtifactRecord) -> Path:
+        """The artifact's file, checked with :meth:`inside` at use time (links planted after loading count too)."""
+        return self.inside(record.path, "artifact path", f"{self.manifest} ({record.id})", under="artifacts")
+
+    def outputs_dir(self, device_id: str) -> Path:
+        return self.root / "outputs" / device_dirname(device_id)
+
+    def output_npz(self, device_id: str, artifact_id: str) -> Path:
+        return self.outputs_dir(device_id) / f"{check_name(artifact_id, 'artifact id', self.manifest)}.npz"
+
+    def output_provenance(self, device_id: str, artifact_id: str) -> Path:
+        return self.outputs_dir(device_id) / f"{check_name(artifact_id, 'artifact id', self.manifest)}.json"
+
+    def require_writable(self, stage: str, *subdirs: str) -> None:
+        """Fail fast, before any computing, when ``stage`` could not store its results.
+
+        Checks the run root (or, when it does not exist yet, the nearest existing folder above it, where it will be
+        created) and each existing ``root/<subdir>`` for write access (``os.access``: mode bits, ACLs, read-only
+        mounts). Raises :class:`ContractError` naming the folder, the stage and the fix.
+        """
+        folders = [self.root] + [self.root / d for d in subdirs]
+        for folder in folders:
+            probe = folder
+            while not probe.exists() and probe != probe.parent and folder is self.root:
+                probe = probe.parent
+            if not probe.exists():
+                continue
+            if not probe.is_dir():
+                raise ContractError(
+                    f"{probe}: not a folder, so `compleak {stage}` cannot write there; pick another path"
+                )
+            if not os.access(probe, os.W_OK | os.X_OK):
+                raise ContractError(
+                    f"{probe}: folder is read-only, so `compleak {stage}` could not store its results; make it "
+                    "writable (chmod u+w, or remount read-write) or work on a copy of the run"
+                )
+
+    def attacks_dir(self, device_id: str) -> Path:
+        return self.root / "attacks" / device_dirname(device_id)
+
+    def results(self, device_id: str) -> Path:
+        return self.attacks_dir(device_id) / "results.json"
+
+    def scores(self, device_id: str) -> Path:
+        """``attacks/<device>/scores.npz``: the attack stage's per-example scores (``compleak.results.load_scores``)."""
+        return self.attacks_dir(device_id) / "scores.npz"
+
+    @property
+    def report_dir(self) -> Path:
+        return self.root / "report"
+
+    @property
+    def report_index(self) -> Path:
+        """``report/index.html``: the self-contained page."""
+        return self.report_dir / "index.html"
+
+    @property
+    def summary(self) -> Path:
+        """``report/summary.json``: the report's machine-readable summary."""
+        return self.report_dir / "summary.json"
+
+    @property
+    def queries(self) -> Path:
+        """``queries.npz`` (imported runs): the query inputs, ``index`` int64 [M] and ``x`` float32 [M, H, W, C]."""
+        return self.root / "queries.npz"
+
+    @property
+    def threat_model(self) -> Path:
+        """``threat_model.json``: threat model, K, the attacker's pool and split sizes (build and import)."""
+        return self.root / "threat_model.json"
+
+    @property
+    def compare_dir(self) -> Path:
+        return self.root / "compare"
+
+    def compare_file(self, device_id: str) -> Path:
+        """``compare/<device>.json``: the host-versus-device comparison of one device."""
+        return self.compare_dir / f"{device_dirname(device_id)}.json"
+
+    @property
+    def seeds_dir(self) -> Path:
+        """``seeds/``: one complete run per seed of ``[experiment] seeds`` (``seeds/<seed>/``)."""
+        return self.root / SEEDS_DIR
+
+    def seed_dir(self, seed: int) -> Path:
+        return self.seeds_dir / str(int(seed))
+
+    @property
+    def logs_dir(self) -> Path:
+        """``logs/``: each command's third-party output (``logs/<command>.log``) and Ray's logs (``logs/ray/``)."""
+        return self.root / "logs"
+
+    def log_file(self, command: str) -> Path:
+        return self.logs_dir / f"{check_name(command, 'command name', 'logs')}.log"
+
+    @property
+    def ray_logs_dir(self) -> Path:
+        return self.logs_dir / "ray"
+
+    @property
+    def exports_dir(self) -> Path:
+        """``exports/``: ``compleak export``'s default destination."""
+        return self.root / "exports"
+
+    def partial_dir(self, device_id: str, artifact_id: str, key: str, suffix: str = "") -> Path:
+        """``outputs/<device>/.partial/<artifact><suffix>/<key>/``: an artifact's finished chunks while it is
+        collected (``key`` names what they were computed from, e.g. the artifact's ``sha256[:16]``; ``suffix``
+        ``.perturbed`` for SAMIA's perturbed queries)."""
+        name = check_name(artifact_id, "artifact id", self.manifest) + suffix
+        return self.outputs_dir(device_id) / ".partial" / name / check_name(key, "chunk key", self.manifest)
+
+    def perturbed_npz(self, device_id: str, artifact_id: str) -> Path:
+        """``outputs/<device>/<artifact>.perturbed.npz``: SAMIA's perturbed outputs (provenance beside it,
+        ``.perturbed.json``)."""
+        return self.outputs_dir(device_id) / f"{check_name(artifact_id, 'artifact id', self.manifest)}{PERTURBED}.npz"
+
+    def collect_lock(self, device_id: str) -> Path:
+        """``.collect-<device>.lock``: held by the one collect of this run on this device."""
+        return self.root / f".collect-{device_dirname(device_id)}.lock"
+
+    def perturbed_provenance(self, device_id: str, artifact_id: str) -> Path:
+        return self.perturbed_npz(device_id, artifact_id).with_suffix(".json")
+
+    def collected_devices(self) -> Iterator[tuple[str, Path]]:
+        """(device id, outputs folder) for every device with outputs; the id is read from provenance."""
+        base = self.root / "outputs"
+        if not base.is_dir():
+            return
+        for d in sorted(p for p in base.iterdir() if p.is_dir()):
+            device_id = d.name
+            for prov in sorted(d.glob("*.json")):
+                try:  # untrusted: anything but {"device": {"id": "<str>"}} keeps the folder name
+                    found = json.loads(prov.read_text(encoding="utf-8"))["device"]["id"]
+                    device_id = found if isinstance(found, str) and found else d.name
+                except (OSError, ValueError, KeyError, TypeError):
+                    pass
+                break
+            yield device_id, d
+
+    def load_splits(self) -> Splits:
+        return Splits.load(self.splits)
+
+    def load_manifest(self) -> Manifest:
+        return Manifest.load(self.manifest)
+
+    def load_outputs(self, device_id: str, artifact_id: str) -> OutputBatch:
+        return OutputBatch.load(self.output_npz(device_id, artifact_id))
