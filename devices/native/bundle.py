@@ -1,8 +1,8 @@
 """The native runner: ``compleak-runner``, a C++ binary that answers the runner protocol without Python on the device.
 
-Its sources ship in this package (this folder, ``devices/native/``: CMake project, ``src/*.cpp``); :func:`build_bundle` compiles
-them against the runtimes of the installed wheels (ExecuTorch's C++ runtime from ``executorch``, LiteRT's C API
-``libLiteRt.so`` from ``ai-edge-litert``) into a self-contained bundle::
+Its sources ship in this package (this folder, ``devices/native/``: CMake project, ``src/*.cpp``);
+:func:`build_bundle` compiles them against the runtimes of the installed wheels (ExecuTorch's C++ runtime from
+``executorch``, LiteRT's C API ``libLiteRt.so`` from ``ai-edge-litert``) into a self-contained bundle::
 
     <cache>/runners/<arch>/<key>/compleak-runner/
         bin/compleak-runner          RUNPATH $ORIGIN/../lib
@@ -29,6 +29,7 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -259,6 +260,124 @@ def _needed(lib: Path) -> list[str]:
             if "(NEEDED)" in ln and "[" in ln]
 
 
+@dataclass(frozen=True)
+class _BuildPlan:
+    """One bundle build: the architecture, the runtimes it builds against (:func:`runtime_sources`), the extra CMake
+    arguments, the bundle key they hash to, and the scratch folder ``work`` (``build/``, the staged bundle,
+    ``build.log``; renamed to ``<cache>/runners/<arch>/<key>`` when complete)."""
+
+    arch: str
+    sources: dict[str, Any]
+    cmake_extra: list[str]
+    key: str
+    work: Path
+
+    @property
+    def build(self) -> Path:
+        return self.work / "build"
+
+    @property
+    def stage(self) -> Path:
+        return self.work / BUNDLE_NAME
+
+    @property
+    def log_file(self) -> Path:
+        return self.work / "build.log"
+
+
+def _check_build_host(arch: str | None, toolchain_file: Path | None) -> str:
+    """The architecture to build (default: this host's), checked buildable here: known, cross-built only with a
+    toolchain file, ``cmake`` and ``readelf`` present."""
+    arch = arch or host_arch()
+    if arch not in MACHINE_OF_ARCH:
+        raise BundleError(f"unknown architecture {arch!r}; use one of {', '.join(MACHINE_OF_ARCH)}")
+    if arch != host_arch() and not toolchain_file:
+        raise BundleError(f"building the {arch} runner on this {host_arch()} host needs a cross toolchain and the "
+                          f"{arch} wheels: pass toolchain_file, executorch_root and litert_lib (see docs/native.md)")
+    for tool in ("cmake", "readelf"):
+        if shutil.which(tool) is None:
+            raise BundleError(f"{tool} not found; install it (Debian: apt-get install cmake g++ binutils)")
+    return arch
+
+
+def _configure_and_build(plan: _BuildPlan, jobs: int, say: Callable[[str], None]) -> None:
+    """Configure the CMake project into ``plan.build`` and compile it (every command's output in ``build.log``)."""
+    sources = plan.sources
+    generator = ["-G", "Ninja"] if shutil.which("ninja") else []
+    configure = ["cmake", "-S", str(SOURCE_DIR), "-B", str(plan.build), *generator, "-DCMAKE_BUILD_TYPE=Release",
+                 f"-DCOMPLEAK_RUNNER_VERSION={_runner_version()}",
+                 f"-DCOMPLEAK_LITERT_VERSION={sources['litert'] or 'unknown'}",
+                 f"-DCOMPLEAK_WITH_EXECUTORCH={'ON' if sources['executorch_root'] else 'OFF'}", *plan.cmake_extra]
+    if sources["executorch_root"]:
+        configure += [f"-DEXECUTORCH_ROOT={sources['executorch_root']}",
+                      f"-DCOMPLEAK_EXECUTORCH_VERSION={sources['executorch']}"]
+    say(f"configuring ({plan.arch}; executorch {sources['executorch']}, litert {sources['litert']})")
+    _run(configure, plan.log_file)
+    say(f"compiling with {jobs} job(s)")
+    _run(["cmake", "--build", str(plan.build), "--parallel", str(max(1, jobs))], plan.log_file)
+
+
+def _collect_libraries(plan: _BuildPlan) -> list[str]:
+    """Stage the binary and the libraries it loads into ``plan.stage`` (``bin/``, ``lib/``): libLiteRt.so, the
+    ExecuTorch plugin and the wheel's libraries the plugin needs, transitively; returns the formats bundled."""
+    build, stage, sources = plan.build, plan.stage, plan.sources
+    (stage / "bin").mkdir(parents=True)
+    (stage / "lib").mkdir()
+    shutil.copy2(build / "compleak-runner", stage / BINARY)
+    formats = []
+    if sources["litert_lib"]:
+        shutil.copy2(sources["litert_lib"], stage / "lib" / "libLiteRt.so")
+        formats.append("tflite")
+    if sources["executorch_root"]:
+        plugin = build / "libcompleak_executorch.so"
+        shutil.copy2(plugin, stage / "lib" / plugin.name)
+        et_lib = Path(sources["executorch_root"]) / "lib"
+        todo, seen = list(_needed(plugin)), set()
+        while todo:  # the wheel's libraries the plugin needs, transitively (system libraries stay out)
+            name = todo.pop()
+            if name in seen or not name.startswith(_ET_LIB_PREFIX) or not (et_lib / name).is_file():
+                continue
+            seen.add(name)
+            shutil.copy2(et_lib / name, stage / "lib" / name)
+            todo += _needed(et_lib / name)
+        formats.append("pte")
+    return formats
+
+
+def _write_manifest(plan: _BuildPlan, formats: list[str]) -> dict[str, str]:
+    """Write the staged bundle's ``manifest.json`` (the sha256 of every staged file among it); returns those files."""
+    stage, sources = plan.stage, plan.sources
+    files = {str(p.relative_to(stage)): sha256_file(p) for p in sorted(stage.rglob("*")) if p.is_file()}
+    manifest = {
+        "name": BUNDLE_NAME, "arch": plan.arch, "machine": MACHINE_OF_ARCH[plan.arch], "protocol": 1,
+        "runner_version": _runner_version(), "formats": formats,
+        "runtimes": {"executorch": sources["executorch"], "litert": sources["litert"]},
+        "binary": BINARY, "files": files, "key": plan.key, "sources_sha256": _sources_digest(),
+        "built": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    (stage / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    return files
+
+
+def _write_tarball(plan: _BuildPlan) -> None:
+    """``compleak-runner-linux-<arch>.tar.gz`` beside the staged bundle: the same folder as one file."""
+    with tarfile.open(plan.work / f"{BUNDLE_NAME}-linux-{plan.arch}.tar.gz", "w:gz") as tar:
+        tar.add(plan.stage, arcname=BUNDLE_NAME)
+
+
+def _install(plan: _BuildPlan, root: Path) -> None:
+    """Move the finished build to ``root`` (atomic: a bundle is either complete or absent) and name it in
+    ``current.json`` (find_bundle's answer for a cross-built architecture)."""
+    shutil.rmtree(plan.build)
+    if root.exists():
+        shutil.rmtree(root)
+    plan.work.rename(root)
+    current = root.parent / "current.json"
+    tmp_current = current.with_suffix(".json.part")
+    tmp_current.write_text(json.dumps({"key": plan.key}) + "\n")
+    os.replace(tmp_current, current)
+
+
 def build_bundle(arch: str | None = None, *, force: bool = False, jobs: int = 2, executorch_root: Path | None = None,
                  litert_lib: Path | None = None, toolchain_file: Path | None = None, cmake_args: Sequence[str] = (),
                  log: Callable[[str], None] | None = None) -> Path:
@@ -275,17 +394,12 @@ def build_bundle(arch: str | None = None, *, force: bool = False, jobs: int = 2,
         toolchain_file: CMake toolchain file (cross builds).
         cmake_args: extra ``-D...`` arguments.
         log: called with one line per step.
+
+    Steps: configure and compile (:func:`_configure_and_build`), stage the binary and its libraries
+    (:func:`_collect_libraries`), write the manifest and the tarball, move the bundle into place, prune old ones.
     """
     say = log or (lambda _msg: None)
-    arch = arch or host_arch()
-    if arch not in MACHINE_OF_ARCH:
-        raise BundleError(f"unknown architecture {arch!r}; use one of {', '.join(MACHINE_OF_ARCH)}")
-    if arch != host_arch() and not toolchain_file:
-        raise BundleError(f"building the {arch} runner on this {host_arch()} host needs a cross toolchain and the "
-                          f"{arch} wheels: pass toolchain_file, executorch_root and litert_lib (see docs/native.md)")
-    for tool in ("cmake", "readelf"):
-        if shutil.which(tool) is None:
-            raise BundleError(f"{tool} not found; install it (Debian: apt-get install cmake g++ binutils)")
+    arch = _check_build_host(arch, toolchain_file)
     sources = runtime_sources(executorch_root, litert_lib)
     if not sources["executorch_root"] and not sources["litert_lib"]:
         raise BundleError("neither executorch nor ai-edge-litert is installed, so the native runner would run "
@@ -299,61 +413,12 @@ def build_bundle(arch: str | None = None, *, force: bool = False, jobs: int = 2,
         return bundle
     root.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".build-{key}-", dir=root.parent))
+    plan = _BuildPlan(arch, sources, extra, key, work)
     try:
-        build, stage = work / "build", work / BUNDLE_NAME
-        log_file = work / "build.log"
-        generator = ["-G", "Ninja"] if shutil.which("ninja") else []
-        configure = ["cmake", "-S", str(SOURCE_DIR), "-B", str(build), *generator, "-DCMAKE_BUILD_TYPE=Release",
-                     f"-DCOMPLEAK_RUNNER_VERSION={_runner_version()}",
-                     f"-DCOMPLEAK_LITERT_VERSION={sources['litert'] or 'unknown'}",
-                     f"-DCOMPLEAK_WITH_EXECUTORCH={'ON' if sources['executorch_root'] else 'OFF'}", *extra]
-        if sources["executorch_root"]:
-            configure += [f"-DEXECUTORCH_ROOT={sources['executorch_root']}",
-                          f"-DCOMPLEAK_EXECUTORCH_VERSION={sources['executorch']}"]
-        say(f"configuring ({arch}; executorch {sources['executorch']}, litert {sources['litert']})")
-        _run(configure, log_file)
-        say(f"compiling with {jobs} job(s)")
-        _run(["cmake", "--build", str(build), "--parallel", str(max(1, jobs))], log_file)
-        (stage / "bin").mkdir(parents=True)
-        (stage / "lib").mkdir()
-        shutil.copy2(build / "compleak-runner", stage / BINARY)
-        formats = []
-        if sources["litert_lib"]:
-            shutil.copy2(sources["litert_lib"], stage / "lib" / "libLiteRt.so")
-            formats.append("tflite")
-        if sources["executorch_root"]:
-            plugin = build / "libcompleak_executorch.so"
-            shutil.copy2(plugin, stage / "lib" / plugin.name)
-            et_lib = Path(sources["executorch_root"]) / "lib"
-            todo, seen = list(_needed(plugin)), set()
-            while todo:  # the wheel's libraries the plugin needs, transitively (system libraries stay out)
-                name = todo.pop()
-                if name in seen or not name.startswith(_ET_LIB_PREFIX) or not (et_lib / name).is_file():
-                    continue
-                seen.add(name)
-                shutil.copy2(et_lib / name, stage / "lib" / name)
-                todo += _needed(et_lib / name)
-            formats.append("pte")
-        files = {str(p.relative_to(stage)): sha256_file(p) for p in sorted(stage.rglob("*")) if p.is_file()}
-        manifest = {
-            "name": BUNDLE_NAME, "arch": arch, "machine": MACHINE_OF_ARCH[arch], "protocol": 1,
-            "runner_version": _runner_version(), "formats": formats,
-            "runtimes": {"executorch": sources["executorch"], "litert": sources["litert"]},
-            "binary": BINARY, "files": files, "key": key, "sources_sha256": _sources_digest(),
-            "built": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        }
-        (stage / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
-        tarball = work / f"{BUNDLE_NAME}-linux-{arch}.tar.gz"
-        with tarfile.open(tarball, "w:gz") as tar:
-            tar.add(stage, arcname=BUNDLE_NAME)
-        shutil.rmtree(build)
-        if root.exists():
-            shutil.rmtree(root)
-        work.rename(root)  # atomic: a bundle is either complete or absent
-        current = root.parent / "current.json"  # find_bundle's answer for a cross-built architecture
-        tmp_current = current.with_suffix(".json.part")
-        tmp_current.write_text(json.dumps({"key": key}) + "\n")
-        os.replace(tmp_current, current)
+        _configure_and_build(plan, jobs, say)
+        files = _write_manifest(plan, _collect_libraries(plan))
+        _write_tarball(plan)
+        _install(plan, root)
         say(f"bundle: {bundle} ({sum((bundle / f).stat().st_size for f in files) >> 20} MiB)")
         for old in prune_bundles(arch, keep=KEEP_BUNDLES):
             say(f"removed an older bundle: {old}")

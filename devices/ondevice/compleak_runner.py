@@ -19,11 +19,10 @@ Command line::
 ``in.npz`` holds ``x``: float32 [N, H, W, C] (NHWC, preprocessed). ``out.npz`` holds ``values`` float32 [N, C]
 (outputs dequantized to float), ``batch_seconds`` float64 [B] (wall seconds per invocation batch),
 ``batch_sizes`` int64 [B] and ``meta`` (a JSON string: runtime name/version, delegate, threads, batch size).
-With ``--serve`` one process answers a whole collection: framed ``load`` / ``infer`` (and ``dataset``: raw uint8
-query rows kept on the device, then named by row number) requests arrive on stdin, queries are inferred batch by
-batch while the rest is still in transit, and replies go to stdout (runtime libraries that print to stdout are
-redirected to stderr); see :func:`serve`. Errors are printed as one
-line ``error: ...`` on stderr with exit status 3.
+With ``--serve`` one process answers a whole collection: requests on stdin, replies on stdout (runtime libraries
+that print to stdout are redirected to stderr), queries inferred batch by batch while the rest is still in transit;
+see :func:`serve`. Protocol: docs/native.md, "Runner protocol". Errors are printed as one line ``error: ...`` on
+stderr with exit status 3.
 
 On the host: ``detect_format(path)``, ``describe(path)``, ``load_model(path).predict(x)``.
 """
@@ -746,6 +745,7 @@ def _answer_meta(model: Model, model_path: str, values: np.ndarray, shape: Seque
 
 
 # --------------------------------------------------------------------------- server mode
+# Protocol: docs/native.md, "Runner protocol".
 
 #: version of the ``--serve`` protocol; the host refuses a runner that speaks another
 PROTOCOL = 1
@@ -941,63 +941,127 @@ def _remove_in(path: str, workspace: str | None) -> None:
             pass
 
 
-def serve(stdin: BinaryIO, stdout: BinaryIO, preload: Sequence[str] = ()) -> int:
-    """Answer framed requests on ``stdin`` until it ends (``--serve``); one process for a whole collection.
+class _Serving:
+    """What :func:`serve` keeps between requests: ``stdin`` (payloads are read from it), the loaded model, its file
+    and load time, and the held query dataset (at most one)."""
 
-    Framing (both directions): a 4-byte big-endian length L (1 <= L <= 1 MiB), L bytes of UTF-8 JSON holding an
-    object (the header), then exactly ``header["bytes"]`` raw payload bytes (absent or null: none). Arrays are
-    C-order, little-endian.
+    def __init__(self, stdin: BinaryIO) -> None:
+        self.stdin = stdin
+        self.model: Model | None = None
+        self.model_path = ""
+        self.load_seconds = 0.0
+        self.dataset: HeldDataset | None = None
 
-    The runner speaks first: the hello, sent once the ``preload`` runtimes (or formats) are imported::
 
-        {"ok": true, "hello": "compleak-runner", "protocol": 1, "python", "numpy", "machine", "executable",
-         "ops": ["load", "infer", "dataset", "exit"], "max_dataset_bytes": 1073741824}
+def _serve_load(st: _Serving, req: dict[str, Any], payload: int,
+                consumed: list[int]) -> tuple[dict[str, Any], bytes]:
+    """``load``: replaces the loaded model; its file goes too when it lies in the given workspace."""
+    st.model = None
+    if st.model_path and req.get("remove_previous"):
+        _remove_in(st.model_path, req.get("workspace"))
+    t0 = time.perf_counter()
+    st.model_path = str(req["model"])
+    st.model = load_model(st.model_path, runtime=req.get("runtime"), threads=req.get("threads"),
+                          layout=req.get("layout") or "auto")
+    st.load_seconds = time.perf_counter() - t0
+    return {"ok": True, "info": st.model.info(), "load_seconds": st.load_seconds}, b""
 
-    ``ops`` lists the requests it answers. ``load``, ``infer`` with float32 rows and ``exit`` are protocol 1
-    itself: a runner may omit ``ops`` (the host then uses only those). ``dataset`` and the infer by rows are used
-    only when ``ops`` lists ``dataset``; ``max_dataset_bytes`` (optional) is the largest dataset it accepts.
 
-    Requests (header, then payload):
+def _serve_dataset(st: _Serving, req: dict[str, Any], payload: int,
+                   consumed: list[int]) -> tuple[dict[str, Any], bytes]:
+    """``dataset``: at most one held, so the old one goes before the new one is read."""
+    st.dataset = None
+    st.dataset = _read_dataset(st.stdin, req, payload, consumed)
+    return {"ok": True, "key": st.dataset.key, "rows": len(st.dataset.x)}, b""
 
-    - ``{"op": "load", "model", "runtime", "threads", "layout", "workspace", "remove_previous"}``: load the model
-      file ``model`` (replaces the loaded one; the previous file is deleted when ``remove_previous`` and it lies
-      directly in ``workspace``). Reply ``{"ok": true, "info": {...}, "load_seconds"}``.
-    - ``{"op": "infer", "shape": [N, H, W, C], "bytes": 4*N*H*W*C, "batch_size": B}`` + float32 NHWC rows: the
-      queries themselves, inferred batch by batch while they arrive.
-    - ``{"op": "dataset", "key": SHA256, "shape": [N, H, W, C], "dtype": "uint8", "bytes": N*H*W*C,
-      "preprocess": {"scale": s, "mean": [..] | null, "std": [..] | null}}`` + uint8 NHWC rows: raw query pixels
-      to keep on the device. ``key`` is the sha256 (64 lowercase hex digits) of the payload; the runner computes it
-      while reading and refuses a mismatch. ``mean`` / ``std`` hold 1 value (every channel) or C. The runner holds
-      at most ONE dataset: a dataset request first drops the one held (a refused one leaves none). Bounds:
-      ``bytes <= max_dataset_bytes`` (1 GiB here). Reply ``{"ok": true, "key": SHA256, "rows": N}``.
-    - ``{"op": "infer", "dataset": SHA256, "rows": M, "bytes": 4*M, "batch_size": B}`` + M uint32 row numbers
-      (little-endian, each < N of the held dataset; M <= 2^24): queries named by rows of the held dataset (whose
-      key must be ``dataset``). Each batch of rows is made model input by exactly :func:`preprocess_uint8` with the
-      dataset's preprocessing (float32, step by step: ``x = float32(u8); x = x * float32(scale); x = x -
-      float32(mean[c]); x = x / float32(std[c])``, no fused multiply-add), then inferred like the float32 infer.
-    - ``{"op": "exit"}`` (or the end of stdin): exit with status 0.
 
-    Every reply is ``{"ok": true, ...}`` or ``{"ok": false, "error": "one line"}`` (no payload; the runner keeps
-    serving, having skipped the rest of the failed request's payload). Both infer replies are ``{"ok": true,
-    "shape": [M, C], "bytes": 4*M*C, "meta": {...}, "batch_seconds": [...], "batch_sizes": [...]}`` + float32
-    [M, C] outputs (dequantized). A request header that is not framed JSON gets one error reply, then exit 3.
-    """
-    for name in preload:  # a runtime name, or a format: the runtime load_model would pick for it
+def _serve_infer(st: _Serving, req: dict[str, Any], payload: int,
+                 consumed: list[int]) -> tuple[dict[str, Any], bytes]:
+    """``infer``: float32 rows on the payload, or rows of the held dataset (``dataset``), inferred batch by batch."""
+    model = st.model
+    if model is None:
+        raise RunnerError("protocol error: infer before load")
+    t_start = time.time()
+    batch_size = int(req.get("batch_size") or 256)
+    step = model.batch_step(batch_size)
+    if req.get("dataset") is not None:  # queries named by rows of the held dataset
+        rows = _read_rows(st.stdin, req, payload, st.dataset, consumed)
+        held = st.dataset
+        assert held is not None
+        shape = [len(rows), *held.x.shape[1:]]
+        batches: Iterable[np.ndarray] = (held.inputs(rows[s : s + step]) for s in range(0, len(rows), step))
+    else:
+        shape = [int(d) for d in req["shape"]]
+        if len(shape) != 4 or min(shape) < 0 or payload != 4 * int(np.prod(shape, dtype=np.int64)):
+            raise RunnerError(f"protocol error: {payload} payload bytes for float32 {shape}")
+        batches = _payload_batches(st.stdin, shape, step, consumed)
+    values = model.predict_batches(batches)
+    meta = _answer_meta(model, st.model_path, values, shape, batch_size, st.load_seconds, t_start)
+    out = np.ascontiguousarray(values, dtype=np.float32).tobytes()
+    return {"ok": True, "shape": list(values.shape), "bytes": len(out), "meta": meta,
+            "batch_seconds": list(model.batch_seconds), "batch_sizes": list(model.batch_sizes)}, out
+
+
+def _serve_exit(st: _Serving, req: dict[str, Any], payload: int, consumed: list[int]) -> None:
+    """``exit``: no reply; :func:`serve` returns 0 (as at the end of stdin)."""
+
+
+#: the request handlers of :func:`serve`, one per op of :data:`OPS`: (state, header, payload size, [payload bytes
+#: read so far]) -> (reply header, reply payload), or None to stop serving
+_HANDLERS: dict[str, Callable[[_Serving, dict[str, Any], int, list[int]], tuple[dict[str, Any], bytes] | None]] = {
+    "load": _serve_load,
+    "infer": _serve_infer,
+    "dataset": _serve_dataset,
+    "exit": _serve_exit,
+}
+
+
+def _answer(st: _Serving, req: dict[str, Any], payload: int,
+            consumed: list[int]) -> tuple[dict[str, Any], bytes] | None:
+    """Request ``req`` answered by its op's handler: None for ``exit``; a refused request is ``ok: false`` with a
+    one-line error (the caller skips the rest of its payload)."""
+    op = req.get("op")
+    handler = _HANDLERS.get(op) if isinstance(op, str) else None
+    try:
+        if handler is None:
+            raise RunnerError(f"protocol error: unknown request {op!r}")
+        return handler(st, req, payload, consumed)
+    except RunnerError as exc:
+        return {"ok": False, "error": str(exc)}, b""
+    except MemoryError:
+        return {"ok": False, "error": "out of memory holding the query dataset; send float32 queries instead"
+                if op == "dataset" else f"out of memory running {st.model_path}; lower --batch-size"}, b""
+    except (KeyError, TypeError, ValueError, OSError) as exc:
+        return {"ok": False, "error": f"{op}: {_one_line(exc)}"}, b""
+
+
+def _preload(names: Sequence[str]) -> None:
+    """Import the given runtimes (or, for a format, the runtime :func:`load_model` would pick for it) before the
+    hello, so the first load does not pay for it; a missing or broken runtime reports itself at load instead."""
+    for name in names:
         try:
             name = pick_runtime(name) if name in RUNTIMES_BY_FORMAT else name
             if name in _RUNTIME_MODULES and _version_of(name):
                 __import__(_RUNTIME_MODULES[name])
         except Exception:  # noqa: BLE001 - a missing or broken runtime reports itself at load, with its own message
             pass
+
+
+def serve(stdin: BinaryIO, stdout: BinaryIO, preload: Sequence[str] = ()) -> int:
+    """Answer framed requests on ``stdin`` until it ends or ``exit`` (``--serve``); one process for a whole
+    collection. Returns the exit status: 0, or 3 after a request header that is not framed JSON.
+
+    Protocol: docs/native.md, "Runner protocol" (framing, hello, each op's request and reply, limits, errors).
+    The hello goes out once the ``preload`` runtimes (or formats) are imported; each op is one handler of
+    :data:`_HANDLERS`.
+    """
+    _preload(preload)
     stdout.write(frame({"ok": True, "hello": "compleak-runner", "protocol": PROTOCOL,
                         "python": platform.python_version(), "numpy": np.__version__,
                         "machine": platform.machine(), "executable": sys.executable,
                         "ops": list(OPS), "max_dataset_bytes": MAX_DATASET_BYTES}))
     stdout.flush()
-    model: Model | None = None
-    model_path = ""
-    load_seconds = 0.0
-    dataset: HeldDataset | None = None
+    st = _Serving(stdin)
     while True:
         try:
             req = read_message(stdin)
@@ -1005,59 +1069,15 @@ def serve(stdin: BinaryIO, stdout: BinaryIO, preload: Sequence[str] = ()) -> int
             stdout.write(frame({"ok": False, "error": str(exc)}))
             stdout.flush()
             return 3
-        if req is None or req.get("op") == "exit":
+        if req is None:
             return 0
-        op, payload, consumed = req.get("op"), int(req.get("bytes") or 0), [0]
-        reply: dict[str, Any] = {"ok": True}
-        out = b""
-        try:
-            if op == "load":  # replaces the loaded model; its file goes too when it lies in the given workspace
-                model = None
-                if model_path and req.get("remove_previous"):
-                    _remove_in(model_path, req.get("workspace"))
-                t0 = time.perf_counter()
-                model_path = str(req["model"])
-                model = load_model(model_path, runtime=req.get("runtime"), threads=req.get("threads"),
-                                   layout=req.get("layout") or "auto")
-                load_seconds = time.perf_counter() - t0
-                reply.update(info=model.info(), load_seconds=load_seconds)
-            elif op == "dataset":  # at most one held: the old one goes before the new one is read
-                dataset = None
-                dataset = _read_dataset(stdin, req, payload, consumed)
-                reply.update(key=dataset.key, rows=len(dataset.x))
-            elif op == "infer":
-                if model is None:
-                    raise RunnerError("protocol error: infer before load")
-                t_start = time.time()
-                batch_size = int(req.get("batch_size") or 256)
-                step = model.batch_step(batch_size)
-                if req.get("dataset") is not None:  # queries named by rows of the held dataset
-                    rows = _read_rows(stdin, req, payload, dataset, consumed)
-                    assert dataset is not None
-                    held = dataset
-                    shape = [len(rows), *held.x.shape[1:]]
-                    batches: Iterable[np.ndarray] = (held.inputs(rows[s : s + step]) for s in range(0, len(rows), step))
-                else:
-                    shape = [int(d) for d in req["shape"]]
-                    if len(shape) != 4 or min(shape) < 0 or payload != 4 * int(np.prod(shape, dtype=np.int64)):
-                        raise RunnerError(f"protocol error: {payload} payload bytes for float32 {shape}")
-                    batches = _payload_batches(stdin, shape, step, consumed)
-                values = model.predict_batches(batches)
-                meta = _answer_meta(model, model_path, values, shape, batch_size, load_seconds, t_start)
-                out = np.ascontiguousarray(values, dtype=np.float32).tobytes()
-                reply.update(shape=list(values.shape), bytes=len(out), meta=meta,
-                             batch_seconds=list(model.batch_seconds), batch_sizes=list(model.batch_sizes))
-            else:
-                raise RunnerError(f"protocol error: unknown request {op!r}")
-        except RunnerError as exc:
-            reply = {"ok": False, "error": str(exc)}
-        except MemoryError:
-            reply = {"ok": False, "error": "out of memory holding the query dataset; send float32 queries instead"
-                     if op == "dataset" else f"out of memory running {model_path}; lower --batch-size"}
-        except (KeyError, TypeError, ValueError, OSError) as exc:
-            reply = {"ok": False, "error": f"{op}: {_one_line(exc)}"}
+        payload, consumed = int(req.get("bytes") or 0), [0]
+        answer = _answer(st, req, payload, consumed)
+        if answer is None:  # exit
+            return 0
         if payload > consumed[0]:
             _skip(stdin, payload - consumed[0])  # a failed request: drop the rest of its payload, stay in sync
+        reply, out = answer
         stdout.write(frame(reply) + out)
         stdout.flush()
 

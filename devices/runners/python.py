@@ -15,6 +15,7 @@ import tempfile
 import time
 import zipfile
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -26,6 +27,32 @@ from devices.ondevice import RUNNER_FILENAME, runner_path
 from devices.runners.base import Infer, Runner, error_detail, output_classes, utc_now
 from devices.runners.server import DatasetRows, RunnerRefusal, RunnerServer, RunnerServerPool
 from rundir import ArtifactRecord
+
+
+@dataclass
+class _ArchiveSession:
+    """One artifact's session on the archive path (adb): the device and artifact, the host's scratch folder, the
+    device workspace with the runner and model pushed into it, the model's input layout, the compatibility notes,
+    and the model upload (seconds), charged to the session's first chunk."""
+
+    device: Device
+    artifact: ArtifactRecord
+    artifact_file: Path
+    tmp: Path
+    ws: str
+    remote_runner: str
+    remote_model: str
+    layout: str
+    notes: list[str]
+    upload_model_s: float
+    chunks: int = 0
+
+    def next_chunk(self) -> tuple[float, int]:
+        """Count one more chunk; its share of the model upload: (seconds, bytes) on the first chunk, else zeros."""
+        self.chunks += 1
+        if self.chunks > 1:
+            return 0.0, 0
+        return self.upload_model_s, self.artifact_file.stat().st_size
 
 
 class PythonRunner(Runner):
@@ -91,15 +118,11 @@ class PythonRunner(Runner):
             remote_model = f"{ws}/model.{artifact.format}"
             device.put(runner_path(), remote_runner)
             device.put(Path(artifact_file), remote_model)
-            upload_model_s = time.perf_counter() - t0
-            calls = [0]
+            archive = _ArchiveSession(device, artifact, Path(artifact_file), Path(tmp), ws, remote_runner,
+                                      remote_model, layout, notes, upload_model_s=time.perf_counter() - t0)
 
             def infer(inputs: np.ndarray | DatasetRows) -> tuple[np.ndarray, dict[str, Any]]:
-                calls[0] += 1
-                model_bytes = Path(artifact_file).stat().st_size if calls[0] == 1 else 0
-                return self._infer(device, artifact, Path(tmp), ws, remote_runner, remote_model,
-                                   inputs.inputs() if isinstance(inputs, DatasetRows) else inputs, layout,
-                                   notes, upload_model_s if calls[0] == 1 else 0.0, model_bytes)
+                return self._infer(archive, inputs)
 
             yield infer
 
@@ -221,35 +244,25 @@ class PythonRunner(Runner):
                                   "preprocess": ds.preprocess(), "sent_with_this_chunk": True,
                                   "upload_seconds": time.perf_counter() - t0}}
 
-    def _infer(
-        self,
-        device: Device,
-        artifact: ArtifactRecord,
-        tmp: Path,
-        ws: str,
-        remote_runner: str,
-        remote_model: str,
-        inputs: np.ndarray,
-        layout: str,
-        notes: list[str],
-        upload_model_s: float,
-        model_bytes: int = 0,
-    ) -> tuple[np.ndarray, dict[str, Any]]:
-        x = np.ascontiguousarray(inputs, dtype=np.float32)
+    def _infer(self, s: _ArchiveSession, inputs: np.ndarray | DatasetRows) -> tuple[np.ndarray, dict[str, Any]]:
+        """One chunk on the archive path: ONE input archive pushed, one runner process, ONE output archive pulled."""
+        upload_model_s, model_bytes = s.next_chunk()
+        device, artifact = s.device, s.artifact
+        x = np.ascontiguousarray(inputs.inputs() if isinstance(inputs, DatasetRows) else inputs, dtype=np.float32)
         if x.ndim != 4:
             raise DeviceError(f"{artifact.id}: query inputs must be float32 [M, H, W, C], got shape {list(x.shape)}")
         started = utc_now()
         t0 = time.perf_counter()
-        remote_in, remote_out = f"{ws}/in.npz", f"{ws}/out.npz"
+        remote_in, remote_out = f"{s.ws}/in.npz", f"{s.ws}/out.npz"
         shared_in, shared_out = device.host_path(remote_in), device.host_path(remote_out)
-        local_in, local_out = shared_in or tmp / "in.npz", shared_out or tmp / "out.npz"
+        local_in, local_out = shared_in or s.tmp / "in.npz", shared_out or s.tmp / "out.npz"
         np.savez(local_in, x=x)
         in_bytes = Path(local_in).stat().st_size
         if shared_in is None:
             device.put(local_in, remote_in)
         t_up = time.perf_counter() - t0
-        argv = [*self.python, remote_runner, "--model", remote_model, "--inputs", remote_in, "--out", remote_out,
-                "--batch-size", str(self.batch_size), "--runtime", self.runtime, "--layout", layout]
+        argv = [*self.python, s.remote_runner, "--model", s.remote_model, "--inputs", remote_in, "--out", remote_out,
+                "--batch-size", str(self.batch_size), "--runtime", self.runtime, "--layout", s.layout]
         if self.threads:
             argv += ["--threads", str(self.threads)]
         timeout = self.timeout_s + self.per_query_timeout_s * len(x)
@@ -280,7 +293,7 @@ class PythonRunner(Runner):
         if not isinstance(meta, dict):
             meta = {}
         prov = self._provenance(
-            meta, batch_seconds, batch_sizes, meta.get("python"), meta.get("numpy"), "archive files", started, notes,
+            meta, batch_seconds, batch_sizes, meta.get("python"), meta.get("numpy"), "archive files", started, s.notes,
             load_seconds=meta.get("load_seconds"), upload_seconds=upload_model_s + t_up, download_seconds=t_down,
             command_seconds=res.seconds, wall_seconds=time.perf_counter() - t0 + upload_model_s,
         )

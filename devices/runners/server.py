@@ -1,5 +1,7 @@
 """The host end of the on-device runner's ``--serve`` protocol: one runner process per device and Python.
 
+Protocol: docs/native.md, "Runner protocol" (framing, hello, each op's request and reply, limits, errors).
+
 A :class:`RunnerServer` starts ``python3 -c BOOTSTRAP --serve`` with :meth:`Device.spawn` and sends the source of
 ``compleak_runner.py`` ahead of the protocol on its stdin; it returns at once, so the device imports NumPy and the
 runtimes while the host probes it and prepares query inputs. Each artifact is then one ``load`` (the model file is
@@ -13,8 +15,8 @@ its rows (:meth:`RunnerServer.infer_rows`: 4 bytes per query instead of ``4 * H 
 preprocesses them with the host's exact float32 arithmetic. A runner without the op gets float32 queries.
 
 A :class:`RunnerServerPool` owns the servers of one collection (keyed by the device's Python command) and closes them
-and their workspaces at the end. Message framing is the runner's own (:func:`read_message` / :func:`frame` in
-``devices/ondevice/compleak_runner.py``), so both ends share one definition.
+and their workspaces at the end. Requests are framed by the runner's own :func:`frame`
+(``devices/ondevice/compleak_runner.py``), so both ends share one definition.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 // compleak-runner: the native on-device runner (docs/native.md).
 //
-//   compleak-runner --serve     framed load/infer/exit requests on stdin, replies on stdout (the protocol of
-//                               devices/ondevice/compleak_runner.py serve(); stdout of libraries goes to stderr)
+//   compleak-runner --serve     the runner protocol: requests on stdin, replies on stdout (stdout of libraries
+//                               goes to stderr). Protocol: docs/native.md, "Runner protocol".
 //   compleak-runner --probe     one JSON line: machine, runtimes that load here (each tried in a child process)
 //   compleak-runner --version
 #include <dlfcn.h>
@@ -285,132 +285,197 @@ static void read_dataset(Reader& in, const json& req, uint64_t payload, uint64_t
   ds.std = std::move(stdv);
 }
 
-//! The infer request: rows read batch by batch from `in` while inference runs; returns the reply and outputs.
-static json infer(Reader& in, const json& req, uint64_t payload, uint64_t* consumed, Loaded& loaded,
-                  const Dataset& ds, std::vector<float>& values) {
-  if (!loaded.model) throw RunnerError("protocol error: infer before load");
+//! The queries of one infer request: NHWC `shape` [N, H, W, C]; `by_rows`: they are `rows` of the held dataset,
+//! else N float32 rows follow on the payload (read batch by batch, while inference runs).
+struct Queries {
   std::vector<int64_t> shape;
   std::vector<uint32_t> rows;
-  auto named = req.find("dataset");
-  const bool by_rows = named != req.end() && !named->is_null();
-  if (by_rows) {  // queries named by rows of the held dataset
-    if (ds.key.empty() || !named->is_string() || named->get<std::string>() != ds.key)
-      throw RunnerError("protocol error: infer names dataset " + one_line(named->dump(), 20) + "... but the runner "
-                        "holds " + (ds.key.empty() ? std::string("no dataset") : "dataset " + ds.key.substr(0, 16) +
-                        "...") + "; send it with a dataset request first");
-    auto r = req.find("rows");
-    int64_t m = r != req.end() && r->is_number_integer() ? r->get<int64_t>() : -1;
-    if (m < 0 || m > kMaxInferRows || payload != uint64_t(4) * uint64_t(m))
-      throw RunnerError("protocol error: infer by rows needs 'rows' in [0, " + std::to_string(kMaxInferRows) +
-                        "] and 4 payload bytes per row; got rows " + (r == req.end() ? std::string("None")
-                        : one_line(r->dump(), 30)) + " and " + std::to_string(payload) + " bytes");
-    std::vector<unsigned char> raw(static_cast<size_t>(4 * m));
-    size_t got = 0;
-    bool ok = in.read_exact(raw.data(), raw.size(), &got);
-    *consumed += got;
-    if (!ok) throw RunnerError("protocol error: the row numbers ended after " + std::to_string(got) + " bytes");
-    rows.resize(static_cast<size_t>(m));
-    uint32_t top = 0;
-    for (int64_t i = 0; i < m; ++i) {  // little-endian uint32
-      const unsigned char* b = raw.data() + 4 * i;
-      rows[i] = uint32_t(b[0]) | (uint32_t(b[1]) << 8) | (uint32_t(b[2]) << 16) | (uint32_t(b[3]) << 24);
-      top = std::max(top, rows[i]);
-    }
-    if (m && int64_t(top) >= ds.n)
-      throw RunnerError("protocol error: row " + std::to_string(top) + " named, the dataset has " +
-                        std::to_string(ds.n) + " rows");
-    shape = {m, ds.h, ds.w, ds.c};
-  } else {
-    auto it = req.find("shape");
-    if (it != req.end() && it->is_array() && it->size() == 4)
-      for (const auto& d : *it)
-        if (d.is_number_integer() && d.get<int64_t>() >= 0 && d.get<int64_t>() < (int64_t(1) << 31))
-          shape.push_back(d.get<int64_t>());
-    std::string shape_str = it == req.end() ? "null" : one_line(it->dump(), 80);
-    uint64_t expect = 4;
-    for (int64_t d : shape) expect *= static_cast<uint64_t>(d);  // each < 2^31, at most 4 of them: checked below
-    bool overflow = shape.size() == 4 && shape[1] * shape[2] > 0 &&
-                    static_cast<double>(shape[0]) * shape[1] * shape[2] * shape[3] * 4 > 1.8e19;
-    if (shape.size() != 4 || overflow || payload != expect)
-      throw RunnerError("protocol error: " + std::to_string(payload) + " payload bytes for float32 " + shape_str);
+  bool by_rows = false;
+};
+
+//! Parse an infer by rows: its header checked against the held dataset, then its payload (M uint32
+//! little-endian row numbers) read, each row checked to be in the dataset.
+static void parse_rows(Reader& in, const json& req, const json& named, uint64_t payload, uint64_t* consumed,
+                       const Dataset& ds, Queries& q) {
+  if (ds.key.empty() || !named.is_string() || named.get<std::string>() != ds.key)
+    throw RunnerError("protocol error: infer names dataset " + one_line(named.dump(), 20) + "... but the runner "
+                      "holds " + (ds.key.empty() ? std::string("no dataset") : "dataset " + ds.key.substr(0, 16) +
+                      "...") + "; send it with a dataset request first");
+  auto r = req.find("rows");
+  int64_t m = r != req.end() && r->is_number_integer() ? r->get<int64_t>() : -1;
+  if (m < 0 || m > kMaxInferRows || payload != uint64_t(4) * uint64_t(m))
+    throw RunnerError("protocol error: infer by rows needs 'rows' in [0, " + std::to_string(kMaxInferRows) +
+                      "] and 4 payload bytes per row; got rows " + (r == req.end() ? std::string("None")
+                      : one_line(r->dump(), 30)) + " and " + std::to_string(payload) + " bytes");
+  std::vector<unsigned char> raw(static_cast<size_t>(4 * m));
+  size_t got = 0;
+  bool ok = in.read_exact(raw.data(), raw.size(), &got);
+  *consumed += got;
+  if (!ok) throw RunnerError("protocol error: the row numbers ended after " + std::to_string(got) + " bytes");
+  q.rows.resize(static_cast<size_t>(m));
+  uint32_t top = 0;
+  for (int64_t i = 0; i < m; ++i) {  // little-endian uint32
+    const unsigned char* b = raw.data() + 4 * i;
+    q.rows[i] = uint32_t(b[0]) | (uint32_t(b[1]) << 8) | (uint32_t(b[2]) << 16) | (uint32_t(b[3]) << 24);
+    top = std::max(top, q.rows[i]);
   }
-  Model& m = *loaded.model;
-  const double t_start = now_epoch();
-  int64_t batch_size = get_int(req, "batch_size", 256);
-  if (batch_size < 1) batch_size = 256;
-  TensorSpec spec = m.input();
-  std::vector<int64_t> xs(shape.begin(), shape.end());
-  bool nchw = spec.shape.size() == 4 && channels_first(spec.shape, &xs, loaded.layout);
-  std::vector<int64_t> row = nchw ? std::vector<int64_t>{shape[3], shape[1], shape[2]}
-                                  : std::vector<int64_t>{shape[1], shape[2], shape[3]};
+  if (m && int64_t(top) >= ds.n)
+    throw RunnerError("protocol error: row " + std::to_string(top) + " named, the dataset has " +
+                      std::to_string(ds.n) + " rows");
+  q.shape = {m, ds.h, ds.w, ds.c};
+}
+
+//! Parse an infer of float32 rows: its `shape` [N, H, W, C] checked against the payload's size.
+static void parse_shape(const json& req, uint64_t payload, Queries& q) {
+  auto it = req.find("shape");
+  if (it != req.end() && it->is_array() && it->size() == 4)
+    for (const auto& d : *it)
+      if (d.is_number_integer() && d.get<int64_t>() >= 0 && d.get<int64_t>() < (int64_t(1) << 31))
+        q.shape.push_back(d.get<int64_t>());
+  std::string shape_str = it == req.end() ? "null" : one_line(it->dump(), 80);
+  uint64_t expect = 4;
+  for (int64_t d : q.shape) expect *= static_cast<uint64_t>(d);  // each < 2^31, at most 4 of them: checked below
+  bool overflow = q.shape.size() == 4 && q.shape[1] * q.shape[2] > 0 &&
+                  static_cast<double>(q.shape[0]) * q.shape[1] * q.shape[2] * q.shape[3] * 4 > 1.8e19;
+  if (q.shape.size() != 4 || overflow || payload != expect)
+    throw RunnerError("protocol error: " + std::to_string(payload) + " payload bytes for float32 " + shape_str);
+}
+
+//! Parse an infer request's header (and, for an infer by rows, its row numbers).
+static Queries parse_infer(Reader& in, const json& req, uint64_t payload, uint64_t* consumed, const Dataset& ds) {
+  Queries q;
+  auto named = req.find("dataset");
+  q.by_rows = named != req.end() && !named->is_null();
+  if (q.by_rows)  // queries named by rows of the held dataset
+    parse_rows(in, req, *named, payload, consumed, ds, q);
+  else
+    parse_shape(req, payload, q);
+  return q;
+}
+
+//! How queries enter the model: its layout (NCHW: transposed from the NHWC queries) and one query's dims in it.
+struct InputPlan {
+  bool nchw = false;
+  std::vector<int64_t> row;
+};
+
+//! Check the model's input against the queries' `shape` [N, H, W, C] (either layout); one line when it differs.
+static InputPlan check_input(const Loaded& loaded, const std::vector<int64_t>& shape, int64_t batch_size) {
+  TensorSpec spec = loaded.model->input();
+  InputPlan p;
+  p.nchw = spec.shape.size() == 4 && channels_first(spec.shape, &shape, loaded.layout);
+  p.row = p.nchw ? std::vector<int64_t>{shape[3], shape[1], shape[2]}
+                 : std::vector<int64_t>{shape[1], shape[2], shape[3]};
   bool fits = spec.shape.size() == 4;
-  for (size_t i = 0; fits && i < 3; ++i) fits = spec.shape[i + 1] <= 0 || spec.shape[i + 1] == row[i];
+  for (size_t i = 0; fits && i < 3; ++i) fits = spec.shape[i + 1] <= 0 || spec.shape[i + 1] == p.row[i];
   if (!fits) {
     std::vector<int64_t> batch_shape{std::min<int64_t>(shape[0], batch_size)};
-    batch_shape.insert(batch_shape.end(), row.begin(), row.end());
+    batch_shape.insert(batch_shape.end(), p.row.begin(), p.row.end());
     throw RunnerError(loaded.path + ": model input '" + spec.name + "' has shape " + shape_text(spec.shape) +
                       " but queries have shape " + shape_text(batch_shape) +
                       "; check the preprocessing (resize/layout) of the run");
   }
-  int64_t cap = m.max_batch();
-  int64_t step = std::max<int64_t>(1, cap > 0 ? std::min(batch_size, cap) : batch_size);
+  return p;
+}
+
+//! Preprocess `n` rows of the held dataset into model inputs `xb` (NHWC): preprocess_uint8, step by step in
+//! float32: x * scale, - mean[c], / std[c].
+static void preprocess_rows(const Dataset& ds, const uint32_t* rows, int64_t n, size_t row_elems,
+                            std::vector<float>& xb) {
+  const size_t C = static_cast<size_t>(ds.c);
+  for (int64_t i = 0; i < n; ++i) {
+    const uint8_t* src = ds.x.data() + size_t(rows[i]) * row_elems;
+    float* dst = xb.data() + size_t(i) * row_elems;
+    for (size_t j = 0; j < row_elems; ++j) {
+      float v = static_cast<float>(src[j]) * ds.scale;
+      if (!ds.mean.empty()) v = v - ds.mean[ds.mean.size() == 1 ? 0 : j % C];
+      if (!ds.std.empty()) v = v / ds.std[ds.std.size() == 1 ? 0 : j % C];
+      dst[j] = v;
+    }
+  }
+}
+
+//! The next xb.size() float32 query values from the request's payload.
+static void read_queries(Reader& in, uint64_t* consumed, std::vector<float>& xb) {
+  size_t got = 0;
+  bool ok = in.read_exact(xb.data(), xb.size() * sizeof(float), &got);
+  *consumed += got;
+  if (!ok) throw RunnerError("protocol error: the query payload ended after " + std::to_string(*consumed) +
+                             " bytes");
+}
+
+//! Transpose `n` queries from NHWC (`xb`, [n, H, W, C]) to NCHW (`xt`, [n, C, H, W]).
+static void nhwc_to_nchw(const std::vector<float>& xb, int64_t n, int64_t H, int64_t W, int64_t C,
+                         std::vector<float>& xt) {
+  xt.resize(xb.size());
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t h = 0; h < H; ++h)
+      for (int64_t w = 0; w < W; ++w)
+        for (int64_t c = 0; c < C; ++c)
+          xt[((i * C + c) * H + h) * W + w] = xb[((i * H + h) * W + w) * C + c];
+}
+
+//! Where one infer's queries come from: the request's payload, or rows of the held dataset.
+struct QuerySource {
+  Reader& in;
+  uint64_t* consumed;
+  const Dataset& ds;
+  const Queries& q;
+};
+
+//! Per-batch invocation timings of one infer (its reply's batch_seconds, batch_sizes, invoke_seconds).
+struct BatchTimes {
+  json seconds = json::array(), sizes = json::array();
+  double total = 0.0;
+};
+
+//! The invoke loop: batches of `step` queries, each read (or preprocessed), laid out and run; outputs appended
+//! to `values` (cleared first).
+static BatchTimes invoke_batches(const QuerySource& src, Model& m, const InputPlan& plan, int64_t step,
+                                 std::vector<float>& values) {
+  const std::vector<int64_t>& shape = src.q.shape;
   const size_t row_elems = static_cast<size_t>(shape[1] * shape[2] * shape[3]);
   std::vector<float> xb, xt;
-  json batch_seconds = json::array(), batch_sizes = json::array();
-  double invoke_total = 0.0;
+  BatchTimes times;
   values.clear();
   for (int64_t start = 0; start < shape[0]; start += step) {
     int64_t n = std::min(step, shape[0] - start);
     xb.resize(static_cast<size_t>(n) * row_elems);
-    if (by_rows) {  // preprocess_uint8, step by step in float32: x * scale, - mean[c], / std[c]
-      const size_t C = static_cast<size_t>(ds.c);
-      for (int64_t i = 0; i < n; ++i) {
-        const uint8_t* src = ds.x.data() + size_t(rows[static_cast<size_t>(start + i)]) * row_elems;
-        float* dst = xb.data() + size_t(i) * row_elems;
-        for (size_t j = 0; j < row_elems; ++j) {
-          float v = static_cast<float>(src[j]) * ds.scale;
-          if (!ds.mean.empty()) v = v - ds.mean[ds.mean.size() == 1 ? 0 : j % C];
-          if (!ds.std.empty()) v = v / ds.std[ds.std.size() == 1 ? 0 : j % C];
-          dst[j] = v;
-        }
-      }
-    } else {
-      size_t got = 0;
-      bool ok = in.read_exact(xb.data(), xb.size() * sizeof(float), &got);
-      *consumed += got;
-      if (!ok) throw RunnerError("protocol error: the query payload ended after " + std::to_string(*consumed) +
-                                 " bytes");
-    }
+    if (src.q.by_rows)
+      preprocess_rows(src.ds, src.q.rows.data() + start, n, row_elems, xb);
+    else
+      read_queries(src.in, src.consumed, xb);
     const float* x = xb.data();
-    if (nchw) {  // NHWC rows -> NCHW
-      const int64_t H = shape[1], W = shape[2], C = shape[3];
-      xt.resize(xb.size());
-      for (int64_t i = 0; i < n; ++i)
-        for (int64_t h = 0; h < H; ++h)
-          for (int64_t w = 0; w < W; ++w)
-            for (int64_t c = 0; c < C; ++c)
-              xt[((i * C + c) * H + h) * W + w] = xb[((i * H + h) * W + w) * C + c];
+    if (plan.nchw) {
+      nhwc_to_nchw(xb, n, shape[1], shape[2], shape[3], xt);
       x = xt.data();
     }
     auto t0 = std::chrono::steady_clock::now();
-    m.invoke(x, n, row, values);
+    m.invoke(x, n, plan.row, values);
     double dt = seconds_since(t0);
-    invoke_total += dt;
-    batch_seconds.push_back(dt);
-    batch_sizes.push_back(n);
+    times.total += dt;
+    times.seconds.push_back(dt);
+    times.sizes.push_back(n);
   }
+  return times;
+}
+
+//! Check the outputs of `n` queries: a whole number of classes per query (with no query: the output's shape)
+//! and no NaN/Inf; returns the class count.
+static int64_t check_outputs(const Loaded& loaded, int64_t n, const std::vector<float>& values) {
   int64_t classes = 1;
-  if (shape[0] > 0) {
-    classes = static_cast<int64_t>(values.size()) / shape[0];
-    if (classes * shape[0] != static_cast<int64_t>(values.size()))
+  if (n > 0) {
+    classes = static_cast<int64_t>(values.size()) / n;
+    if (classes * n != static_cast<int64_t>(values.size()))
       throw RunnerError(loaded.path + ": the runtime returned " + std::to_string(values.size()) + " values for " +
-                        std::to_string(shape[0]) + " queries");
+                        std::to_string(n) + " queries");
   } else {
-    for (size_t i = 1; i < m.output().shape.size(); ++i)
-      if (m.output().shape[i] > 0) classes *= m.output().shape[i];
+    const std::vector<int64_t> out = loaded.model->output().shape;
+    for (size_t i = 1; i < out.size(); ++i)
+      if (out[i] > 0) classes *= out[i];
   }
   int64_t bad = 0;
-  for (int64_t r = 0; r < shape[0]; ++r)
+  for (int64_t r = 0; r < n; ++r)
     for (int64_t c = 0; c < classes; ++c)
       if (!std::isfinite(values[static_cast<size_t>(r * classes + c)])) {
         ++bad;
@@ -418,14 +483,31 @@ static json infer(Reader& in, const json& req, uint64_t payload, uint64_t* consu
       }
   if (bad) throw RunnerError(loaded.path + ": the runtime produced NaN/Inf outputs for " + std::to_string(bad) +
                              " queries");
+  return classes;
+}
+
+//! The infer request: rows read batch by batch from `in` while inference runs; returns the reply and outputs.
+static json infer(Reader& in, const json& req, uint64_t payload, uint64_t* consumed, Loaded& loaded,
+                  const Dataset& ds, std::vector<float>& values) {
+  if (!loaded.model) throw RunnerError("protocol error: infer before load");
+  const Queries q = parse_infer(in, req, payload, consumed, ds);
+  Model& m = *loaded.model;
+  const double t_start = now_epoch();
+  int64_t batch_size = get_int(req, "batch_size", 256);
+  if (batch_size < 1) batch_size = 256;
+  const InputPlan plan = check_input(loaded, q.shape, batch_size);
+  int64_t cap = m.max_batch();
+  int64_t step = std::max<int64_t>(1, cap > 0 ? std::min(batch_size, cap) : batch_size);
+  BatchTimes times = invoke_batches(QuerySource{in, consumed, ds, q}, m, plan, step, values);
+  const int64_t n = q.shape[0], classes = check_outputs(loaded, n, values);
   json meta = info_of(m);
   json mi = machine_info();
-  meta.update({{"batch_size", batch_size}, {"n", shape[0]}, {"load_seconds", loaded.load_seconds},
-               {"invoke_seconds", invoke_total}, {"started", t_start}, {"finished", now_epoch()},
+  meta.update({{"batch_size", batch_size}, {"n", n}, {"load_seconds", loaded.load_seconds},
+               {"invoke_seconds", times.total}, {"started", t_start}, {"finished", now_epoch()},
                {"python", nullptr}, {"numpy", nullptr}, {"machine", mi["machine"]},
-               {"input_layout", nchw ? "NCHW" : "NHWC"}});
-  return {{"ok", true}, {"shape", {shape[0], classes}}, {"bytes", values.size() * sizeof(float)}, {"meta", meta},
-          {"batch_seconds", batch_seconds}, {"batch_sizes", batch_sizes}};
+               {"input_layout", plan.nchw ? "NCHW" : "NHWC"}});
+  return {{"ok", true}, {"shape", {n, classes}}, {"bytes", values.size() * sizeof(float)}, {"meta", meta},
+          {"batch_seconds", times.seconds}, {"batch_sizes", times.sizes}};
 }
 
 static void remove_in(const std::string& path, const std::string& workspace) {
@@ -454,13 +536,8 @@ static json formats_of(const json& runtimes) {
   return f;
 }
 
-static int serve() {
-  std::fflush(stdout);
-  int proto = dup(1);  // the protocol owns the real stdout; runtime libraries printing to fd 1 go to stderr
-  if (proto < 0 || dup2(2, 1) < 0) {
-    std::fprintf(stderr, "error: cannot set up the protocol stream\n");
-    return 3;
-  }
+//! The hello: the runner's first message (what it runs, the ops it answers, its limits, the machine).
+static json hello_message() {
   json runtimes = runtimes_bundled();
   json hello = {{"ok", true}, {"hello", "compleak-runner"}, {"protocol", kProtocol}, {"runner", "native"},
                 {"runner_version", COMPLEAK_RUNNER_VERSION}, {"executable", exe_dir() + "/compleak-runner"},
@@ -468,11 +545,79 @@ static int serve() {
                 {"ops", {"load", "infer", "dataset", "exit"}}, {"max_dataset_bytes", kMaxDatasetBytes},
                 {"python", nullptr}, {"numpy", nullptr}};
   hello.update(machine_info());
-  if (!write_message(proto, hello)) return 0;
-  Reader in(0);
+  return hello;
+}
+
+//! The load request: replaces the loaded model; its file goes too when it lies in the given workspace.
+static json answer_load(const json& req, Loaded& loaded) {
+  loaded.model.reset();
+  auto rm = req.find("remove_previous");
+  if (!loaded.path.empty() && rm != req.end() && rm->is_boolean() && rm->get<bool>())
+    remove_in(loaded.path, get_str(req, "workspace", ""));
+  auto t0 = std::chrono::steady_clock::now();
+  auto mit = req.find("model");
+  if (mit == req.end() || !mit->is_string() || mit->get<std::string>().empty())
+    throw RunnerError("load: the request names no model file ('model')");
+  loaded.path = mit->get<std::string>();
+  loaded.layout = get_str(req, "layout", "auto");
+  if (loaded.layout != "NHWC" && loaded.layout != "NCHW") loaded.layout = "auto";
+  int64_t threads = get_int(req, "threads", 0);
+  if (threads < 0 || threads > 1024) throw RunnerError("load: threads must be in 0..1024, got " +
+                                                       std::to_string(threads));
+  loaded.model = load_model(loaded.path, get_str(req, "runtime", ""), static_cast<int>(threads));
+  loaded.load_seconds = seconds_since(t0);
+  return {{"ok", true}, {"info", info_of(*loaded.model)}, {"load_seconds", loaded.load_seconds}};
+}
+
+//! What the serve loop keeps between requests: the loaded model, the held dataset, the last infer's outputs.
+struct ServeState {
   Loaded loaded;
   Dataset dataset;
   std::vector<float> values;
+};
+
+//! One request (`op` is not exit) answered: its reply, {"ok": true, ...} or a one-line error; `with_values`:
+//! the outputs in `st.values` follow the reply.
+static json answer(Reader& in, const json& req, const std::string& op, uint64_t payload, uint64_t* consumed,
+                   ServeState& st, bool* with_values) {
+  try {
+    if (op == "load") return answer_load(req, st.loaded);
+    if (op == "dataset") {  // at most one held: the old one goes before the new one is read
+      read_dataset(in, req, payload, consumed, st.dataset);
+      return {{"ok", true}, {"key", st.dataset.key}, {"rows", st.dataset.n}};
+    }
+    if (op == "infer") {
+      json reply = infer(in, req, payload, consumed, st.loaded, st.dataset, st.values);
+      *with_values = true;
+      return reply;
+    }
+    auto op_it = req.find("op");
+    throw RunnerError("protocol error: unknown request " + (op_it == req.end() ? std::string("None")
+                                                                                : one_line(op_it->dump(), 60)));
+  } catch (const RunnerError& exc) {
+    return {{"ok", false}, {"error", one_line(exc.what())}};
+  } catch (const std::bad_alloc&) {
+    return {{"ok", false}, {"error", op == "dataset" ? std::string("out of memory holding the query dataset; "
+                                                                   "send float32 queries instead")
+                                                     : "out of memory running " + st.loaded.path +
+                                                           "; lower --batch-size"}};
+  } catch (const std::exception& exc) {
+    return {{"ok", false}, {"error", op + ": " + one_line(exc.what())}};
+  }
+}
+
+//! --serve: the hello, then one reply per request until exit or the end of stdin (docs/native.md, "Runner
+//! protocol").
+static int serve() {
+  std::fflush(stdout);
+  int proto = dup(1);  // the protocol owns the real stdout; runtime libraries printing to fd 1 go to stderr
+  if (proto < 0 || dup2(2, 1) < 0) {
+    std::fprintf(stderr, "error: cannot set up the protocol stream\n");
+    return 3;
+  }
+  if (!write_message(proto, hello_message())) return 0;
+  Reader in(0);
+  ServeState st;
   while (true) {
     bool ended = false;
     json req;
@@ -489,53 +634,12 @@ static int serve() {
     uint64_t payload = 0, consumed = 0;
     auto b = req.find("bytes");
     if (b != req.end() && b->is_number_integer()) payload = b->get<uint64_t>();
-    json reply = {{"ok", true}};
     bool with_values = false;
-    try {
-      if (op == "load") {  // replaces the loaded model; its file goes too when it lies in the given workspace
-        loaded.model.reset();
-        auto rm = req.find("remove_previous");
-        if (!loaded.path.empty() && rm != req.end() && rm->is_boolean() && rm->get<bool>())
-          remove_in(loaded.path, get_str(req, "workspace", ""));
-        auto t0 = std::chrono::steady_clock::now();
-        auto mit = req.find("model");
-        if (mit == req.end() || !mit->is_string() || mit->get<std::string>().empty())
-          throw RunnerError("load: the request names no model file ('model')");
-        loaded.path = mit->get<std::string>();
-        loaded.layout = get_str(req, "layout", "auto");
-        if (loaded.layout != "NHWC" && loaded.layout != "NCHW") loaded.layout = "auto";
-        int64_t threads = get_int(req, "threads", 0);
-        if (threads < 0 || threads > 1024) throw RunnerError("load: threads must be in 0..1024, got " +
-                                                             std::to_string(threads));
-        loaded.model = load_model(loaded.path, get_str(req, "runtime", ""), static_cast<int>(threads));
-        loaded.load_seconds = seconds_since(t0);
-        reply["info"] = info_of(*loaded.model);
-        reply["load_seconds"] = loaded.load_seconds;
-      } else if (op == "dataset") {  // at most one held: the old one goes before the new one is read
-        read_dataset(in, req, payload, &consumed, dataset);
-        reply["key"] = dataset.key;
-        reply["rows"] = dataset.n;
-      } else if (op == "infer") {
-        reply = infer(in, req, payload, &consumed, loaded, dataset, values);
-        with_values = true;
-      } else {
-        throw RunnerError("protocol error: unknown request " + (op_it == req.end() ? std::string("None")
-                                                                                    : one_line(op_it->dump(), 60)));
-      }
-    } catch (const RunnerError& exc) {
-      reply = {{"ok", false}, {"error", one_line(exc.what())}};
-    } catch (const std::bad_alloc&) {
-      reply = {{"ok", false}, {"error", op == "dataset" ? std::string("out of memory holding the query dataset; "
-                                                                      "send float32 queries instead")
-                                                        : "out of memory running " + loaded.path +
-                                                              "; lower --batch-size"}};
-    } catch (const std::exception& exc) {
-      reply = {{"ok", false}, {"error", op + ": " + one_line(exc.what())}};
-    }
+    json reply = answer(in, req, op, payload, &consumed, st, &with_values);
     if (payload > consumed) in.skip(payload - consumed);  // a failed request: drop the rest, stay in sync
     bool ok = reply["ok"].get<bool>();
-    if (!write_message(proto, reply, ok && with_values ? values.data() : nullptr,
-                       ok && with_values ? values.size() * sizeof(float) : 0))
+    if (!write_message(proto, reply, ok && with_values ? st.values.data() : nullptr,
+                       ok && with_values ? st.values.size() * sizeof(float) : 0))
       return 0;
   }
 }

@@ -1,3 +1,4 @@
+// Framing of the runner protocol (bounded reads, framed writes). Protocol: docs/native.md, "Runner protocol".
 #include "protocol.h"
 
 #include <cerrno>

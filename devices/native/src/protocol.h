@@ -1,5 +1,5 @@
-// Framing of the runner protocol: a 4-byte big-endian header length, the JSON header, then header["bytes"]
-// raw payload bytes (devices/ondevice/compleak_runner.py read_message/frame are the reference).
+// Framing of the runner protocol: read_message / write_message, as read_message / frame of
+// devices/ondevice/compleak_runner.py. Protocol: docs/native.md, "Runner protocol".
 #pragma once
 
 #include <cstddef>
