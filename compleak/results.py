@@ -36,7 +36,6 @@ from rundir import ContractError, ResultRow, RunDir, load_npz as _load_npz, devi
 if TYPE_CHECKING:
     import pandas as pd
 
-SEEDS_DIR = "seeds"
 SCORES_MAX_BYTES = 2 << 30  # uncompressed bytes of one scores.npz (a million examples x 250 attacks in float64)
 IDENTITY_COLUMNS = ("device", "seed", "family", "method", "variant", "artifact_id", "framework", "format",
                     "shadow_device")  # fmt: skip
@@ -57,7 +56,7 @@ class RunResult:
 
 def seed_dirs(run: Path | str) -> list[tuple[int, Path]]:
     """``RUN/seeds/<seed>/`` folders (experiment.seeds), by seed: plain folders named by a decimal seed only."""
-    base = Path(run) / SEEDS_DIR
+    base = RunDir(run).seeds_dir
     if base.is_symlink() or not base.is_dir():
         return []
     out = []
@@ -269,7 +268,7 @@ def load_scores(run: Path | str, device: str = "local", seed: int | None = None)
     it and the command that (re)writes it.
     """
     pd = _pandas()
-    root = Path(run) if seed is None else Path(run) / SEEDS_DIR / str(int(seed))
+    root = Path(run) if seed is None else RunDir(run).seed_dir(int(seed))
     if not root.is_dir():
         raise ContractError(f"{root}: no such run directory")
     rd = RunDir(root)
@@ -323,7 +322,7 @@ def load_all_scores(run: Path | str) -> "pd.DataFrame":
         )
     frames = []
     for seed, dirname in found:
-        root = Path(run) if seed is None else Path(run) / SEEDS_DIR / str(seed)
+        root = Path(run) if seed is None else RunDir(run).seed_dir(seed)
         ids = _device_ids(RunDir(root))
         df = load_scores(run, dirname, seed)
         df.insert(0, "device", ids.get(dirname, dirname))
