@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 from rundir.errors import ContractError
 from rundir.manifest import ArtifactRecord, Manifest
@@ -18,27 +18,39 @@ SEEDS_DIR = "seeds"
 PERTURBED = ".perturbed"  # outputs/<device>/<artifact>.perturbed.npz / .json: SAMIA's perturbed queries
 
 
+class _At:
+    """A fixed path of the run, relative to its root (read as ``run.<name>``, a :class:`~pathlib.Path`)."""
+
+    def __init__(self, *parts: str) -> None:
+        self.parts = parts
+
+    def __get__(self, run: "RunDir | None", owner: type) -> Any:
+        return self if run is None else run.root.joinpath(*self.parts)
+
+
 class RunDir:
-    """Paths of a run directory ``RUN/`` (nothing is created until a stage writes)."""
+    """Every path of a run directory ``RUN/`` (nothing is created until a stage writes). Stages ask here and
+    never spell a file name of the run themselves; names from run files or users pass the name rule
+    (:func:`~rundir.names.check_name`) and paths the path rule (:meth:`inside`)."""
+
+    experiment = _At("experiment.toml")  #: the config that made the run (copied in)
+    splits = _At("splits.npz")  #: membership splits (:class:`~rundir.splits.Splits`)
+    manifest = _At("manifest.json")  #: every artifact (:class:`~rundir.manifest.Manifest`)
+    artifacts_dir = _At("artifacts")  #: the artifacts and the builders' caches
+    queries = _At("queries.npz")  #: imported runs: query inputs, ``index`` int64 [M], ``x`` float32 [M, H, W, C]
+    threat_model = _At("threat_model.json")  #: threat model, K, the attacker's pool, split sizes (build, import)
+    compare_dir = _At("compare")  #: host-versus-device comparisons, one ``<device>.json`` each
+    report_dir = _At("report")  #: the report
+    report_index = _At("report", "index.html")  #: the self-contained page
+    summary = _At("report", "summary.json")  #: the report's machine-readable summary
+    seeds_dir = _At(SEEDS_DIR)  #: ``[experiment] seeds``: one complete run per seed, ``seeds/<seed>/``
+    logs_dir = _At("logs")  #: third-party output of each command, ``logs/<command>.log``
+    ray_logs_dir = _At("logs", "ray")  #: the embedded Ray's own logs, one folder per session
 
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root)
 
-    @property
-    def experiment(self) -> Path:
-        return self.root / "experiment.toml"
-
-    @property
-    def splits(self) -> Path:
-        return self.root / "splits.npz"
-
-    @property
-    def manifest(self) -> Path:
-        return self.root / "manifest.json"
-
-    @property
-    def artifacts_dir(self) -> Path:
-        return self.root / "artifacts"
+    # ------------------------------------------------------------------ paths read from run files
 
     def inside(self, rel: str, what: str, source: object, under: str | None = None) -> Path:
         """``root / rel`` after checking that it stays inside the run: the one check for every path read from a
@@ -54,14 +66,65 @@ class RunDir:
         """The artifact's file, checked with :meth:`inside` at use time (links planted after loading count too)."""
         return self.inside(record.path, "artifact path", f"{self.manifest} ({record.id})", under="artifacts")
 
+    # ------------------------------------------------------------------ per device
+
     def outputs_dir(self, device_id: str) -> Path:
+        """``outputs/<device>/``: the raw outputs a device's runtime produced."""
         return self.root / "outputs" / device_dirname(device_id)
 
     def output_npz(self, device_id: str, artifact_id: str) -> Path:
-        return self.outputs_dir(device_id) / f"{check_name(artifact_id, 'artifact id', self.manifest)}.npz"
+        return self.outputs_dir(device_id) / f"{self._artifact(artifact_id)}.npz"
 
     def output_provenance(self, device_id: str, artifact_id: str) -> Path:
-        return self.outputs_dir(device_id) / f"{check_name(artifact_id, 'artifact id', self.manifest)}.json"
+        return self.outputs_dir(device_id) / f"{self._artifact(artifact_id)}.json"
+
+    def perturbed_npz(self, device_id: str, artifact_id: str) -> Path:
+        """``outputs/<device>/<artifact>.perturbed.npz``: SAMIA's perturbed outputs."""
+        return self.outputs_dir(device_id) / f"{self._artifact(artifact_id)}{PERTURBED}.npz"
+
+    def perturbed_provenance(self, device_id: str, artifact_id: str) -> Path:
+        return self.outputs_dir(device_id) / f"{self._artifact(artifact_id)}{PERTURBED}.json"
+
+    def partial_dir(self, device_id: str, artifact_id: str, key: str, suffix: str = "") -> Path:
+        """``outputs/<device>/.partial/<artifact><suffix>/<key>/``: an artifact's finished chunks while it is
+        collected (``key`` names what they were computed from, e.g. the artifact's ``sha256[:16]``; ``suffix``
+        ``.perturbed`` for SAMIA's perturbed queries)."""
+        name = self._artifact(artifact_id) + suffix
+        return self.outputs_dir(device_id) / ".partial" / name / check_name(key, "chunk key", self.manifest)
+
+    def collect_lock(self, device_id: str) -> Path:
+        """``.collect-<device>.lock``: held by the one collect of this run on this device."""
+        return self.root / f".collect-{device_dirname(device_id)}.lock"
+
+    def attacks_dir(self, device_id: str) -> Path:
+        return self.root / "attacks" / device_dirname(device_id)
+
+    def results(self, device_id: str) -> Path:
+        """``attacks/<device>/results.json``: the attack stage's rows."""
+        return self.attacks_dir(device_id) / "results.json"
+
+    def scores(self, device_id: str) -> Path:
+        """``attacks/<device>/scores.npz``: the attack stage's per-example scores (``compleak.results.load_scores``)."""
+        return self.attacks_dir(device_id) / "scores.npz"
+
+    def compare_file(self, device_id: str) -> Path:
+        """``compare/<device>.json``: the host-versus-device comparison of one device."""
+        return self.compare_dir / f"{device_dirname(device_id)}.json"
+
+    # ------------------------------------------------------------------ seeds, logs
+
+    def seed_dir(self, seed: int) -> Path:
+        """``seeds/<seed>/``: the complete run of one seed."""
+        return self.seeds_dir / str(int(seed))
+
+    def log_file(self, command: str) -> Path:
+        """``logs/<command>.log``."""
+        return self.logs_dir / f"{check_name(command, 'command name', 'logs')}.log"
+
+    def _artifact(self, artifact_id: str) -> str:
+        return check_name(artifact_id, "artifact id", self.manifest)
+
+    # ------------------------------------------------------------------ checks and reads
 
     def require_writable(self, stage: str, *subdirs: str) -> None:
         """Fail fast, before any computing, when ``stage`` could not store its results.
@@ -86,92 +149,6 @@ class RunDir:
                     f"{probe}: folder is read-only, so `compleak {stage}` could not store its results; make it "
                     "writable (chmod u+w, or remount read-write) or work on a copy of the run"
                 )
-
-    def attacks_dir(self, device_id: str) -> Path:
-        return self.root / "attacks" / device_dirname(device_id)
-
-    def results(self, device_id: str) -> Path:
-        return self.attacks_dir(device_id) / "results.json"
-
-    def scores(self, device_id: str) -> Path:
-        """``attacks/<device>/scores.npz``: the attack stage's per-example scores (``compleak.results.load_scores``)."""
-        return self.attacks_dir(device_id) / "scores.npz"
-
-    @property
-    def report_dir(self) -> Path:
-        return self.root / "report"
-
-    @property
-    def report_index(self) -> Path:
-        """``report/index.html``: the self-contained page."""
-        return self.report_dir / "index.html"
-
-    @property
-    def summary(self) -> Path:
-        """``report/summary.json``: the report's machine-readable summary."""
-        return self.report_dir / "summary.json"
-
-    @property
-    def queries(self) -> Path:
-        """``queries.npz`` (imported runs): the query inputs, ``index`` int64 [M] and ``x`` float32 [M, H, W, C]."""
-        return self.root / "queries.npz"
-
-    @property
-    def threat_model(self) -> Path:
-        """``threat_model.json``: threat model, K, the attacker's pool and split sizes (build and import)."""
-        return self.root / "threat_model.json"
-
-    @property
-    def compare_dir(self) -> Path:
-        return self.root / "compare"
-
-    def compare_file(self, device_id: str) -> Path:
-        """``compare/<device>.json``: the host-versus-device comparison of one device."""
-        return self.compare_dir / f"{device_dirname(device_id)}.json"
-
-    @property
-    def seeds_dir(self) -> Path:
-        """``seeds/``: one complete run per seed of ``[experiment] seeds`` (``seeds/<seed>/``)."""
-        return self.root / SEEDS_DIR
-
-    def seed_dir(self, seed: int) -> Path:
-        return self.seeds_dir / str(int(seed))
-
-    @property
-    def logs_dir(self) -> Path:
-        """``logs/``: each command's third-party output (``logs/<command>.log``) and Ray's logs (``logs/ray/``)."""
-        return self.root / "logs"
-
-    def log_file(self, command: str) -> Path:
-        return self.logs_dir / f"{check_name(command, 'command name', 'logs')}.log"
-
-    @property
-    def ray_logs_dir(self) -> Path:
-        return self.logs_dir / "ray"
-
-    @property
-    def exports_dir(self) -> Path:
-        """``exports/``: ``compleak export``'s default destination."""
-        return self.root / "exports"
-
-    def partial_dir(self, device_id: str, artifact_id: str, key: str, suffix: str = "") -> Path:
-        """``outputs/<device>/.partial/<artifact><suffix>/<key>/``: an artifact's finished chunks while it is
-        collected (``key`` names what they were computed from, e.g. the artifact's ``sha256[:16]``; ``suffix``
-        ``.perturbed`` for SAMIA's perturbed queries)."""
-        name = check_name(artifact_id, "artifact id", self.manifest) + suffix
-        return self.outputs_dir(device_id) / ".partial" / name / check_name(key, "chunk key", self.manifest)
-
-    def perturbed_npz(self, device_id: str, artifact_id: str) -> Path:
-        """``outputs/<device>/<artifact>.perturbed.npz``: SAMIA's perturbed outputs (provenance beside it,
-        ``.perturbed.json``)."""
-        return self.outputs_dir(device_id) / f"{check_name(artifact_id, 'artifact id', self.manifest)}{PERTURBED}.npz"
-
-    def collect_lock(self, device_id: str) -> Path:
-        """``.collect-<device>.lock``: held by the one collect of this run on this device."""
-        return self.root / f".collect-{device_dirname(device_id)}.lock"
-
-    def perturbed_provenance(self, device_id: str, artifact_id: str) -> Path:
-        return self.perturbed_npz(device_id, artifact_id).with_suffix(".json")
 
     def collected_devices(self) -> Iterator[tuple[str, Path]]:
         """(device id, outputs folder) for every device with outputs; the id is read from provenance."""

@@ -34,7 +34,8 @@ from typing import IO, Any
 
 from rich.file_proxy import FileProxy
 
-LOG_DIR = "logs"  # RUN/logs/<stage>.log (Ray's own logs go to RUN/logs/ray/, harness.execution)
+from rundir import RunDir
+
 
 
 def cache_log_dir() -> Path:
@@ -45,7 +46,7 @@ def cache_log_dir() -> Path:
 
 def run_log_path(run: Path, stage: str) -> Path:
     """``RUN/logs/<stage>.log``: the third-party output of every successful ``stage`` command on ``run``."""
-    return Path(run) / LOG_DIR / f"{stage}.log"
+    return RunDir(run).log_file(stage)
 
 
 class _LogStream(FileProxy):

@@ -23,7 +23,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from rundir import ArtifactRecord, ContractError, RunDir, device_dirname
+from rundir import ArtifactRecord, ContractError, RunDir
 from harness.errors import HarnessError
 
 #: largest ``queries.npz`` array read (bytes, after decompression)
@@ -171,7 +171,7 @@ class CollectLock:
     """
 
     def __init__(self, run: RunDir, device_id: str) -> None:
-        self.path = run.root / f".collect-{device_dirname(device_id)}.lock"
+        self.path = run.collect_lock(device_id)
         self.run, self.device_id = run, device_id
         self._fd: int | None = None
 

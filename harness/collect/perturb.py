@@ -9,14 +9,12 @@ example's input, its id, ``[attack] seed``, epsilon and P).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from harness.collect.guard import bad_outputs
 from harness.errors import HarnessError
 from rundir import ArtifactRecord, RunDir, Splits
 
@@ -87,25 +85,3 @@ def resolve_perturbation(run: RunDir, count: int | None) -> Perturbation | None:
     if n < 0:
         raise HarnessError(f"--perturbations must be >= 0 (got {n})")
     return Perturbation(n, float(attack.samia_epsilon), int(attack.seed)) if n > 0 else None
-
-
-def perturbed_done(rd: RunDir, device_id: str, rec: ArtifactRecord, ids: np.ndarray, p: Perturbation) -> bool:
-    """The artifact's perturbed outputs exist for its sha256, these settings and exactly ``ids``."""
-    npz = perturbed_npz(rd, device_id, rec.id)
-    prov = npz.with_suffix(".json")
-    if not (npz.is_file() and prov.is_file()):
-        return False
-    try:
-        meta = json.loads(prov.read_text())
-        if meta.get("artifact", {}).get("sha256") != rec.sha256:
-            return False
-        got = meta.get("perturbation", {})
-        if (got.get("count"), got.get("epsilon"), got.get("seed")) != (p.count, p.epsilon, p.seed):
-            return False
-        with np.load(npz, allow_pickle=False) as z:
-            index, values = z["index"], z[rec.output_kind]
-    except (OSError, json.JSONDecodeError, KeyError, ValueError, AttributeError):
-        return False
-    if values.ndim != 3 or values.shape[:2] != (len(ids), p.count) or not np.array_equal(index, ids):
-        return False
-    return bad_outputs(rec, values.reshape(-1, values.shape[-1]), len(ids) * p.count) is None

@@ -14,31 +14,59 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from harness.collect.guard import bad_outputs
-from harness.collect.perturb import Perturbation, perturbed_done, perturbed_ids, resolve_perturbation
+from harness.collect.perturb import Perturbation, perturbed_ids, resolve_perturbation
 from harness.errors import HarnessError
 from rundir import ArtifactRecord, ContractError, OutputBatch, RunDir, Splits
+
+
+def _provenance_of(rec: ArtifactRecord, npz: Path, prov: Path) -> dict[str, Any] | None:
+    """The provenance of stored outputs when both files exist and it names ``rec``'s sha256, else None."""
+    if not (npz.is_file() and prov.is_file()):
+        return None
+    try:
+        meta = json.loads(prov.read_text())
+        return meta if meta.get("artifact", {}).get("sha256") == rec.sha256 else None
+    except (OSError, ValueError, RecursionError, AttributeError):
+        return None
 
 
 def output_done(run: RunDir, device_id: str, rec: ArtifactRecord, ids: np.ndarray, n_labels: int = 0) -> bool:
     """The artifact's outputs exist, match its sha256, cover exactly ``ids`` and have the manifest's shape
     (:func:`bad_outputs`; outputs stored by an older release without that check are redone)."""
-    npz, prov = run.output_npz(device_id, rec.id), run.output_provenance(device_id, rec.id)
-    if not (npz.is_file() and prov.is_file()):
+    npz = run.output_npz(device_id, rec.id)
+    if _provenance_of(rec, npz, run.output_provenance(device_id, rec.id)) is None:
         return False
     try:
-        meta = json.loads(prov.read_text())
-        if meta.get("artifact", {}).get("sha256") != rec.sha256:
-            return False
         batch = OutputBatch.load(npz)
-    except (OSError, json.JSONDecodeError, ContractError, AttributeError):
+    except ContractError:
         return False
     if bad_outputs(rec, batch.values, len(ids), n_labels) is not None or batch.kind != rec.output_kind:
         return False
     return len(batch.index) == len(ids) and bool(np.array_equal(np.sort(batch.index), np.sort(ids)))
+
+
+def perturbed_done(run: RunDir, device_id: str, rec: ArtifactRecord, ids: np.ndarray, p: Perturbation) -> bool:
+    """The artifact's perturbed outputs exist for its sha256, these settings and exactly ``ids``."""
+    npz = run.perturbed_npz(device_id, rec.id)
+    meta = _provenance_of(rec, npz, run.perturbed_provenance(device_id, rec.id))
+    got = meta.get("perturbation") if meta is not None else None
+    if not isinstance(got, dict) or (got.get("count"), got.get("epsilon"), got.get("seed")) != (
+            p.count, p.epsilon, p.seed):
+        return False
+    try:
+        with np.load(npz, allow_pickle=False) as z:
+            index, values = z["index"], z[rec.output_kind]
+    except (OSError, KeyError, ValueError):
+        return False
+    if values.ndim != 3 or values.shape[:2] != (len(ids), p.count) or not np.array_equal(index, ids):
+        return False
+    return bad_outputs(rec, values.reshape(-1, values.shape[-1]), len(ids) * p.count) is None
 
 
 @dataclass

@@ -1,19 +1,5 @@
-"""Where units of work run: in this process (serial), on an embedded local Ray, or on a Ray cluster by address.
-
-Execution is a layer, not a stage. A stage (build, collect, ...) describes its units of work as :class:`Unit`
-records -- a module-level function plus its arguments and the resources one run needs -- hands them to an
-:class:`Executor` and consumes the results as they finish. The stage stays the one writer of its run-directory
-files (``manifest.json``, outputs); units write only their own files, atomically. This is the only module of the
-project that imports Ray.
-
-Executors (:func:`make_executor`):
-
-- :class:`SerialExecutor` (``--no-ray``): units run one after another in this process, in the order given.
-  Identical results; the path for debugging.
-- :class:`RayExecutor`: embedded local Ray by default (this machine's cores, nothing to start by hand, Ray's own
-  logs copied into ``RUN/logs/ray/`` when it stops, nothing printed on the terminal), or an existing cluster when
-  ``--ray-address ADDR`` or ``RAY_ADDRESS`` is given (every node needs compleak-harness installed and the run
-  directory on a shared file system at the same path). ``--workers N`` caps how many units run at once.
+"""The Ray executor: units as Ray tasks (or actors), on an embedded local Ray or on a cluster by address. This is
+the only module of the project that imports Ray (docs/scale.md).
 
 Faults: a task whose worker process dies is retried by Ray (``max_retries``; ``retry_exceptions`` is off, so a
 user error is never retried); an actor whose process dies is restarted (``max_restarts``) and its call retried.
@@ -30,161 +16,24 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any
 
 from harness.errors import HarnessError
-
-#: environment variable a unit reads for the number of CPUs it was given (set by the Ray executor in the worker)
-UNIT_CPUS_ENV = "COMPLEAK_UNIT_CPUS"
-#: how often Ray retries a unit whose worker process died (user errors are never retried)
-MAX_RETRIES = 3
-RAY_ADDRESS_ENV = "RAY_ADDRESS"
-
-
-@dataclass(frozen=True)
-class Unit:
-    """One unit of work of a stage.
-
-    ``fn`` must be a module-level function (it is pickled by reference and imported on the worker); ``args`` and
-    ``kwargs`` must be picklable. ``num_cpus``/``num_gpus`` are what one run needs; ``num_gpus="auto"`` asks for one
-    GPU when the cluster has any. ``resources`` are Ray custom resources the unit must run where they exist (a
-    phone farm's USB hub host: ``{"hub-a": 1}``). ``actor`` runs the unit in its own Ray actor (a long-lived
-    process that keeps a device connection) instead of a task; ``warm`` (actors only) is a module-level function
-    without arguments that :meth:`Executor.prestart` runs in the new actor ahead of the unit (imports, say), so the
-    actor's start-up overlaps other work. Actor units with the same ``key`` share one actor.
-    """
-
-    key: str
-    fn: Callable[..., Any]
-    args: tuple[Any, ...] = ()
-    kwargs: dict[str, Any] = field(default_factory=dict)
-    num_cpus: float = 1.0
-    num_gpus: float | Literal["auto"] = 0.0
-    resources: dict[str, float] = field(default_factory=dict)
-    actor: bool = False
-    warm: Callable[[], Any] | None = None
-    #: keyword arguments passed only where the unit runs in this process (a console, a progress callback, a dataset
-    #: already in memory): things not worth or not possible to send to a worker. The executor decides; the unit
-    #: computes the same result without them.
-    local: dict[str, Any] = field(default_factory=dict)
-
-
-class ExecEvents:
-    """What a stage hears while the executor runs its units: Ray Tune's callbacks, in small. The executor calls
-    these; a stage overrides what it shows (progress bars, one line per finished unit) and never asks which
-    executor it has."""
-
-    def started(self, units: Sequence[Unit], where: str) -> None:
-        """``units`` are about to run; ``where`` says how, for the terminal ("serially in this process", "on
-        embedded local Ray (2 CPUs, 0 GPUs)")."""
-
-    def finished(self, unit: Unit, result: Any) -> None:
-        """``unit`` finished with ``result`` (before :meth:`Executor.run` yields it)."""
-
-
-_NO_EVENTS = ExecEvents()
-
-
-class Executor(Protocol):
-    """Runs units; see the module docstring."""
-
-    name: str
-
-    def run(self, units: Sequence[Unit], events: ExecEvents | None = None) -> Iterator[tuple[Unit, Any]]:
-        """Yield ``(unit, result)`` as units finish (any order under Ray, the given order serially), telling
-        ``events`` when they start and as each finishes.
-
-        A unit's user error is re-raised here as the original exception; remaining units are cancelled."""
-        ...
-
-    def prestart(self, units: Sequence[Unit]) -> None:
-        """Start the actors of ``units`` (those with ``actor``) as soon as the executor starts -- now if it has --
-        and run their ``warm`` function, so a later :meth:`run` of units with the same keys finds them ready.
-        Nothing starts because of this alone; the serial executor ignores it."""
-        ...
-
-    def close(self) -> None: ...
-
-    def __enter__(self) -> "Executor": ...
-
-    def __exit__(self, *exc: object) -> None: ...
-
-
-@dataclass
-class ExecOptions:
-    """How to execute: ``serial`` (``--no-ray``) or ``ray`` (embedded unless an address is given)."""
-
-    serial: bool = False
-    address: str | None = None  # --ray-address; RAY_ADDRESS when None
-    workers: int | None = None  # --workers: at most this many units at once
-
-    def __post_init__(self) -> None:
-        if self.workers is not None and self.workers < 1:
-            raise HarnessError(f"--workers must be >= 1 (got {self.workers})")
-        if self.serial and self.address:
-            raise HarnessError("--no-ray and --ray-address exclude each other; give one of them")
-
-    @property
-    def cluster_address(self) -> str | None:
-        return self.address or os.environ.get(RAY_ADDRESS_ENV) or None
-
-
-def unit_cpus() -> int:
-    """CPUs this unit may use: the Ray task's allocation when running under Ray, else this machine's cores
-    (the CPUs this process may run on)."""
-    raw = os.environ.get(UNIT_CPUS_ENV, "")
-    if raw.isdigit() and int(raw) > 0:
-        return int(raw)
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
-
-
-def make_executor(options: ExecOptions | None, run_dir: Path | None = None) -> Executor:
-    """The executor ``options`` ask for (None: serial). ``run_dir`` receives Ray's logs (``logs/ray/``)."""
-    options = options or ExecOptions(serial=True)
-    if options.serial:
-        return SerialExecutor(options)
-    return RayExecutor(options, run_dir)
-
-
-# --------------------------------------------------------------------------- serial
-
-
-class SerialExecutor:
-    """Units run one after another in this process, in the given order."""
-
-    name = "serial"
-
-    def __init__(self, options: ExecOptions | None = None) -> None:
-        self.options = options or ExecOptions(serial=True)
-
-    def run(self, units: Sequence[Unit], events: ExecEvents | None = None) -> Iterator[tuple[Unit, Any]]:
-        events = events or _NO_EVENTS
-        if units:
-            events.started(units, describe(self))
-        for u in units:
-            result = u.fn(*u.args, **u.kwargs, **u.local)
-            events.finished(u, result)
-            yield u, result
-
-    def prestart(self, units: Sequence[Unit]) -> None:
-        pass  # everything runs in this process, which has imported what it needs by the time it runs a unit
-
-    def close(self) -> None:
-        pass
-
-    def __enter__(self) -> "SerialExecutor":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-# --------------------------------------------------------------------------- Ray
+from harness.execution.serial import WHERE
+from harness.execution.units import (
+    MAX_RETRIES,
+    NO_EVENTS,
+    RAY_ADDRESS_ENV,
+    UNIT_CPUS_ENV,
+    ExecEvents,
+    ExecOptions,
+    Executor,
+    Unit,
+    unit_cpus,
+)
+from rundir import RunDir
 
 
 @dataclass
@@ -391,7 +240,7 @@ class RayExecutor:
     # ----------------------------------------------------------------- running
 
     def run(self, units: Sequence[Unit], events: ExecEvents | None = None) -> Iterator[tuple[Unit, Any]]:
-        events = events or _NO_EVENTS
+        events = events or NO_EVENTS
         self.start()
         ray = self._ray
         if units:
@@ -466,7 +315,7 @@ class RayExecutor:
         for session in sorted(self._temp.glob("session_2*")):
             logs = session / "logs"
             if logs.is_dir():
-                dest = self.run_dir / "logs" / "ray" / session.name
+                dest = RunDir(self.run_dir).ray_logs_dir / session.name
                 try:
                     shutil.copytree(logs, dest, dirs_exist_ok=True, symlinks=False,
                                     ignore=shutil.ignore_patterns("*.sock", "old"))  # fmt: skip
@@ -488,4 +337,4 @@ def describe(executor: Executor) -> str:
         executor.start()
         res = executor._ray.cluster_resources()
         return f"on {where} ({res.get('CPU', 0):g} CPUs, {res.get('GPU', 0):g} GPUs{cap})"
-    return "serially in this process"
+    return WHERE
