@@ -81,7 +81,7 @@ def config_text(k: int, smoke: bool, config: Path | None = None) -> str:
 def timed_build(cfg: Path, out: Path, *extra: str) -> float:
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     t = time.perf_counter()
-    r = subprocess.run([sys.executable, "-m", "harness.cli.main", "build", str(cfg), "--out", str(out), *extra],
+    r = subprocess.run([sys.executable, "-m", "harness.cli", "build", str(cfg), "--out", str(out), *extra],
                        capture_output=True, text=True, env=env)  # fmt: skip
     took = time.perf_counter() - t
     if r.returncode != 0:

@@ -24,7 +24,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from rundir import (
+    ArtifactRecord,
     ContractError,
+    Manifest,
     OutputBatch,
     ResultRow,
     RunDir,
@@ -195,9 +197,57 @@ def _fingerprint(paths: list[Path]) -> str:
     return h.hexdigest()
 
 
-def compare_path(run: Path, device_id: str) -> Path:
-    """``RUN/compare/<device>.json``."""
-    return Path(run) / "compare" / f"{device_dirname(device_id)}.json"
+def _common_artifacts(rd: RunDir, device_id: str) -> tuple[Manifest, list[ArtifactRecord], str]:
+    """(manifest, the artifacts collected on both the host and ``device_id``, fingerprint of every input of the
+    comparison: outputs, results, manifest, experiment.toml). One-line errors when a side has no outputs."""
+    host_dir, dev_dir = rd.outputs_dir(HOST), rd.outputs_dir(device_id)
+    if not host_dir.is_dir():
+        raise HarnessError(f"{host_dir}: no host outputs; run 'compleak collect {rd.root} --device local' first")
+    if not dev_dir.is_dir():
+        raise HarnessError(
+            f"{dev_dir}: no outputs for {device_id}; run 'compleak collect {rd.root} --device {device_id}'"
+        )
+    manifest = rd.load_manifest()
+    common = [
+        a
+        for a in manifest.artifacts
+        if rd.output_npz(HOST, a.id).is_file() and rd.output_npz(device_id, a.id).is_file()
+    ]
+    inputs = sorted(host_dir.glob("*.npz")) + [rd.output_npz(device_id, a.id) for a in common]
+    inputs += [p for p in (rd.results(HOST), rd.results(device_id), rd.manifest, rd.experiment) if p.is_file()]
+    return manifest, common, _fingerprint(inputs)
+
+
+def _up_to_date(out: Path, fingerprint: str) -> bool:
+    """True when ``out`` is a comparison of this version made from inputs with this ``fingerprint``."""
+    if not out.is_file():
+        return False
+    try:
+        old = json.loads(out.read_text())
+    except (OSError, ValueError):  # unreadable or malformed: recompute it
+        return False
+    return isinstance(old, dict) and old.get("fingerprint") == fingerprint and old.get("version") == COMPARE_VERSION
+
+
+def _transfer(
+    rd: RunDir, device_id: str, manifest: Manifest, common: list[ArtifactRecord], console: Console, fits: Any | None
+) -> tuple[list[dict[str, Any]], str | None]:
+    """The host-shadow -> device-target rows (each beside the same attack with the device's own shadows, when the
+    device has results), or a note why there are none."""
+    targets = [a for a in common if a.role == "target"]
+    if not (targets and any(rd.output_npz(HOST, s.id).is_file() for t in targets for s in manifest.shadows_of(t))):
+        return [], "no target artifact collected on both sides with host shadow outputs"
+    rows = host_shadow_attack(rd.root, device_id, console=console, fits=fits)
+    own = {_row_key(r): r for r in load_results(rd.results(device_id))} if rd.results(device_id).is_file() else {}
+    transfer_rows = []
+    for r in rows:
+        d = r.model_dump(mode="json")
+        mine = own.get(_row_key(r))
+        if mine is not None:  # the same attack with shadows collected on the device itself
+            d["auc_device_shadows"] = mine.auc
+            d["delta_auc_vs_device_shadows"] = r.auc - mine.auc
+        transfer_rows.append(d)
+    return transfer_rows, None
 
 
 def compare_device(
@@ -219,66 +269,27 @@ def compare_device(
     rd.require_writable("compare", "compare")
     if device_dirname(device_id) == device_dirname(HOST):
         raise HarnessError("compare: the device must not be 'local' (the host is the reference)")
-    host_dir, dev_dir = rd.outputs_dir(HOST), rd.outputs_dir(device_id)
-    if not host_dir.is_dir():
-        raise HarnessError(f"{host_dir}: no host outputs; run 'compleak collect {run} --device local' first")
-    if not dev_dir.is_dir():
-        raise HarnessError(f"{dev_dir}: no outputs for {device_id}; run 'compleak collect {run} --device {device_id}'")
-    manifest = rd.load_manifest()
-    common = [
-        a
-        for a in manifest.artifacts
-        if rd.output_npz(HOST, a.id).is_file() and rd.output_npz(device_id, a.id).is_file()
-    ]
-    inputs = sorted(host_dir.glob("*.npz")) + [rd.output_npz(device_id, a.id) for a in common]
-    inputs += [p for p in (rd.results(HOST), rd.results(device_id), rd.manifest, rd.experiment) if p.is_file()]
-    fp = _fingerprint(inputs)
-    out = compare_path(run, device_id)
-    if out.is_file() and not force:
-        try:
-            old = json.loads(out.read_text())
-            if isinstance(old, dict) and old.get("fingerprint") == fp and old.get("version") == COMPARE_VERSION:
-                console.print(f"compare {esc(device_id)}: up to date ({esc(out)})")
-                if on_step is not None:
-                    on_step(len(common) + 1, len(common) + 1)
-                return out
-        except (OSError, ValueError):  # unreadable or malformed: recompute it
-            pass
-
+    manifest, common, fp = _common_artifacts(rd, device_id)
+    out = rd.compare_file(device_id)
     steps = len(common) + 1
 
     def step(done: int) -> None:
         if on_step is not None:
             on_step(done, steps)
 
+    if not force and _up_to_date(out, fp):
+        console.print(f"compare {esc(device_id)}: up to date ({esc(out)})")
+        step(steps)
+        return out
     divergences = []
     for i, a in enumerate(common):
-        host_b = rd.load_outputs(HOST, a.id)
-        dev_b = rd.load_outputs(device_id, a.id)
-        divergences.append(asdict(output_divergence(host_b, dev_b, a)))
+        divergences.append(asdict(output_divergence(rd.load_outputs(HOST, a.id), rd.load_outputs(device_id, a.id), a)))
         step(i + 1)
-
     deltas: list[dict[str, Any]] = []
     if rd.results(HOST).is_file() and rd.results(device_id).is_file():
         deltas = leakage_deltas(load_results(rd.results(HOST)), load_results(rd.results(device_id)))
-
-    transfer_rows: list[dict[str, Any]] = []
-    transfer_note = None
-    targets = [a for a in common if a.role == "target"]
-    if targets and any(rd.output_npz(HOST, s.id).is_file() for t in targets for s in manifest.shadows_of(t)):
-        rows = host_shadow_attack(run, device_id, console=console, fits=fits)
-        own = {_row_key(r): r for r in load_results(rd.results(device_id))} if rd.results(device_id).is_file() else {}
-        for r in rows:
-            d = r.model_dump(mode="json")
-            mine = own.get(_row_key(r))
-            if mine is not None:  # the same attack with shadows collected on the device itself
-                d["auc_device_shadows"] = mine.auc
-                d["delta_auc_vs_device_shadows"] = r.auc - mine.auc
-            transfer_rows.append(d)
-    else:
-        transfer_note = "no target artifact collected on both sides with host shadow outputs"
+    transfer_rows, transfer_note = _transfer(rd, device_id, manifest, common, console, fits)
     step(steps)
-
     payload = {
         "version": COMPARE_VERSION,
         "device": device_id,
@@ -364,7 +375,7 @@ COMPARE_MAX_BYTES = 64 << 20  # a comparison file is a few KiB; refuse absurd on
 def load_compare(run: Path) -> dict[str, dict[str, Any]]:
     """Every ``RUN/compare/*.json`` keyed by device id (empty when there is none), each validated against
     :class:`CompareFile`; a malformed one is a :class:`ContractError` naming the file and the fix."""
-    base = Path(run) / "compare"
+    base = RunDir(run).compare_dir
     out: dict[str, dict[str, Any]] = {}
     if not base.is_dir():
         return out

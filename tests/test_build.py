@@ -157,7 +157,7 @@ def test_tiny_run_layout(tiny_run: Path) -> None:
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "harness.cli.main", *args], cwd=cwd, capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "harness.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=300
     )
 
 

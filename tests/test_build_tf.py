@@ -166,7 +166,6 @@ def test_rerun_builds_from_the_model_cache_without_training(tiny_run, tmp_path, 
 
     import harness.build.tf_pipeline as tb
     from devices.ondevice.compleak_runner import load_model
-    from harness.build.stage import _owner_seed
     from harness.config import load_experiment
     from harness.data import load_dataset, owner_data
 
@@ -174,7 +173,7 @@ def test_rerun_builds_from_the_model_cache_without_training(tiny_run, tmp_path, 
     exp = load_experiment(run.experiment)
     ds = load_dataset(exp.data.dataset)
     owner = owner_data(ds, run.load_splits(), exp.data.preprocess, "target", None, exp.splits.holdout_fraction,
-                       _owner_seed(exp, "target", None))  # fmt: skip
+                       exp.owner_seed("target", None))  # fmt: skip
     shutil.copytree(run.artifacts_dir / tb.CACHE_DIR, tmp_path / tb.CACHE_DIR)
 
     def no_training(*a, **k):

@@ -22,6 +22,8 @@ ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("executorch")
 
 from harness.build import torch_pipeline as tb  # noqa: E402
+from harness.build.torch_export import PTE_MAX_BATCH  # noqa: E402
+from harness.build.torch_zoo import build_model  # noqa: E402
 from harness.config import Experiment  # noqa: E402
 from harness.data import OwnerData  # noqa: E402
 from harness.errors import HarnessError  # noqa: E402
@@ -236,9 +238,9 @@ def test_files_state_nchw_layout(built) -> None:
     from executorch.runtime import Runtime
 
     prog = Runtime.get().load_program(str(out / "torch-target-original.pte"))
-    assert list(prog.metadata("forward").input_tensor_meta(0).sizes()) == [tb.PTE_MAX_BATCH, 1, 8, 8]
+    assert list(prog.metadata("forward").input_tensor_meta(0).sizes()) == [PTE_MAX_BATCH, 1, 8, 8]
     method = prog.load_method("forward")
-    for n in (1, 3, tb.PTE_MAX_BATCH):  # any batch up to the recorded bound
+    for n in (1, 3, PTE_MAX_BATCH):  # any batch up to the recorded bound
         assert tuple(method.execute([torch.zeros(n, 1, 8, 8)])[0].shape) == (n, 10)
 
 
@@ -303,16 +305,16 @@ def test_bad_input_gives_one_line_errors(tmp_path: Path) -> None:
 
 def test_zoo_shapes_match_the_keras_topology() -> None:
     for arch in ("cnn-small", "resnet18", "vgg16-bn", "mobilenetv2"):
-        m = tb.build_model(arch, (3, 32, 32), 10).eval()
+        m = build_model(arch, (3, 32, 32), 10).eval()
         assert m(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
-    small = tb.build_model("cnn-small", (1, 28, 28), 10)
+    small = build_model("cnn-small", (1, 28, 28), 10)
     assert [type(l).__name__ for l in small.modules() if isinstance(l, (torch.nn.Conv2d, torch.nn.Linear))] == [
         "Conv2d", "Conv2d", "Linear", "Linear"
     ]  # fmt: skip
     assert small.classifier[1].in_features == 64 * 7 * 7
-    vgg = tb.build_model("vgg16-bn", (1, 28, 28), 10).eval()  # 'same' pooling: 28 -> 14 -> 7 -> 4 -> 2 -> 1
+    vgg = build_model("vgg16-bn", (1, 28, 28), 10).eval()  # 'same' pooling: 28 -> 14 -> 7 -> 4 -> 2 -> 1
     assert vgg.fc.in_features == 512 and vgg(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
     assert sum(isinstance(l, torch.nn.Conv2d) for l in vgg.modules()) == 13
-    resnet = tb.build_model("resnet18", (3, 32, 32), 10)
+    resnet = build_model("resnet18", (3, 32, 32), 10)
     assert resnet.stem[0].stride == (1, 1) and resnet.stem[0].kernel_size == (3, 3)
     assert sum(p.numel() for p in resnet.parameters()) == pytest.approx(11.17e6, rel=0.01)

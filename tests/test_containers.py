@@ -25,11 +25,15 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from harness.toolchain import containers
+from harness.toolchain.container_build import build_in_container
+from harness.toolchain.edge import check_port_free, edge_down, edge_up
+from harness.toolchain.engine import detect_engine
+from harness.toolchain.images import build_image, image_spec
+from harness.toolchain.rootfs import build_base_image, ensure_binfmt, host_arch
 from harness.errors import HarnessError
 
 ROOT = Path(__file__).resolve().parent.parent
-FOREIGN = "arm64" if containers.host_arch() == "amd64" else "amd64"
+FOREIGN = "arm64" if host_arch() == "amd64" else "amd64"
 HAVE_PODMAN = shutil.which("podman") is not None
 HAVE_FMNIST = Path("/usr/share/datasets/fashion-mnist").is_dir()
 needs_podman = pytest.mark.skipif(not HAVE_PODMAN, reason="needs podman (scripts/setup.sh --test)")
@@ -49,11 +53,11 @@ def _own_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
 def test_no_engine_installed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))  # an empty PATH: neither podman nor docker
     with pytest.raises(HarnessError, match=r"no container engine found.*install podman"):
-        containers.detect_engine(None)
+        detect_engine(None)
     with pytest.raises(HarnessError, match=r"'podman' not found; install podman"):
-        containers.detect_engine("podman")
+        detect_engine("podman")
     with pytest.raises(HarnessError, match=r"unsupported container engine"):
-        containers.detect_engine("lxc")
+        detect_engine("lxc")
 
 
 def test_no_engine_cli_one_line(tmp_path: Path) -> None:
@@ -69,7 +73,7 @@ def test_no_engine_cli_one_line(tmp_path: Path) -> None:
 def test_binfmt_not_registrable(tmp_path: Path) -> None:
     # no qemu binfmt description for the foreign architecture
     with pytest.raises(HarnessError, match=r"qemu-.*\.conf not found; install qemu-user-static"):
-        containers.ensure_binfmt(FOREIGN, binfmt_dir=tmp_path / "binfmt", conf_dir=tmp_path / "empty")
+        ensure_binfmt(FOREIGN, binfmt_dir=tmp_path / "binfmt", conf_dir=tmp_path / "empty")
     # a binfmt_misc whose register file cannot be written
     conf_dir = tmp_path / "conf"
     conf_dir.mkdir()
@@ -78,12 +82,12 @@ def test_binfmt_not_registrable(tmp_path: Path) -> None:
     binfmt = tmp_path / "binfmt"
     (binfmt / "register").mkdir(parents=True)
     with pytest.raises(HarnessError, match=r"cannot emulate .*registering .* failed"):
-        containers.ensure_binfmt(FOREIGN, binfmt_dir=binfmt, conf_dir=conf_dir)
+        ensure_binfmt(FOREIGN, binfmt_dir=binfmt, conf_dir=conf_dir)
     # a disabled entry is reported with the command that enables it
     (binfmt / f"qemu-{cpu}").write_text("disabled\n")
     with pytest.raises(HarnessError, match=r"disabled; enable it"):
-        containers.ensure_binfmt(FOREIGN, binfmt_dir=binfmt, conf_dir=conf_dir)
-    containers.ensure_binfmt(containers.host_arch(), binfmt_dir=binfmt, conf_dir=conf_dir)  # native: nothing to do
+        ensure_binfmt(FOREIGN, binfmt_dir=binfmt, conf_dir=conf_dir)
+    ensure_binfmt(host_arch(), binfmt_dir=binfmt, conf_dir=conf_dir)  # native: nothing to do
 
 
 def test_port_taken() -> None:
@@ -92,24 +96,24 @@ def test_port_taken() -> None:
         s.listen(1)
         port = s.getsockname()[1]
         with pytest.raises(HarnessError, match=rf"port {port} on 127.0.0.1 is not available"):
-            containers.check_port_free(port)
-    containers.check_port_free(port)  # released: free again
+            check_port_free(port)
+    check_port_free(port)  # released: free again
 
 
 def test_image_names_and_pins() -> None:
-    tf = containers.image_spec("toolchain-tf:2.14.0")
+    tf = image_spec("toolchain-tf:2.14.0")
     assert tf.ref == "localhost/compleak-toolchain-tf:2.14.0"
     assert tf.build_args["TFMOT_VERSION"] == "0.7.5" and tf.build_args["TF_KERAS_VERSION"] == ""
-    assert containers.image_spec("toolchain-tf:2.21.0").build_args["TF_KERAS_VERSION"] == "2.21.0"
-    dev = containers.image_spec("device-linux", "arm64", ["tflite-runtime==2.14.0"])
+    assert image_spec("toolchain-tf:2.21.0").build_args["TF_KERAS_VERSION"] == "2.21.0"
+    dev = image_spec("device-linux", "arm64", ["tflite-runtime==2.14.0"])
     assert dev.ref == "localhost/compleak-device-linux:arm64-tflite-runtime-2.14.0"
     assert dev.build_command == "compleak images build device-linux --arch arm64 --runtime tflite-runtime==2.14.0"
     with pytest.raises(HarnessError, match=r"no tested tfmot/tf-keras pairing for TensorFlow 9\.9\.9"):
-        containers.image_spec("toolchain-tf:9.9.9")
+        image_spec("toolchain-tf:9.9.9")
     with pytest.raises(HarnessError, match=r"not a pip requirement"):
-        containers.image_spec("device-linux", "arm64", ["tflite-runtime; rm -rf /"])
+        image_spec("device-linux", "arm64", ["tflite-runtime; rm -rf /"])
     with pytest.raises(HarnessError, match=r"unknown image 'toolchain-jax'"):
-        containers.image_spec("toolchain-jax")
+        image_spec("toolchain-jax")
 
 
 @pytest.mark.ssh
@@ -152,13 +156,13 @@ def test_image_missing_names_the_build_command(tmp_path: Path) -> None:
     with pytest.raises(HarnessError, match=r"image localhost/compleak-device-linux:arm64-tflite-runtime-2.13.9 not "
                                            r"found in podman; build it with: compleak images build device-linux "
                                            r"--arch arm64 --runtime tflite-runtime==2.13.9"):
-        containers.edge_up("edge-arm64", runtimes=["tflite-runtime==2.13.9"], engine="podman")
+        edge_up("edge-arm64", runtimes=["tflite-runtime==2.13.9"], engine="podman")
     exp = tmp_path / "exp.toml"
     exp.write_text('[export]\nframeworks = ["tf"]\n')
     with pytest.raises(
         HarnessError, match=r"compleak-toolchain-tf:2.13.1 not found.*compleak images build toolchain-tf:2.13.1"
     ):
-        containers.build_in_container(exp, tmp_path / "run", container="toolchain-tf:2.13.1", engine="podman")
+        build_in_container(exp, tmp_path / "run", container="toolchain-tf:2.13.1", engine="podman")
 
 
 EXPERIMENT = """
@@ -196,12 +200,12 @@ def images() -> dict[str, str]:
     con = Console(stderr=True)
 
     def toolchain() -> dict[str, str]:
-        return {"base-amd64": containers.build_base_image("amd64", engine="podman", console=con),
-                "toolchain-tf": containers.build_image("toolchain-tf:2.14.0", "amd64", engine="podman", console=con)}
+        return {"base-amd64": build_base_image("amd64", engine="podman", console=con),
+                "toolchain-tf": build_image("toolchain-tf:2.14.0", "amd64", engine="podman", console=con)}
 
     def device() -> dict[str, str]:
-        return {"base-arm64": containers.build_base_image("arm64", engine="podman", console=con),
-                "device-arm64": containers.build_image("device-linux", "arm64", engine="podman", console=con)}
+        return {"base-arm64": build_base_image("arm64", engine="podman", console=con),
+                "device-arm64": build_image("device-linux", "arm64", engine="podman", console=con)}
 
     # two independent chains, run side by side: each is partly network-bound (debootstrap, pip downloads)
     with ThreadPoolExecutor(max_workers=2) as pool:
@@ -215,15 +219,15 @@ def run_214(images: dict[str, str], tmp_path_factory: pytest.TempPathFactory) ->
     d = tmp_path_factory.mktemp("run214")
     exp = d / "experiment.toml"
     exp.write_text(EXPERIMENT)
-    return containers.build_in_container(exp, d / "run", container="toolchain-tf:2.14.0", engine="podman")
+    return build_in_container(exp, d / "run", container="toolchain-tf:2.14.0", engine="podman")
 
 
 @pytest.fixture(scope="module")
 def edge_arm64(images: dict[str, str]) -> Iterator[str]:
-    containers.edge_down("edge-arm64", engine="podman")
-    uri = containers.edge_up("edge-arm64", engine="podman")
+    edge_down("edge-arm64", engine="podman")
+    uri = edge_up("edge-arm64", engine="podman")
     yield uri
-    containers.edge_down("edge-arm64", engine="podman")
+    edge_down("edge-arm64", engine="podman")
 
 
 def heavy(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -236,14 +240,14 @@ def heavy(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 @heavy
 def test_images_are_tagged_and_cached(images: dict[str, str]) -> None:
-    eng = containers.detect_engine("podman")
+    eng = detect_engine("podman")
     labels = eng.image_labels(images["toolchain-tf"])
     assert labels["io.compleak.tensorflow"] == "2.14.0" and labels["io.compleak.tfmot"] == "0.7.5"
     arch = eng.call(["image", "inspect", "--format", "{{.Architecture}}", images["device-arm64"]], "inspect").stdout
     assert arch.strip() == "arm64"
     # cached: a second request does not rebuild (same image id)
     before = eng.image_id(images["device-arm64"])
-    assert containers.build_image("device-linux", "arm64", engine="podman") == images["device-arm64"]
+    assert build_image("device-linux", "arm64", engine="podman") == images["device-arm64"]
     assert eng.image_id(images["device-arm64"]) == before
 
 
@@ -255,7 +259,7 @@ def test_build_in_toolchain_tf_214(run_214: Path, images: dict[str, str]) -> Non
     rd = RunDir(run_214)
     manifest = rd.load_manifest()
     assert {a.variant for a in manifest.artifacts} == {"original", "dynamic-int8"}
-    image_id = containers.detect_engine("podman").image_id(images["toolchain-tf"])
+    image_id = detect_engine("podman").image_id(images["toolchain-tf"])
     for rec in manifest.artifacts:
         assert rec.toolchain["tensorflow"] == "2.14.0", rec.toolchain
         assert rec.toolchain["container"]["image"] == "localhost/compleak-toolchain-tf:2.14.0"
@@ -268,14 +272,14 @@ def test_build_in_toolchain_tf_214(run_214: Path, images: dict[str, str]) -> Non
 
 @heavy
 def test_port_taken_on_up(images: dict[str, str]) -> None:
-    containers.edge_down("edge-arm64", engine="podman")
+    edge_down("edge-arm64", engine="podman")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         s.listen(1)
         port = s.getsockname()[1]
         with pytest.raises(HarnessError, match=rf"port {port} on 127.0.0.1 is not available"):
-            containers.edge_up("edge-arm64", engine="podman", port=port)
-    assert containers.detect_engine("podman").container_state("compleak-edge-arm64") is None
+            edge_up("edge-arm64", engine="podman", port=port)
+    assert detect_engine("podman").container_state("compleak-edge-arm64") is None
 
 
 @heavy
@@ -293,7 +297,7 @@ def test_edge_arm64_probe_and_collect(edge_arm64: str, run_214: Path, tmp_path: 
 
     # the CLI, too, needs no --identity / --known-hosts
     env = dict(os.environ)
-    cli = [sys.executable, "-m", "harness.cli.main"]
+    cli = [sys.executable, "-m", "harness.cli"]
     probe = subprocess.run(cli + ["devices", "probe", edge_arm64], capture_output=True, text=True, env=env, cwd=ROOT,
                            timeout=600)
     assert probe.returncode == 0, probe.stderr
@@ -348,10 +352,10 @@ def test_edge_down_forgets_device(images: dict[str, str]) -> None:
     from devices.errors import DeviceError
     from devices.uri import connect
 
-    uri = containers.edge_up("edge-arm64", engine="podman")
+    uri = edge_up("edge-arm64", engine="podman")
     assert known_devices.edge_credentials(uri) is not None
-    containers.edge_down("edge-arm64", engine="podman")
-    assert containers.detect_engine("podman").container_state("compleak-edge-arm64") is None
+    edge_down("edge-arm64", engine="podman")
+    assert detect_engine("podman").container_state("compleak-edge-arm64") is None
     assert known_devices.edge_credentials(uri) is None
     with pytest.raises(DeviceError):
         connect(uri, timeout=3).properties()

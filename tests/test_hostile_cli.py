@@ -173,7 +173,7 @@ def test_markup_in_device_hostname_prints_literally() -> None:
     if shutil.which("unshare") is None:
         pytest.skip("unshare (util-linux) is not installed")
     name = "[/]x[bold]"
-    script = f'printf %s "{name}" > /proc/sys/kernel/hostname && exec "$0" -m harness.cli.main devices probe local'
+    script = f'printf %s "{name}" > /proc/sys/kernel/hostname && exec "$0" -m harness.cli devices probe local'
     proc = subprocess.run(["unshare", "-u", "sh", "-c", script, sys.executable], capture_output=True, text=True,
                           timeout=300, cwd=Path(__file__).resolve().parents[1])
     if proc.returncode != 0 and "unshare" in proc.stderr and "Traceback" not in proc.stderr:

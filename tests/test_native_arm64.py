@@ -27,7 +27,8 @@ from typing import Iterator
 import numpy as np
 import pytest
 
-from harness.toolchain import containers
+from harness.toolchain.edge import edge_down, edge_up
+from harness.toolchain.rootfs import build_base_image, ensure_binfmt
 from harness.errors import HarnessError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,7 +46,7 @@ def _emulation_unavailable() -> str | None:
     if shutil.which("podman") is None:
         return "needs podman (scripts/setup.sh --test)"
     try:
-        containers.ensure_binfmt("arm64")
+        ensure_binfmt("arm64")
     except HarnessError as exc:
         return f"cannot emulate arm64 here: {exc}"
     return None
@@ -70,13 +71,13 @@ def board(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("COMPLEAK_CACHE_DIR", str(tmp_path_factory.mktemp("compleak-cache")))
         mp.setenv("COMPLEAK_NATIVE_BUNDLE", str(arm64_bundle))  # the cross-built bundle, not the host's
-        containers.build_base_image("arm64", engine="podman")  # cached: imports the cached rootfs at most
-        containers.edge_down(NAME, engine="podman")
-        uri = containers.edge_up(NAME, engine="podman")
+        build_base_image("arm64", engine="podman")  # cached: imports the cached rootfs at most
+        edge_down(NAME, engine="podman")
+        uri = edge_up(NAME, engine="podman")
         try:
             yield uri
         finally:
-            containers.edge_down(NAME, engine="podman")
+            edge_down(NAME, engine="podman")
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +89,7 @@ def run(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _cli(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "harness.cli.main", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True,
                           env=dict(os.environ), cwd=ROOT, timeout=timeout)
 
 

@@ -23,6 +23,9 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("onnx")
 
 from harness.build import torch_pipeline as tb  # noqa: E402
+from harness.build.torch_compress import apply_pruning, make_pruning_permanent  # noqa: E402
+from harness.build.torch_export import export_onnx  # noqa: E402
+from harness.build.torch_zoo import build_model  # noqa: E402
 from harness.config import Experiment  # noqa: E402
 from harness.data import OwnerData  # noqa: E402
 
@@ -72,21 +75,22 @@ def test_export_from_cache_equals_export_after_compression(tmp_path: Path) -> No
 
 def test_export_is_identical_in_another_process(tmp_path: Path) -> None:
     torch.manual_seed(0)
-    model = tb.build_model("cnn-small", (1, 8, 8), 10)
-    tb.apply_pruning(model, 0.5)
-    tb.make_pruning_permanent(model)
+    model = build_model("cnn-small", (1, 8, 8), 10)
+    apply_pruning(model, 0.5)
+    make_pruning_permanent(model)
     weights = tmp_path / "w.pt"
     torch.save(model.state_dict(), weights)
-    fresh = tb.build_model("cnn-small", (1, 8, 8), 10)
+    fresh = build_model("cnn-small", (1, 8, 8), 10)
     fresh.load_state_dict(torch.load(weights, weights_only=True))
-    tb.export_onnx(fresh, torch.zeros(1, 1, 8, 8), tmp_path / "here.onnx")
+    export_onnx(fresh, torch.zeros(1, 1, 8, 8), tmp_path / "here.onnx")
     script = (
         "import sys, torch\n"
-        "from harness.build import torch_pipeline as tb\n"
+        "from harness.build.torch_export import export_onnx\n"
+        "from harness.build.torch_zoo import build_model\n"
         "torch.set_num_threads(2)\n"
-        "m = tb.build_model('cnn-small', (1, 8, 8), 10)\n"
+        "m = build_model('cnn-small', (1, 8, 8), 10)\n"
         "m.load_state_dict(torch.load(sys.argv[1], weights_only=True))\n"
-        "tb.export_onnx(m, torch.zeros(1, 1, 8, 8), __import__('pathlib').Path(sys.argv[2]))\n"
+        "export_onnx(m, torch.zeros(1, 1, 8, 8), __import__('pathlib').Path(sys.argv[2]))\n"
     )
     env = {**os.environ, "PYTHONHASHSEED": "12345"}
     subprocess.run([sys.executable, "-c", script, str(weights), str(tmp_path / "there.onnx")],

@@ -22,7 +22,7 @@ from rundir import RunDir, Splits
 from harness.build.artifacts import content_digest
 from harness.config import Experiment, load_experiment
 from harness.data import load_dataset, make_splits, owner_data, query_inputs
-from harness.build.threat import THREAT_MODEL_FILE, build_threat_model, write_threat_model
+from harness.build.threat import build_threat_model, write_threat_model
 
 
 def _online(k: int, **splits) -> Experiment:
@@ -182,7 +182,7 @@ def test_threat_model_json_states_the_owners(tmp_path: Path) -> None:
     rd = RunDir(tmp_path / "run")
     doc = build_threat_model(exp, s, "abc")
     write_threat_model(rd, doc)
-    path = rd.root / THREAT_MODEL_FILE
+    path = rd.threat_model
     tm = json.loads(path.read_text())
     assert tm["threat_model"] == "online" and tm["online"] is True and tm["reference_models"] == 8
     assert tm["seed"] == 3 and tm["splits_sha256"] == "abc"
@@ -202,7 +202,7 @@ def test_threat_model_json_states_the_owners(tmp_path: Path) -> None:
 
 def test_built_run_has_its_threat_model(tiny_run: Path) -> None:
     rd = RunDir(tiny_run)
-    tm = json.loads((tiny_run / THREAT_MODEL_FILE).read_text())
+    tm = json.loads(rd.threat_model.read_text())
     splits = rd.load_splits()
     assert tm["source"] == "compleak build" and tm["threat_model"] == splits.threat_model == "offline"
     assert tm["reference_models"] == splits.n_references and tm["attacker_pool"]["contains_target_candidates"] is False

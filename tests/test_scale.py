@@ -182,7 +182,7 @@ class _Build:
         self.log = out.with_name(out.name + ".log")
         with open(self.log, "w") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "harness.cli.main", "build", str(cfg), "--out", str(out), *extra],
+                [sys.executable, "-m", "harness.cli", "build", str(cfg), "--out", str(out), *extra],
                 stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cfg.parent,
             )  # fmt: skip
 

@@ -2,7 +2,10 @@
 
 - :mod:`harness.build.stage`: the stage (``build_run`` / ``build_into``): plan, cache keys, units, the manifest
 - :mod:`harness.build.tf_pipeline`: Keras zoo, training, tfmot compression, TF-Lite export
-- :mod:`harness.build.torch_pipeline`: torch zoo, training, pruning / clustering / PT2E, ``.pte``/``.ptl``/``.onnx``
-- :mod:`harness.build.artifacts`: ``BuiltArtifact``, artifact ids, build-cache records
+- :mod:`harness.build.torch_pipeline`: the torch path over the variants, with its cache of trained and compressed
+  models; its parts: :mod:`~harness.build.torch_zoo` (architectures), :mod:`~harness.build.torch_train` (training),
+  :mod:`~harness.build.torch_compress` (pruning / clustering / PT2E), :mod:`~harness.build.torch_export`
+  (``.pte``/``.ptl``/``.onnx``)
+- :mod:`harness.build.artifacts`: ``BuiltArtifact``, artifact ids, the verified build caches both builders keep
 - :mod:`harness.build.threat`: ``RUN/threat_model.json`` (written by build and by import)
 """

@@ -1,4 +1,5 @@
-"""Artifact files as the framework builders produce them: the record they return, ids, and build cache keys."""
+"""Artifact files as the framework builders produce them: the record they return, ids, build cache keys, and the
+verified build caches both builders keep under the artifacts folder."""
 
 from __future__ import annotations
 
@@ -6,9 +7,13 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import numpy as np
+
+from harness.errors import HarnessError
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -53,7 +58,40 @@ def content_digest(*parts: Any) -> str:
 
 #: Marks a builder progress message that must stay visible (e.g. a refused cache entry), not just flash by.
 NOTICE = "notice:"
+CACHE_DIRS = {"tf": "tf-cache", "torch": "torch-cache"}  # each builder's model cache, under its out_dir (artifacts/)
 CACHE_RECORD_MAX_BYTES = 64 * 1024  # a cache entry's sidecar JSON is a few hundred bytes; anything larger is foreign
+
+
+def cache_entry_prefix(framework: str, tag: str) -> str:
+    """How the names of one owner's cache entries begin: ``tf-{tag}-`` (TF) or ``{tag}-`` (torch)."""
+    return f"tf-{tag}-" if framework == "tf" else f"{tag}-"
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (toolchain errors are long multi-line dumps), else its class name."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else exc.__class__.__name__
+
+
+def read_cache_entry(path: Path, read: Callable[[Path], T], say: Callable[[str], None], refused: str) -> T | None:
+    """``read(path)``: the builder's verified load of its cache entry at ``path``; None when there is none to use.
+
+    No entry: None. An entry ``read`` refuses (``ValueError`` naming why: tampered, foreign, unreadable) is reported
+    through ``say`` in one :data:`NOTICE` line (``{refused.format(name=...)} ({why}); ...``) and None is returned, so
+    the caller rebuilds and overwrites it. A folder in place of the entry or its sidecar is a HarnessError.
+    """
+    for p in (path, cache_record_path(path)):
+        if p.is_dir() and not p.is_symlink():
+            raise HarnessError(
+                f"{p}: a folder where the build cache keeps a file; delete it (or run compleak build --force)"
+            )
+    if not path.exists() and not path.is_symlink():
+        return None
+    try:
+        return read(path)
+    except ValueError as exc:
+        say(f"{NOTICE} {refused.format(name=path.name, why=exc)}")
+        return None
 
 
 def cache_record_path(path: Path) -> Path:

@@ -2,8 +2,8 @@
 
 ``build_run`` loads the dataset, draws the membership splits, and for every framework, every model owner (the
 target and each shadow) and every configured variant asks the framework builder (``harness.build.tf_pipeline`` /
-``harness.build.torch_pipeline``) for the artifact files. Each finished artifact is then described and evaluated by running
-the FILE ITSELF with the on-device runner on the host (``devices.ondevice.compleak_runner``), and its record is
+``harness.build.torch_pipeline``) for the artifact files. Each finished artifact is then described and evaluated by
+running the FILE ITSELF with the on-device runner on the host (``devices.ondevice.compleak_runner``), and its record is
 written to ``manifest.json`` at once (atomically), so an interrupted build loses at most the artifact in progress.
 
 Caching: every record carries ``build_key``, a content hash of everything that determines the file (dataset
@@ -37,7 +37,8 @@ from rich.progress import (
 from rundir import ArtifactRecord, ContractError, Manifest, RunDir, Splits, TensorSpec, atomic_write_bytes
 from rundir import UnsafePathError
 from rundir import sha256_file
-from harness.build.artifacts import NOTICE, artifact_id, content_digest
+from harness.build.artifacts import CACHE_DIRS, NOTICE, BuiltArtifact, artifact_id, cache_entry_prefix
+from harness.build.artifacts import content_digest
 from harness.config import Experiment, load_experiment, parse_variant
 from harness.data import Dataset, OwnerData, load_dataset, make_splits, owner_data, query_inputs
 from harness.errors import HarnessError, esc
@@ -45,7 +46,6 @@ from harness.build.threat import build_threat_model, write_threat_model
 from harness.execution import ExecEvents, ExecOptions, Executor, Unit, make_executor
 
 FRAMEWORKS_BUILT = ("tf", "torch")  # records of other frameworks (e.g. imported ones) are left alone
-CACHE_DIRS = {"tf": "tf-cache", "torch": "torch-cache"}  # the builders' model caches under artifacts/
 
 
 @dataclass
@@ -85,7 +85,7 @@ def _formats(exp: Experiment, framework: str, variant: str) -> tuple[list[str], 
     """Formats a variant is exported to in ``framework`` and why each other requested one is not."""
     if framework == "tf":
         return ["tflite"], {}
-    from harness.build.torch_pipeline import plan_formats
+    from harness.build.torch_export import plan_formats
 
     return plan_formats(variant, list(exp.export.torch_formats))
 
@@ -159,7 +159,8 @@ def training_record(owner: OwnerData) -> dict[str, Any]:
 
 
 def _builder(framework: str) -> Callable[..., Any]:
-    """The framework builder's ``build_variants`` (``harness.build.tf_pipeline`` or ``harness.build.torch_pipeline``)."""
+    """The framework builder's ``build_variants`` (``harness.build.tf_pipeline`` or
+    ``harness.build.torch_pipeline``)."""
     if framework == "tf":
         from harness.build.tf_pipeline import build_variants
     else:
@@ -291,13 +292,61 @@ def _remove_stale_temps(run: RunDir, job: OwnerJob) -> None:
     cache = CACHE_DIRS.get(job.framework)
     patterns = [(run.artifacts_dir, f".{job.framework}-{job.tag}-*.tmp*")]
     if cache is not None:
-        prefix = f"tf-{job.tag}-" if job.framework == "tf" else f"{job.tag}-"
-        patterns.append((run.artifacts_dir / cache, f".{prefix}*.tmp*"))
+        patterns.append((run.artifacts_dir / cache, f".{cache_entry_prefix(job.framework, job.tag)}*.tmp*"))
     for folder, pattern in patterns:
         if folder.is_dir() and not folder.is_symlink():
             for stale in folder.glob(pattern):
                 if stale.is_file() and not stale.is_symlink():
                     stale.unlink(missing_ok=True)
+
+
+def _owner_inputs(
+    exp: Experiment, data_dir: str | None, splits: Splits, job: OwnerJob, dataset: Dataset | None
+) -> tuple[OwnerData, tuple[np.ndarray, ...]]:
+    """The owner's training data (what the builder gets) and the host evaluation sets (x, y of its members, then
+    of its non-members)."""
+    ds = dataset if dataset is not None else load_dataset(
+        exp.data.dataset, Path(data_dir) if data_dir else None, exp.data.download
+    )
+    owner = owner_data(
+        ds, splits, exp.data.preprocess, job.role, job.shadow, exp.splits.holdout_fraction,
+        exp.owner_seed(job.role, job.shadow),
+    )  # fmt: skip
+    ids_in, ids_out = splits.members(job.role, job.shadow), splits.nonmembers(job.role, job.shadow)
+    evals = (
+        query_inputs(ds, exp.data.preprocess, ids_in), ds.y[ids_in],
+        query_inputs(ds, exp.data.preprocess, ids_out), ds.y[ids_out],
+    )  # fmt: skip
+    return owner, evals
+
+
+def _record(
+    run: RunDir, p: PlannedArtifact, built: BuiltArtifact, key: str, training: dict[str, Any],
+    evals: tuple[np.ndarray, ...],
+) -> ArtifactRecord:
+    """The manifest record of the file the builder wrote for ``p``: described and evaluated by the host runtime
+    running the file itself."""
+    path = Path(built.path)
+    desc = _describe(path)
+    return ArtifactRecord(
+        id=p.id,
+        role=p.role,  # type: ignore[arg-type]
+        shadow=p.shadow,
+        variant=p.variant,
+        framework=p.framework,
+        format=p.format,  # type: ignore[arg-type]
+        path=str(path.resolve().relative_to(run.root.resolve())),
+        sha256=sha256_file(path),
+        bytes=path.stat().st_size,
+        inputs=[TensorSpec(**t) for t in desc["inputs"]],
+        outputs=[TensorSpec(**t) for t in desc["outputs"]],
+        output_kind=built.output_kind,  # type: ignore[arg-type]
+        compression=dict(built.compression),
+        host_accuracy=_host_accuracy(path, *evals),
+        toolchain=_toolchain(built.toolchain, desc, path, p.format),
+        build_key=key,
+        training=training,
+    )
 
 
 def build_owner(
@@ -318,19 +367,8 @@ def build_owner(
     run = RunDir(run_root)
     say = hook or (lambda _msg: None)
     _remove_stale_temps(run, job)
-    ds = dataset if dataset is not None else load_dataset(
-        exp.data.dataset, Path(data_dir) if data_dir else None, exp.data.download
-    )
-    owner = owner_data(
-        ds, splits, exp.data.preprocess, job.role, job.shadow, exp.splits.holdout_fraction,
-        exp.owner_seed(job.role, job.shadow),
-    )  # fmt: skip
+    owner, evals = _owner_inputs(exp, data_dir, splits, job, dataset)
     training = training_record(owner)
-    ids_in, ids_out = splits.members(job.role, job.shadow), splits.nonmembers(job.role, job.shadow)
-    evals = (
-        query_inputs(ds, exp.data.preprocess, ids_in), ds.y[ids_in],
-        query_inputs(ds, exp.data.preprocess, ids_out), ds.y[ids_out],
-    )  # fmt: skip
     build_variants = _builder(job.framework)
     by_variant: dict[str, list[PlannedArtifact]] = {}
     for p in job.items:
@@ -341,9 +379,8 @@ def build_owner(
         say(f"{job.framework} {job.tag} {variant}")
         t1 = time.perf_counter()
         results = build_variants(exp, owner, [variant], run.artifacts_dir, job.tag, [p.format for p in items], say)
-        seconds[f"{job.framework}:{variant}"] = seconds.get(f"{job.framework}:{variant}", 0.0) + (
-            time.perf_counter() - t1
-        )
+        step = f"{job.framework}:{variant}"
+        seconds[step] = seconds.get(step, 0.0) + (time.perf_counter() - t1)
         by_fmt = {b.format: b for b in results}
         for p in items:
             b = by_fmt.get(p.format)
@@ -353,29 +390,7 @@ def build_owner(
                 )
             say(f"{p.id}: host evaluation")
             t2 = time.perf_counter()
-            path = Path(b.path)
-            desc = _describe(path)
-            records.append(
-                ArtifactRecord(
-                    id=p.id,
-                    role=p.role,  # type: ignore[arg-type]
-                    shadow=p.shadow,
-                    variant=p.variant,
-                    framework=p.framework,
-                    format=p.format,  # type: ignore[arg-type]
-                    path=str(path.resolve().relative_to(run.root.resolve())),
-                    sha256=sha256_file(path),
-                    bytes=path.stat().st_size,
-                    inputs=[TensorSpec(**t) for t in desc["inputs"]],
-                    outputs=[TensorSpec(**t) for t in desc["outputs"]],
-                    output_kind=b.output_kind,  # type: ignore[arg-type]
-                    compression=dict(b.compression),
-                    host_accuracy=_host_accuracy(path, *evals),
-                    toolchain=_toolchain(b.toolchain, desc, path, p.format),
-                    build_key=job.keys[p.id],
-                    training=training,
-                )
-            )
+            records.append(_record(run, p, b, job.keys[p.id], training, evals))
             seconds["host_eval"] = seconds.get("host_eval", 0.0) + time.perf_counter() - t2
     return OwnerResult(records, seconds)
 
@@ -390,33 +405,78 @@ class _Started(ExecEvents):
         self.hook(f"{len(units)} units {where}")
 
 
+@dataclass
+class BuildContext:
+    """What the steps of one :func:`build_into` share: the experiment and its run, the data and splits, the plan
+    with each artifact's build key, and what the build writes to (manifest, report, console, ``on_artifact``)."""
+
+    exp: Experiment
+    run: RunDir
+    data_dir: Path | None
+    ds: Dataset
+    splits: Splits
+    planned: list[PlannedArtifact]  # in plan order
+    keys: dict[str, str]  # artifact id -> build key
+    manifest: Manifest
+    report: BuildReport
+    console: Console
+    on_artifact: Callable[[ArtifactRecord], None] | None = None
+
+    def sort_manifest(self) -> None:
+        """Keep the manifest in plan order (stable diffs, predictable listings)."""
+        order = {p.id: i for i, p in enumerate(self.planned)}
+        self.manifest.artifacts.sort(key=lambda a: order.get(a.id, len(order)))
+
+
+def _bar_columns() -> tuple[Any, ...]:
+    """The columns of the build's progress bar."""
+    return (
+        SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        TextColumn("ETA"), TimeRemainingColumn(),
+    )  # fmt: skip
+
+
+def _units(
+    ctx: BuildContext, jobs: dict[tuple[str, str, int | None], list[PlannedArtifact]], hook: Callable[[str], None]
+) -> list[Unit]:
+    """One unit per (framework, owner): :func:`build_owner` of its artifacts."""
+    exp = ctx.exp
+    # absolute paths: a worker's working directory is not the driver's (a cluster node)
+    data_dir = ctx.data_dir or exp.data.data_dir
+    data_arg = str(Path(data_dir).resolve()) if data_dir else None
+    gpus: Any = "auto" if exp.train.device != "cpu" else 0.0
+    units = []
+    for (fw, role, shadow), items in jobs.items():
+        job = OwnerJob(fw, role, shadow, items, {p.id: ctx.keys[p.id] for p in items})
+        units.append(
+            Unit(f"{fw}:{job.tag}", build_owner, (exp, str(ctx.run.root.resolve()), data_arg, ctx.splits, job),
+                 num_cpus=1.0, num_gpus=gpus, local={"dataset": ctx.ds, "hook": hook})
+        )  # fmt: skip
+    return units
+
+
+def _save_record(ctx: BuildContext, rec: ArtifactRecord) -> None:
+    """Add a finished artifact's record to manifest.json (one atomic save per record, so ``on_artifact`` sees it
+    on disk) and say so."""
+    ctx.manifest.upsert(rec)
+    ctx.sort_manifest()
+    ctx.manifest.save(ctx.run.manifest)
+    ctx.report.built.append(rec.id)
+    acc = rec.host_accuracy
+    ctx.console.print(
+        f"  built {esc(rec.id)}  {rec.bytes / 1024:.0f} KiB  host acc train {acc.get('train', 0):.3f} "
+        f"test {acc.get('test', 0):.3f}",
+        highlight=False,
+    )
+
+
 def _run_units(
-    exp: Experiment,
-    run: RunDir,
-    data_dir: Path | None,
-    ds: Dataset,
-    splits: Splits,
-    jobs: dict[tuple[str, str, int | None], list[PlannedArtifact]],
-    keys: dict[str, str],
-    planned: list[PlannedArtifact],
-    manifest: Manifest,
-    ex: Executor,
-    report: BuildReport,
-    console: Console,
-    on_artifact: Callable[[ArtifactRecord], None] | None,
+    ctx: BuildContext, jobs: dict[tuple[str, str, int | None], list[PlannedArtifact]], ex: Executor
 ) -> None:
     """Run the build units on ``ex``; as each finishes, add its records to manifest.json (this process is the one
     writer; an atomic save per record of the finished unit, then ``on_artifact(record)``)."""
-    order = {p.id: i for i, p in enumerate(planned)}
     total = sum(len(v) for v in jobs.values())
-    # absolute paths: a worker's working directory is not the driver's (a cluster node)
-    data_arg = str(Path(data_dir or exp.data.data_dir).resolve()) if (data_dir or exp.data.data_dir) else None
-    gpus: Any = "auto" if exp.train.device != "cpu" else 0.0
-    columns = (
-        SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        TextColumn("ETA"), TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=console, transient=False) as bar:
+    with Progress(*_bar_columns(), console=ctx.console, transient=False) as bar:
         task = bar.add_task("build", total=total)
 
         def hook(msg: str) -> None:
@@ -424,31 +484,81 @@ def _run_units(
                 bar.console.print(esc(msg))
             bar.update(task, description=esc(msg))
 
-        units = []
-        for (fw, role, shadow), items in jobs.items():
-            job = OwnerJob(fw, role, shadow, items, {p.id: keys[p.id] for p in items})
-            units.append(
-                Unit(f"{fw}:{job.tag}", build_owner, (exp, str(run.root.resolve()), data_arg, splits, job),
-                     num_cpus=1.0, num_gpus=gpus, local={"dataset": ds, "hook": hook})
-            )  # fmt: skip
-        for _unit, result in ex.run(units, _Started(hook)):
+        for _unit, result in ex.run(_units(ctx, jobs, hook), _Started(hook)):
             for k, v in result.seconds.items():
-                report.seconds[k] = report.seconds.get(k, 0.0) + v
-            for rec in result.records:  # one atomic save per record, so on_artifact sees it on disk
-                manifest.upsert(rec)
-                manifest.artifacts.sort(key=lambda a: order.get(a.id, len(order)))
-                manifest.save(run.manifest)
-                report.built.append(rec.id)
+                ctx.report.seconds[k] = ctx.report.seconds.get(k, 0.0) + v
+            for rec in result.records:
+                _save_record(ctx, rec)
                 bar.advance(task)
-                acc = rec.host_accuracy
-                console.print(
-                    f"  built {esc(rec.id)}  {rec.bytes / 1024:.0f} KiB  host acc train {acc.get('train', 0):.3f} "
-                    f"test {acc.get('test', 0):.3f}",
-                    highlight=False,
-                )
-                if on_artifact is not None:
-                    on_artifact(rec)
+                if ctx.on_artifact is not None:
+                    ctx.on_artifact(rec)
         bar.update(task, description=f"built {total} artifacts")
+
+
+def _prepare(
+    exp: Experiment, run: RunDir, data_dir: Path | None, console: Console,
+    on_artifact: Callable[[ArtifactRecord], None] | None,
+) -> BuildContext:  # fmt: skip
+    """Load the data, draw and validate the splits, plan every artifact and its build key, read the manifest:
+    everything that can be checked, writing nothing (a refused build leaves the run byte-identical)."""
+    report = BuildReport()
+    run.require_writable("build", "artifacts")
+    t0 = time.perf_counter()
+    ds: Dataset = load_dataset(
+        exp.data.dataset, data_dir or (Path(exp.data.data_dir) if exp.data.data_dir else None), exp.data.download
+    )
+    splits = make_splits(exp, ds.y)
+    splits.validate(f"{run.splits} (drawn from {ds.name})")
+    data_digest = content_digest(ds.name.split(":")[0], ds.x, ds.y)
+    report.seconds["data"] = time.perf_counter() - t0
+    planned, report.not_produced = plan(exp)
+    manifest = _load_manifest(run, console)
+    keys = {p.id: build_key(exp, p, data_digest, _owner_digest(splits, p.role, p.shadow)) for p in planned}
+    return BuildContext(exp, run, data_dir, ds, splits, planned, keys, manifest, report, console, on_artifact)
+
+
+def _triage(
+    ctx: BuildContext, force: bool
+) -> tuple[list[tuple[ArtifactRecord, Path]], list[PlannedArtifact]]:
+    """(records no longer in the config with their files, artifacts to build): the rest are up to date. Checks that
+    each framework still to build has its builder, and each stale file lies inside ``artifacts/``."""
+    wanted = {p.id for p in ctx.planned}
+    stale = [r for r in ctx.manifest.artifacts if r.framework in FRAMEWORKS_BUILT and r.id not in wanted]
+    stale_files = [ctx.run.artifact_path(r) for r in stale]  # checked inside artifacts/ before anything is deleted
+    existing = {a.id: a for a in ctx.manifest.artifacts if a not in stale}
+    todo = [p for p in ctx.planned if force or not _up_to_date(ctx.run, existing.get(p.id), ctx.keys[p.id])]
+    ctx.report.skipped = [p.id for p in ctx.planned if p not in todo]
+    for fw in sorted({p.framework for p in todo}):  # a missing framework fails now, not after the commit
+        _builder(fw)
+    return list(zip(stale, stale_files)), todo
+
+
+def _commit(
+    ctx: BuildContext, stale: list[tuple[ArtifactRecord, Path]], todo: list[PlannedArtifact], config_bytes: bytes,
+    force: bool,
+) -> None:  # fmt: skip
+    """Commit the new configuration: first drop from the manifest every record that no longer matches it (variants
+    dropped from the config, artifacts about to be rebuilt), so an interrupted build never lists an artifact that
+    disagrees with experiment.toml; then splits.npz, threat_model.json and experiment.toml; then delete the dropped
+    variants' files (and, with ``force``, the builders' caches)."""
+    run, manifest = ctx.run, ctx.manifest
+    rebuilt = {p.id for p in todo}
+    dropped = [rec for rec, _ in stale]
+    kept = [a for a in manifest.artifacts if a not in dropped and a.id not in rebuilt]
+    changed = len(kept) != len(manifest.artifacts)
+    manifest.artifacts = kept
+    run.root.mkdir(parents=True, exist_ok=True)
+    if changed or not run.manifest.is_file():
+        manifest.save(run.manifest)
+    _save_splits(run, ctx.splits)
+    write_threat_model(run, build_threat_model(ctx.exp, ctx.splits, sha256_file(run.splits)))
+    _write_if_changed(run.experiment, config_bytes)
+    for rec, path in stale:  # variants no longer in the config
+        path.unlink(missing_ok=True)
+        ctx.report.removed.append(rec.id)
+    if force:
+        for d in CACHE_DIRS.values():
+            shutil.rmtree(run.artifacts_dir / d, ignore_errors=True)
 
 
 def build_into(
@@ -466,61 +576,19 @@ def build_into(
 
     ``on_artifact`` is called after each artifact's record is saved to manifest.json (progress hooks, tests).
     """
-    console = console or Console()
-    report = BuildReport()
-    run = RunDir(run_root)
-    # 1. validate everything that can be checked, writing nothing: a refused build leaves the run byte-identical
-    run.require_writable("build", "artifacts")
-    t0 = time.perf_counter()
-    ds: Dataset = load_dataset(
-        exp.data.dataset, data_dir or (Path(exp.data.data_dir) if exp.data.data_dir else None), exp.data.download
-    )
-    splits = make_splits(exp, ds.y)
-    splits.validate(f"{run.splits} (drawn from {ds.name})")
-    data_digest = content_digest(ds.name.split(":")[0], ds.x, ds.y)
-    report.seconds["data"] = time.perf_counter() - t0
-
-    planned, not_produced = plan(exp)
-    report.not_produced = not_produced
-    manifest = _load_manifest(run, console)
-    wanted = {p.id for p in planned}
-    stale = [r for r in manifest.artifacts if r.framework in FRAMEWORKS_BUILT and r.id not in wanted]
-    stale_files = [run.artifact_path(r) for r in stale]  # checked inside artifacts/ before anything is deleted
-    existing = {a.id: a for a in manifest.artifacts if a not in stale}
-    keys = {p.id: build_key(exp, p, data_digest, _owner_digest(splits, p.role, p.shadow)) for p in planned}
-    todo = [p for p in planned if force or not _up_to_date(run, existing.get(p.id), keys[p.id])]
-    report.skipped = [p.id for p in planned if p not in todo]
-    for fw in sorted({p.framework for p in todo}):  # a missing framework fails now, not after the commit below
-        _builder(fw)
-
-    # 2. commit the new configuration: first drop from the manifest every record that no longer matches it (variants
-    # dropped from the config, artifacts about to be rebuilt), so an interrupted build never lists an artifact that
-    # disagrees with experiment.toml; then splits.npz and experiment.toml; then delete the dropped variants' files
-    rebuilt = {p.id for p in todo}
-    kept = [a for a in manifest.artifacts if a not in stale and a.id not in rebuilt]
-    changed = len(kept) != len(manifest.artifacts)
-    manifest.artifacts = kept
-    run.root.mkdir(parents=True, exist_ok=True)
-    if changed or not run.manifest.is_file():
-        manifest.save(run.manifest)
-    _save_splits(run, splits)
-    write_threat_model(run, build_threat_model(exp, splits, sha256_file(run.splits)))
-    _write_if_changed(run.experiment, config_bytes)
-    for rec, path in zip(stale, stale_files):  # variants no longer in the config
-        path.unlink(missing_ok=True)
-        report.removed.append(rec.id)
-    if force:
-        for d in CACHE_DIRS.values():
-            shutil.rmtree(run.artifacts_dir / d, ignore_errors=True)
+    ctx = _prepare(exp, RunDir(run_root), data_dir, console or Console(), on_artifact)
+    run, report = ctx.run, ctx.report
+    stale, todo = _triage(ctx, force)
+    _commit(ctx, stale, todo, config_bytes, force)
     if not todo:
-        console.print(f"build: all {len(planned)} artifacts up to date in {esc(run.root)}")
+        ctx.console.print(f"build: all {len(ctx.planned)} artifacts up to date in {esc(run.root)}")
         if not run.manifest.is_file():
-            manifest.save(run.manifest)
+            ctx.manifest.save(run.manifest)
         return report
 
-    console.print(
-        f"build: {len(todo)} of {len(planned)} artifacts to build ({len(report.skipped)} up to date) "
-        f"from {esc(ds.name)} [{len(ds)} examples] into {esc(run.root)}"
+    ctx.console.print(
+        f"build: {len(todo)} of {len(ctx.planned)} artifacts to build ({len(report.skipped)} up to date) "
+        f"from {esc(ctx.ds.name)} [{len(ctx.ds)} examples] into {esc(run.root)}"
     )
     jobs: dict[tuple[str, str, int | None], list[PlannedArtifact]] = {}
     for p in todo:  # one unit per (framework, owner), its artifacts in plan order
@@ -528,14 +596,12 @@ def build_into(
     own_executor = executor is None
     ex = executor if executor is not None else make_executor(execution, run.root)
     try:
-        _run_units(exp, run, data_dir, ds, splits, jobs, keys, planned, manifest, ex, report, console, on_artifact)
+        _run_units(ctx, jobs, ex)
     finally:
         if own_executor:
             ex.close()
-    # keep the manifest in plan order (stable diffs, predictable listings)
-    order = {p.id: i for i, p in enumerate(planned)}
-    manifest.artifacts.sort(key=lambda a: order.get(a.id, len(order)))
-    manifest.save(run.manifest)
+    ctx.sort_manifest()
+    ctx.manifest.save(run.manifest)
     return report
 
 
@@ -557,7 +623,7 @@ def build_run(
         out: run directory (default ``runs/<experiment.name>``).
         data_dir: dataset folder (overrides ``data.data_dir`` and the default search path).
         force: rebuild every artifact, including the cached trained models.
-        container: build inside this toolchain image instead (delegated to ``harness.toolchain.containers``).
+        container: build inside this toolchain image instead (delegated to ``harness.toolchain.container_build``).
         engine: container engine (podman | docker) for ``container``.
         execution: where the units run (``harness.execution``: serial, embedded Ray, a cluster); default serial.
         executor: an executor already started (``audit`` shares one between its stages); overrides ``execution``.
@@ -566,7 +632,7 @@ def build_run(
     """
     console = console or Console()
     if container:
-        from harness.toolchain.containers import build_in_container
+        from harness.toolchain.container_build import build_in_container
 
         return build_in_container(experiment, out, data_dir, force, container, engine, console)
     exp = load_experiment(experiment)

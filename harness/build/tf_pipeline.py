@@ -38,12 +38,14 @@ except ImportError:  # TF <= 2.15 (e.g. toolchain-tf:2.14.0): tf.keras is Keras 
 
 from rundir import atomic_path, atomic_write_bytes  # noqa: E402
 from harness.build.artifacts import (  # noqa: E402
-    NOTICE,
+    CACHE_DIRS,
     BuiltArtifact,
     artifact_id,
-    cache_record_path,
+    cache_entry_prefix,
     check_cache_entry,
     content_digest,
+    first_line,
+    read_cache_entry,
     write_cache_record,
 )
 from harness.config import Experiment, TrainSection, parse_variant  # noqa: E402
@@ -51,7 +53,8 @@ from harness.data import OwnerData  # noqa: E402
 from harness.errors import HarnessError  # noqa: E402
 
 Progress = Callable[[str], None]
-CACHE_DIR = "tf-cache"  # under out_dir: trained and fine-tuned Keras models keyed by content hash
+FRAMEWORK = "tf"
+CACHE_DIR = CACHE_DIRS[FRAMEWORK]  # under out_dir: trained and fine-tuned Keras models keyed by content hash
 _MODEL_STEPS = ("prune-", "cluster-", "qat-int8")
 
 
@@ -384,16 +387,11 @@ def _cached(
     path: Path, key: str, recipe: dict[str, Any], make: Callable[[], keras.Model], say: Progress
 ) -> keras.Model:
     """The verified cache entry at ``path``; when it is missing, stale or refused: ``make()`` it and cache it."""
-    for p in (path, cache_record_path(path)):
-        if p.is_dir() and not p.is_symlink():
-            raise HarnessError(
-                f"{p}: a folder where the build cache keeps a file; delete it (or run compleak build --force)"
-            )
-    if path.exists() or path.is_symlink():
-        try:
-            return _load_verified(path, key, recipe)
-        except ValueError as exc:
-            say(f"{NOTICE} tf cache {path.name} refused ({exc}); rebuilding it")
+    model = read_cache_entry(
+        path, lambda p: _load_verified(p, key, recipe), say, "tf cache {name} refused ({why}); rebuilding it"
+    )
+    if model is not None:
+        return model
     model = make()
     _save_keras(model, path, key, recipe)
     return model
@@ -482,8 +480,7 @@ def convert(model: keras.Model, quant: str | None, owner: OwnerData, exp: Experi
             warnings.simplefilter("ignore", UserWarning)
             return conv.convert()
     except Exception as exc:  # converter errors are long multi-line dumps
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
-        raise HarnessError(f"TF-Lite conversion ({quant or 'float32'}) failed: {first}") from None
+        raise HarnessError(f"TF-Lite conversion ({quant or 'float32'}) failed: {first_line(exc)}") from None
 
 
 # --------------------------------------------------------------------------- the builder
@@ -533,6 +530,57 @@ def apply_step(
     raise HarnessError(f"'{step}' is not a model-level compression step; allowed: prune-S, cluster-K, qat-int8")
 
 
+def _cache_entry(cache: Path, tag: str, applied: list[str], key: str) -> Path:
+    """``tf-cache/tf-{tag}-{steps}-{key[:16]}.keras``: the cached Keras model after ``applied`` (``original`` when
+    none)."""
+    return cache / f"{cache_entry_prefix(FRAMEWORK, tag)}{'+'.join(applied) or 'original'}-{key[:16]}.keras"
+
+
+def _variant_model(
+    exp: Experiment, owner: OwnerData, cache: Path, tag: str, variant: str, key: str, progress: Progress | None
+) -> tuple[keras.Model, Path]:
+    """The Keras model behind ``variant`` (trained, then each model-level step applied and fine-tuned; a QAT variant
+    ends with its quantization-aware training) and its entry in ``cache``; every stage comes from the verified cache
+    when it is there, else is built and cached. ``key``: :func:`original_key` of the owner."""
+    model_steps, quant = _steps_of(variant)
+    say = progress or (lambda _msg: None)
+    source = _cache_entry(cache, tag, [], key)
+    model = _cached(source, key, model_recipe(exp, owner), lambda: train_model(exp, owner, tag, progress), say)
+    applied: list[str] = []
+    for step in [s for s in model_steps if s != "qat-int8"] + (["qat-int8"] if quant == "qat-int8" else []):
+        key = content_digest(key, step, exp.compress.finetune_epochs, exp.compress.finetune_lr, exp.train.batch_size)
+        source = _cache_entry(cache, tag, [*applied, step], key)
+        model = _cached(
+            source,
+            key,
+            model_recipe(exp, owner, qat=step == "qat-int8"),
+            lambda prev=model, step=step, done=list(applied): apply_step(prev, step, done, exp, owner, tag, progress),
+            say,
+        )
+        applied.append(step)
+    return model, source
+
+
+def _compression(exp: Experiment, owner: OwnerData, variant: str, keras_model: str) -> dict[str, Any]:
+    """The manifest's compression record of ``variant``, whose converted model is the cache entry ``keras_model``."""
+    model_steps, quant = _steps_of(variant)
+    compression: dict[str, Any] = {"steps": parse_variant(variant), "keras_model": keras_model}
+    for s in model_steps:
+        if s.startswith("prune-"):
+            compression["sparsity"] = float(s[6:])
+        elif s.startswith("cluster-"):
+            compression["clusters"] = int(s[8:])
+    if quant is not None:
+        compression["quantization"] = quant
+        compression["io"] = "float32"
+    if quant in ("int8", "qat-int8"):
+        compression["representative_samples"] = min(exp.compress.representative_samples, len(owner.x_train))
+    if model_steps or quant == "qat-int8":
+        compression["finetune_epochs"] = _finetune_epochs(exp)
+        compression["finetune_lr"] = exp.compress.finetune_lr
+    return compression
+
+
 def build_variants(
     exp: Experiment,
     owner: OwnerData,
@@ -562,57 +610,21 @@ def build_variants(
     # built before (serial build vs a Ray worker)
     keras.backend.clear_session()
     out_dir = Path(out_dir)
-    cache = out_dir / CACHE_DIR
     say = progress or (lambda _msg: None)
     key0 = original_key(exp, owner)
-
-    original_path = cache / f"tf-{tag}-original-{key0[:16]}.keras"
     built = []
     for variant in variants:
-        model_steps, quant = _steps_of(variant)
-        model = _cached(original_path, key0, model_recipe(exp, owner), lambda: train_model(exp, owner, tag, progress),
-                        say)
-        source, key = original_path, key0
-        applied: list[str] = []
-        for step in [s for s in model_steps if s != "qat-int8"] + (["qat-int8"] if quant == "qat-int8" else []):
-            key = content_digest(
-                key, step, exp.compress.finetune_epochs, exp.compress.finetune_lr, exp.train.batch_size
-            )
-            source = cache / f"tf-{tag}-{'+'.join([*applied, step])}-{key[:16]}.keras"
-            model = _cached(
-                source,
-                key,
-                model_recipe(exp, owner, qat=step == "qat-int8"),
-                lambda prev=model, step=step, done=list(applied): apply_step(
-                    prev, step, done, exp, owner, tag, progress
-                ),
-                say,
-            )
-            applied.append(step)
+        model, source = _variant_model(exp, owner, out_dir / CACHE_DIR, tag, variant, key0, progress)
         say(f"tf {tag} {variant}: converting to TF-Lite")
-        data = convert(model, quant, owner, exp)
-        path = out_dir / artifact_id("tf", tag, variant, "tflite")
+        data = convert(model, _steps_of(variant)[1], owner, exp)
+        path = out_dir / artifact_id(FRAMEWORK, tag, variant, "tflite")
         atomic_write_bytes(path, data)
-        compression: dict[str, Any] = {"steps": parse_variant(variant), "keras_model": str(source.relative_to(out_dir))}
-        for s in model_steps:
-            if s.startswith("prune-"):
-                compression["sparsity"] = float(s[6:])
-            elif s.startswith("cluster-"):
-                compression["clusters"] = int(s[8:])
-        if quant is not None:
-            compression["quantization"] = quant
-            compression["io"] = "float32"
-        if quant in ("int8", "qat-int8"):
-            compression["representative_samples"] = min(exp.compress.representative_samples, len(owner.x_train))
-        if model_steps or quant == "qat-int8":
-            compression["finetune_epochs"] = max(1, exp.compress.finetune_epochs)
-            compression["finetune_lr"] = exp.compress.finetune_lr
         built.append(
             BuiltArtifact(
                 variant=variant,
                 format="tflite",
                 path=path,
-                compression=compression,
+                compression=_compression(exp, owner, variant, str(source.relative_to(out_dir))),
                 toolchain=toolchain(),
                 output_kind="logits",
             )

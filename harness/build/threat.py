@@ -15,8 +15,6 @@ import numpy as np
 
 from rundir import RunDir, Splits, atomic_write_json
 
-THREAT_MODEL_FILE = "threat_model.json"
-
 
 def _sizes(arrays: list[np.ndarray]) -> dict[str, int]:
     n = [int(len(a)) for a in arrays]
@@ -121,7 +119,7 @@ def build_threat_model(exp: Any, splits: Splits, splits_sha256: str | None = Non
 
 def write_threat_model(run: RunDir, doc: dict[str, Any]) -> None:
     """Write ``RUN/threat_model.json`` atomically, only when its content changes."""
-    path = run.root / THREAT_MODEL_FILE
+    path = run.threat_model
     try:
         small = path.is_file() and path.stat().st_size < (1 << 20)  # bounded read of a file in the run
         if small and json.loads(path.read_text()) == json.loads(json.dumps(doc)):

@@ -1,6 +1,3 @@
-"""The command line: the Typer app (:mod:`harness.cli.main`), the quiet terminal (:mod:`harness.cli.quiet`) and the
-``devices`` / ``runners`` command groups. ``compleak`` is :func:`harness.cli.main.main`."""
-
-from harness.cli.main import app, main
-
-__all__ = ["app", "main"]
+"""The command line: the Typer app and its commands (:mod:`harness.cli.main`; ``compleak`` is
+:func:`harness.cli.main.main`, ``python -m harness.cli`` the same), the quiet terminal (:mod:`harness.cli.quiet`) and
+the ``devices`` / ``runners`` command groups (:mod:`harness.cli.devices`, :mod:`harness.cli.runners`)."""

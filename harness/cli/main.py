@@ -593,7 +593,7 @@ def devices_up(
     port: Optional[int] = typer.Option(None, "--port", help="loopback port for ssh (default: a free one)"),
 ) -> None:
     """Start an emulated edge device container as an SSH device and print its ssh:// URI."""
-    from harness.toolchain.containers import edge_up
+    from harness.toolchain.edge import edge_up
 
     uri = edge_up(name, runtimes=runtime, engine=engine, port=port, console=console)
     console.print(uri, markup=False, highlight=False)
@@ -609,7 +609,7 @@ def devices_down(
     engine: Optional[str] = typer.Option(None, "--engine", help=ENGINE_HELP),
 ) -> None:
     """Stop an edge device container started by 'devices up'."""
-    from harness.toolchain.containers import edge_down
+    from harness.toolchain.edge import edge_down
 
     edge_down(name, engine=engine, console=console)
 
@@ -625,7 +625,7 @@ def images_base(
     force: bool = typer.Option(False, "--force", help="rebuild the image even if it exists"),
 ) -> None:
     """Build a Debian base image with debootstrap and import it (for hosts without a registry)."""
-    from harness.toolchain.containers import build_base_image
+    from harness.toolchain.rootfs import build_base_image
 
     console.print(build_base_image(arch, engine=engine, force=force, console=console), markup=False)
 
@@ -644,7 +644,7 @@ def images_build(
     ),
 ) -> None:
     """Build one of the project's images from docker/."""
-    from harness.toolchain.containers import build_image
+    from harness.toolchain.images import build_image
 
     console.print(
         build_image(name, arch=arch, engine=engine, force=force, console=console, runtimes=runtime or None),

@@ -33,7 +33,9 @@ from rich.console import Console
 
 from rundir import sha256_file
 from devices.native.bundle import MACHINE_OF_ARCH, SOURCE_DIR
-from harness.toolchain.containers import EXECUTORCH_VERSION, _check_arch, _say, host_arch
+from harness.toolchain.engine import say
+from harness.toolchain.images import EXECUTORCH_VERSION
+from harness.toolchain.rootfs import check_arch, host_arch
 from harness.errors import HarnessError
 
 #: ai-edge-litert release whose libLiteRt.so a cross-built bundle carries (the host build uses the installed one)
@@ -51,19 +53,19 @@ def wheel_cache_dir(arch: str) -> Path:
     """``<cache>/wheels/<arch>``: where the target's wheels are downloaded and unpacked."""
     from devices.known_devices import cache_dir
 
-    return cache_dir() / "wheels" / _check_arch(arch)
+    return cache_dir() / "wheels" / check_arch(arch)
 
 
 def pip_platforms(arch: str) -> list[str]:
     """``--platform`` values for ``pip download``: every manylinux tag the target's glibc can load."""
-    machine = MACHINE_OF_ARCH[_check_arch(arch)]
+    machine = MACHINE_OF_ARCH[check_arch(arch)]
     tags = [f"manylinux_2_{minor}_{machine}" for minor in range(TARGET_GLIBC[1], 16, -1)]
     return tags + [f"manylinux2014_{machine}"]
 
 
 def toolchain_file(arch: str) -> Path | None:
     """The CMake toolchain file that cross-compiles for ``arch`` on this host (None: ``arch`` is the host's)."""
-    _check_arch(arch)
+    check_arch(arch)
     if arch == host_arch():
         return None
     triple = CROSS_TRIPLES.get(arch)
@@ -76,7 +78,7 @@ def toolchain_file(arch: str) -> Path | None:
 
 def check_cross_compiler(arch: str) -> str:
     """The cross C++ compiler for ``arch`` (its path); one-line error naming the Debian package when it is missing."""
-    triple = CROSS_TRIPLES[_check_arch(arch)]
+    triple = CROSS_TRIPLES[check_arch(arch)]
     exe = shutil.which(f"{triple}-g++")
     if exe is None:
         raise HarnessError(f"{triple}-g++ not found: install Debian's cross toolchain "
@@ -99,7 +101,7 @@ def _download(requirement: str, arch: str, dest: Path, console: Console | None) 
             "--disable-pip-version-check", "-q", "-d", str(dest), requirement]
     for tag in pip_platforms(arch):
         argv += ["--platform", tag]
-    _say(console, f"fetching {requirement} for {arch} (pip download)")
+    say(console, f"fetching {requirement} for {arch} (pip download)")
     try:
         res = subprocess.run(argv, capture_output=True, text=True, timeout=1800)
     except subprocess.TimeoutExpired:
@@ -143,7 +145,7 @@ def fetch_wheels(arch: str, force: bool = False, console: Console | None = None)
     Downloads and unpacks once; an existing unpacked folder is reused unless ``force``. The libraries are checked to
     be ELF files for ``arch``.
     """
-    _check_arch(arch)
+    check_arch(arch)
     folder = wheel_cache_dir(arch)
     record = folder / "wheels.json"
     wanted = {"executorch": EXECUTORCH_VERSION, "ai-edge-litert": LITERT_VERSION}
@@ -155,7 +157,7 @@ def fetch_wheels(arch: str, force: bool = False, console: Console | None = None)
         if have.get("versions") == wanted and (folder / "executorch/lib/libexecutorch.so").is_file() \
                 and (folder / "ai_edge_litert/libLiteRt.so").is_file() \
                 and (folder / f"executorch-{EXECUTORCH_VERSION}.dist-info").is_dir():
-            _say(console, f"{arch} runtime wheels: cached in {folder}")
+            say(console, f"{arch} runtime wheels: cached in {folder}")
             return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
     downloads = folder.parent / f"{arch}-downloads"
@@ -180,7 +182,7 @@ def fetch_wheels(arch: str, force: bool = False, console: Console | None = None)
         if folder.exists():
             shutil.rmtree(folder)
         part.rename(folder)
-    _say(console, f"{arch} runtime wheels: unpacked into {folder}")
+    say(console, f"{arch} runtime wheels: unpacked into {folder}")
     return folder
 
 
