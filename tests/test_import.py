@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 from rundir import Manifest, RunDir, Splits, load_results
 from harness.cli.main import app
 from harness.config import load_experiment
-from harness.importer.stage import experiment_toml
+from harness.importer.experiment import experiment_toml
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "import_shipped_model" / "export_models.py"

@@ -35,7 +35,8 @@ from rundir import (
     save_results,
 )
 from harness.compare import compare_device
-from harness.report.stage import resolvable, write_report
+from harness.report.load import resolvable
+from harness.report.stage import write_report
 from sshd_fixtures import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -240,7 +241,7 @@ def test_report_templates_are_packaged_and_autoescape_every_field(tmp_path: Path
     directory controls in every context: a paragraph, a table's key column, preformatted JSON and plain cells."""
     from importlib import resources
 
-    shipped = {p.name for p in resources.files("harness").joinpath("report_templates").iterdir()}
+    shipped = {p.name for p in resources.files("harness.report").joinpath("templates").iterdir()}
     assert {"base.html.j2", "report.html.j2", "seeds.html.j2", "_macros.html.j2"} <= shipped
     make_synthetic_run(tmp_path, n=40)
     bad = '"><img src=x onerror=alert(1)>'
