@@ -29,8 +29,14 @@ import numpy as np  # noqa: E402
 from rich.console import Console  # noqa: E402
 
 from devices.spec import DeviceSpec  # noqa: E402
-from rundir import ArtifactRecord, Manifest, RunDir, Splits, TensorSpec  # noqa: E402
-from rundir import sha256_file  # noqa: E402
+from rundir import (  # noqa: E402
+    ArtifactRecord,
+    Manifest,
+    RunDir,
+    Splits,
+    TensorSpec,
+    sha256_file,  # noqa: E402
+)
 
 
 def make_run(root: Path, n: int) -> tuple[RunDir, np.ndarray]:

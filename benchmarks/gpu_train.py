@@ -1,6 +1,6 @@
 """GPU training throughput of the paper protocol (issue 13): ResNet-18 on one GPU, and the projected build time.
 
-Trains ``harness.build.torch_pipeline.ResNet18`` with the recipe of ``experiments/paper-cifar10.toml`` (SGD 0.1, momentum
+Trains ``harness.build.torch_zoo.ResNet18`` with the recipe of ``experiments/paper-cifar10.toml`` (SGD 0.1, momentum
 0.9, weight decay 5e-4, cosine schedule, batch 128) on as many examples as that protocol's target member set
 (``target_in`` less its hold-out). Fashion-MNIST stands in for CIFAR-10 (no registry here ships CIFAR-10): each
 28x28 grey image is padded to 32x32 and repeated to 3 channels, so the tensors are the CIFAR shape 32x32x3.
@@ -44,10 +44,11 @@ def main() -> None:
         fail(f"no CUDA GPU visible to torch {torch.__version__} on this machine; run this script on a GPU machine "
              "with a CUDA build of torch")  # fmt: skip
 
+    from harness.build.torch_train import torch_settings, train_model
+    from harness.build.torch_zoo import ResNet18
     from harness.config import load_experiment
     from harness.data import OwnerData, load_dataset
     from harness.errors import HarnessError
-    from harness.build.torch_pipeline import ResNet18, _torch_settings, train_model
 
     exp = load_experiment(PROTOCOL)
     try:
@@ -70,7 +71,7 @@ def main() -> None:
     name = torch.cuda.get_device_name(0)
     print(f"ResNet-18, {len(y)} examples 32x32x3 (Fashion-MNIST for CIFAR-10), batch {train.batch_size}, "
           f"{train.optimizer} lr {train.lr} {train.lr_schedule}, on {name}")  # fmt: skip
-    with _torch_settings(max(1, torch.get_num_threads())):
+    with torch_settings(max(1, torch.get_num_threads())):
         train_model(model, owner, train, epochs=1, lr=train.lr, seed=0)  # warm-up: cuDNN, allocator
         torch.cuda.synchronize()
         t = time.perf_counter()

@@ -156,13 +156,13 @@ def bench_farm(run: Path, tmp: Path, n_devices: int, delay_ms: int, repeats: int
     ``delay_ms`` of added device -> host latency: netem in the device's namespace where the kernel has it, else
     the userspace delay line of ``benchmarks/latency_proxy.py``. Prints the method, the measured added latency,
     per-repetition seconds, medians and the load average."""
+    from latency_proxy import start_proxy
     from rich.console import Console
+    from sshd_fixtures import start_sshd
 
     from devices.spec import DeviceSpec
     from harness.collect.fanout import AuditDevice, collect_devices, prestart_collect_actors
     from harness.execution import ExecOptions, RayExecutor, SerialExecutor
-    from latency_proxy import start_proxy
-    from sshd_fixtures import start_sshd
 
     servers, proxy = [], None
     load_before = os.getloadavg()

@@ -31,7 +31,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from rundir import ContractError, ResultRow, RunDir, load_npz as _load_npz, device_dirname, load_results as _read_rows
+from rundir import ContractError, ResultRow, RunDir, device_dirname
+from rundir import load_npz as _load_npz
+from rundir import load_results as _read_rows
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -77,22 +79,19 @@ def _device_ids(rd: RunDir) -> dict[str, str]:
 
 def _rows_of(root: Path, seed: int | None) -> list[RunResult]:
     rd = RunDir(root)
-    base = root / "attacks"
-    if base.is_symlink() or not base.is_dir():
-        return []
-    ids = _device_ids(rd)
+    folders = rd.attack_folders()
+    ids = _device_ids(rd) if folders else {}
     out: list[RunResult] = []
-    for d in sorted(p for p in base.iterdir() if p.is_dir() and not p.is_symlink()):
-        res = d / "results.json"
+    for name, res in folders:
         if res.is_symlink() or not res.is_file():
             continue
         rows = _read_rows(res)
-        device = ids.get(d.name)
+        device = ids.get(name)
         if device is None:  # no outputs here (an imported or trimmed run): the rows may say, if it names this folder
             named = {(r.model_extra or {}).get("device") for r in rows}
             one = named.pop() if len(named) == 1 else None
-            device = one if isinstance(one, str) and one and device_dirname(one) == d.name else d.name
-        out += [RunResult(device, d.name, seed, r, res) for r in rows]
+            device = one if isinstance(one, str) and one and device_dirname(one) == name else name
+        out += [RunResult(device, name, seed, r, res) for r in rows]
     return out
 
 

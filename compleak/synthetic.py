@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import softmax
 
-from rundir import OutputBatch, Splits
 from compleak.samia import PerturbedBatch
+from rundir import OutputBatch, Splits
 
 
 @dataclass(frozen=True)

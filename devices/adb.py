@@ -27,7 +27,13 @@ import time
 from pathlib import Path
 
 from devices.base import (
-    LIBC_SCRIPT, PRIVATE_BASE_CHECK, CommandResult, Device, DeviceProperties, _keyed, unsafe_base_error,
+    LIBC_SCRIPT,
+    PRIVATE_BASE_CHECK,
+    CommandResult,
+    Device,
+    DeviceProperties,
+    _keyed,
+    unsafe_base_error,
 )
 from devices.errors import DeviceError, UnreachableDevice
 

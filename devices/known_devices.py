@@ -17,8 +17,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rundir import atomic_path
 from devices.errors import DeviceError
+from rundir import atomic_path
 
 
 def cache_dir() -> Path:

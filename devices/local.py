@@ -13,8 +13,8 @@ import tempfile
 import threading
 import time
 from contextlib import contextmanager
-from typing import Iterator
 from pathlib import Path
+from typing import Iterator
 
 from devices.base import (
     JOB_MARKER,

@@ -12,7 +12,6 @@ Everything for one device goes to ``RUN/compare/<device>.json`` (atomic); defini
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,21 +20,18 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from rundir import (
-    ArtifactRecord,
-    ContractError,
-    Manifest,
-    OutputBatch,
-    ResultRow,
-    RunDir,
-    atomic_write_json,
-    device_dirname,
-    load_results,
-)
 from compleak.signals import log_posterior
 from harness.errors import HarnessError, esc
+from harness.progress import stage_progress
+from rundir import load_json
+from rundir.errors import ContractError
+from rundir.files import atomic_write_json
+from rundir.layout import RunDir
+from rundir.manifest import ArtifactRecord, Manifest
+from rundir.names import device_dirname
+from rundir.outputs import OutputBatch
+from rundir.results import ResultRow, load_results
 
 HOST = "local"
 COMPARE_VERSION = 1
@@ -223,8 +219,8 @@ def _up_to_date(out: Path, fingerprint: str) -> bool:
     if not out.is_file():
         return False
     try:
-        old = json.loads(out.read_text())
-    except (OSError, ValueError):  # unreadable or malformed: recompute it
+        old = load_json(out, COMPARE_MAX_BYTES)
+    except ContractError:  # unreadable or malformed: recompute it
         return False
     return isinstance(old, dict) and old.get("fingerprint") == fingerprint and old.get("version") == COMPARE_VERSION
 
@@ -323,10 +319,7 @@ def compare_run(
         fits = FitCache()
     console = console or Console()
     written = []
-    with Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        TimeRemainingColumn(), console=console, transient=False,
-    ) as progress:
+    with stage_progress(console) as progress:
         overall = progress.add_task(f"compare: 0/{len(devices)} devices", total=len(devices))
         for n, d in enumerate(devices):
             task = progress.add_task(f"  {esc(d)}: artifacts, then host-shadow attacks", total=None)
@@ -384,11 +377,9 @@ def load_compare(run: Path) -> dict[str, dict[str, Any]]:
         if not p.is_file() or p.stat().st_size > COMPARE_MAX_BYTES:
             raise ContractError(f"{p}: not a regular file of at most {COMPARE_MAX_BYTES >> 20} MiB; {fix}")
         try:
-            obj = json.loads(p.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise ContractError(f"{p}: invalid JSON at line {exc.lineno}: {exc.msg}; {fix}") from None
-        except UnicodeDecodeError:
-            raise ContractError(f"{p}: not UTF-8 text; {fix}") from None
+            obj = load_json(p, COMPARE_MAX_BYTES)
+        except ContractError as exc:
+            raise ContractError(f"{exc}; {fix}") from None
         try:
             CompareFile.model_validate(obj)
         except ValidationError as exc:

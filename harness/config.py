@@ -15,9 +15,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from rundir.vocabulary import BASELINES, FAMILIES
-
 from rundir import NAME_HELP, name_problem
+from rundir.vocabulary import BASELINES, FAMILIES
 
 ARCHS = ("cnn-small", "resnet18", "vgg16-bn", "mobilenetv2")
 FRAMEWORKS = ("tf", "torch")

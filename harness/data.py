@@ -30,8 +30,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from rundir import Splits, atomic_path
 from harness.errors import HarnessError
+from rundir import Splits, atomic_path
 
 if TYPE_CHECKING:
     from rich.console import Console

@@ -17,11 +17,25 @@ class HarnessError(RuntimeError):
     """A problem in orchestration (build, collect, attack stage, report) that the user can fix."""
 
 
+class Terminated(BaseException):
+    """SIGTERM arrived: raised in the main thread so that every ``with`` block closes (executors stop Ray, locks
+    are released) and finished work stays on disk; the CLI prints one line and exits 143."""
+
+
+def on_sigterm(signum: int, frame: object) -> None:
+    """The SIGTERM handler the CLI installs: raise :class:`Terminated` in the main thread, once (a second SIGTERM
+    during the clean-up is ignored, so the clean-up finishes)."""
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise Terminated()
+
+
 def user_errors() -> tuple[type[BaseException], ...]:
     """All exception types that are reported as one line (imported lazily to keep packages independent)."""
-    from rundir import ContractError
     from devices.errors import DeviceError
     from harness.config import ConfigError
+    from rundir import ContractError
 
     return (HarnessError, ContractError, ConfigError, DeviceError)
 

@@ -5,17 +5,25 @@ The tables are ``compleak.results.load_results`` (one row per attack result, fla
 example, a column per attack). The file is written atomically; by default into ``RUN/report/`` beside the HTML
 report (``results.csv``, ``scores.parquet``, ...), so a CI job that uploads the report uploads it too. ``-`` writes
 CSV or JSON to standard output.
+
+An export never destroys (docs/ci.md, "Exports"): ``--out`` must be a new file or a regular file (never a device, a
+FIFO, a socket or a symbolic link), outside the run or inside ``RUN/exports/`` (a run's own files are never
+replaced); CSV follows RFC 4180 (CRLF rows, every field holding a CR or LF quoted) and a text cell a spreadsheet
+would run as a formula (starting with ``=``, ``+``, ``-``, ``@``, a tab or a CR: OWASP's list) is prefixed with
+``'``; files are created with the user's umask.
 """
 
 from __future__ import annotations
 
+import os
+import stat
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from compleak.results import load_all_scores, load_results
-from rundir import RunDir, atomic_path
 from harness.errors import HarnessError
+from rundir import RunDir, atomic_path
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -37,12 +45,29 @@ def default_out(run: Path | str, fmt: str, scores: bool = False) -> Path:
     return RunDir(run).report_dir / f"{'scores' if scores else 'results'}{SUFFIX[fmt]}"
 
 
+#: the first characters that make a spreadsheet evaluate a cell (OWASP, "CSV Injection")
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def neutralised(df: "pd.DataFrame") -> "pd.DataFrame":
+    """``df`` with every text cell that starts like a formula (:data:`FORMULA_START`) prefixed with ``'``; numbers
+    are left alone (a negative AUC delta stays a number)."""
+    from pandas.api.types import is_numeric_dtype
+
+    out = df.copy()
+    for col in out.columns:
+        if not is_numeric_dtype(out[col].dtype):
+            out[col] = [f"'{v}" if isinstance(v, str) and v.startswith(FORMULA_START) else v for v in out[col]]
+    return out
+
+
 def write_table(df: "pd.DataFrame", out: Path, fmt: str) -> None:
-    """Write ``df`` to ``out`` atomically in ``fmt`` (csv: RFC 4180 with a header; parquet: pyarrow, no index;
-    json: a list of records, NaN as null)."""
+    """Write ``df`` to ``out`` atomically in ``fmt`` (csv: RFC 4180 with a header, CRLF rows, formula cells
+    neutralised; parquet: pyarrow, no index; json: a list of records, NaN as null). The file gets the user's
+    umask."""
     with atomic_path(out, keep_suffix=True) as tmp:
         if fmt == "csv":
-            df.to_csv(tmp, index=False)
+            neutralised(df).to_csv(tmp, index=False, lineterminator="\r\n")
         elif fmt == "json":
             df.to_json(tmp, orient="records", indent=2, force_ascii=False)
         else:
@@ -51,7 +76,32 @@ def write_table(df: "pd.DataFrame", out: Path, fmt: str) -> None:
             except ImportError:
                 raise HarnessError("--format parquet needs pyarrow; install it with 'pip install pyarrow'") from None
             df.to_parquet(tmp, engine="pyarrow", index=False)
-    out.chmod(0o644)
+
+
+_KINDS = {stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device", stat.S_IFIFO: "a FIFO",
+          stat.S_IFSOCK: "a socket", stat.S_IFLNK: "a symbolic link"}
+
+
+def check_out(run: Path | str, target: Path, default: Path) -> None:
+    """Refuse an ``--out`` that an export could destroy: anything but a new file or a regular file; a folder; a file
+    inside the run other than the default export and ``RUN/exports/*``."""
+    try:
+        st = os.lstat(target)
+    except FileNotFoundError:
+        st = None
+    except OSError as exc:
+        raise HarnessError(f"--out {target}: cannot be checked ({exc.strerror}); give a new file") from None
+    if st is not None and stat.S_ISDIR(st.st_mode):
+        raise HarnessError(f"--out {target}: is a folder; give a file name such as {target / default.name}")
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        kind = _KINDS.get(stat.S_IFMT(st.st_mode), "not a regular file")
+        raise HarnessError(f"--out {target}: is {kind}; an export writes a new file or replaces a regular one")
+    root = Path(run).resolve()
+    where = target.parent.resolve() / target.name
+    exports = RunDir(root).exports_dir
+    if where.is_relative_to(root) and where != default.resolve() and not where.is_relative_to(exports):
+        raise HarnessError(f"--out {target}: lies inside the run {run}, whose own files are never replaced; export "
+                           f"outside the run or into {exports}/")
 
 
 def export_run(
@@ -66,10 +116,10 @@ def export_run(
         raise HarnessError(f"--format {fmt!r} is not supported; use one of {', '.join(FORMATS)}")
     if str(out) == "-" and fmt == "parquet":
         raise HarnessError("--format parquet cannot go to standard output; give --out FILE.parquet")
-    target = None if str(out) == "-" else Path(out) if out is not None else default_out(run, fmt, scores)
-    if target is not None and target.is_dir():
-        name = default_out(run, fmt, scores).name
-        raise HarnessError(f"--out {target}: is a folder; give a file name such as {target / name}")
+    default = default_out(run, fmt, scores)
+    target = None if str(out) == "-" else Path(out) if out is not None else default
+    if target is not None and out is not None:
+        check_out(run, target, default)
     df = export_table(run, scores)
     if target is None:
         text = df.to_csv(index=False) if fmt == "csv" else df.to_json(orient="records", indent=2, force_ascii=False)

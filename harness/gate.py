@@ -34,8 +34,8 @@ from rich.console import Console
 from rich.table import Table
 
 from compleak.results import RunResult, eps_of, result_rows, tpr_at
-from rundir.vocabulary import ROW_FAMILIES
 from harness.errors import HarnessError, esc
+from rundir.vocabulary import ROW_FAMILIES
 
 MAX_TABLE_ROWS = 40  # tripped rows printed; the rest are counted (a CI log stays readable)
 EXIT_TRIPPED = 3  # the exit status of `compleak check` / `audit --fail-on` when a rule trips
@@ -123,7 +123,8 @@ def _parse_scope(text: str, scope: str) -> tuple[Selector, ...]:
         if "=" not in part:
             fam = next((f for f in ROW_FAMILIES if f.lower() == part.lower()), None)
             if fam is None:
-                raise _bad(text, f"unknown scope {part!r}: a family ({', '.join(ROW_FAMILIES)}) or KEY=PATTERN with KEY "
+                fams = ", ".join(ROW_FAMILIES)
+                raise _bad(text, f"unknown scope {part!r}: a family ({fams}) or KEY=PATTERN with KEY "
                                  f"one of {', '.join(SCOPE_KEYS)}")
             out.append(Selector("family", fam))
             continue
@@ -279,9 +280,13 @@ def evaluate_gate(results: list[RunResult], rules: Sequence[Rule]) -> GateOutcom
         if unresolved:
             out.notes.append(f"{rule.text}: {unresolved} of {len(scoped)} rows cannot resolve {rule.metric_name} "
                              f"({need}) and were not judged")  # fmt: skip
-        if missing:
-            out.notes.append(f"{rule.text}: {missing} of {len(scoped)} rows have no {rule.metric_name} "
-                             "and were not judged")  # fmt: skip
+        if missing:  # fail closed: a row in scope that the gate cannot judge could be the one that trips
+            first = next(r for r in scoped if rule.value(r) == (None, True))
+            raise HarnessError(
+                f"--fail-on {rule.text!r}: {missing} of {len(scoped)} rows in its scope have no {rule.metric_name} "
+                f"(NaN or missing; e.g. {first.row.family} {first.row.method} on {first.device}), so the gate cannot "
+                "judge them; rerun 'compleak attack RUN' to recompute them, or narrow the scope"
+            )
     return out
 
 

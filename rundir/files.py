@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import secrets
 from contextlib import contextmanager
 from pathlib import Path
@@ -92,14 +93,55 @@ def load_npz(path: Path) -> dict[str, np.ndarray]:
         raise ContractError(f"{path}: not a readable .npz file ({exc.__class__.__name__}: {exc})") from None
 
 
-def load_json(path: Path) -> Any:
+#: the largest JSON file of a run read (bytes) and its deepest nesting: run files are untrusted, and Python's parser
+#: recurses; the deepest file a stage writes (a result row's per-class table) is far shallower
+MAX_JSON_BYTES = 256 << 20
+MAX_JSON_DEPTH = 64
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.S)
+
+
+def json_depth(data: bytes) -> int:
+    """The deepest nesting of ``[`` / ``{`` in JSON text ``data`` (brackets inside strings do not count)."""
+    a = np.frombuffer(_JSON_STRING.sub(b'""', data), np.uint8)
+    step = (a == 91).astype(np.int32) + (a == 123) - (a == 93) - (a == 125)  # [ { ] }
+    return int(step.cumsum(dtype=np.int32).max(initial=0))
+
+
+def parse_json(data: bytes, source: object, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """Parse untrusted JSON ``data`` (from ``source``, for the message) after checking its nesting depth; one-line
+    :class:`ContractError` for malformed or too deeply nested text."""
+    depth = json_depth(data)
+    if depth > max_depth:
+        raise ContractError(f"{source}: JSON nested {depth} levels deep (at most {max_depth}); the file is not one "
+                            "this tool writes: restore or re-create it")
+    try:
+        return json.loads(data)
+    except json.JSONDecodeError as exc:
+        raise ContractError(f"{source}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    except (UnicodeDecodeError, RecursionError) as exc:
+        raise ContractError(f"{source}: unreadable JSON ({type(exc).__name__})") from None
+
+
+def read_bounded(path: Path, max_bytes: int, what: str = "file") -> bytes:
+    """At most ``max_bytes`` of the regular file ``path`` (a larger file, a missing one or anything but a regular
+    file is a one-line :class:`ContractError`)."""
     path = Path(path)
     if not path.is_file():
         raise ContractError(f"{path}: file not found")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ContractError(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+        with open(path, "rb") as fh:
+            data = fh.read(max_bytes + 1)
+    except OSError as exc:
+        raise ContractError(f"{path}: cannot read the {what} ({exc.strerror})") from None
+    if len(data) > max_bytes:
+        raise ContractError(f"{path}: {what} larger than {max_bytes >> 20} MiB; the file is not one this tool writes")
+    return data
+
+
+def load_json(path: Path, max_bytes: int = MAX_JSON_BYTES, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """A run's JSON file, read bounded (size and nesting depth) and parsed; one-line :class:`ContractError` naming the
+    file for a missing, oversized, too deeply nested or malformed one. The one way a stage reads a run's JSON."""
+    return parse_json(read_bounded(path, max_bytes, "JSON file"), path, max_depth)
 
 
 def contract_error(exc: ValidationError, prefix: str) -> ContractError:

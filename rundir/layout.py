@@ -3,18 +3,21 @@ itself (see docs/DESIGN.md, "Contracts")."""
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Iterator
 
 from rundir.errors import ContractError
+from rundir.files import load_json
 from rundir.manifest import ArtifactRecord, Manifest
 from rundir.names import check_name, device_dirname, inside_run
 from rundir.outputs import OutputBatch
 from rundir.splits import Splits
 
 SEEDS_DIR = "seeds"
+RESULTS = "results.json"  # attacks/<device>/results.json
+#: the largest provenance file read (bytes): one chunk entry per 32768 queries, a few KiB each
+MAX_PROVENANCE_BYTES = 16 << 20
 PERTURBED = ".perturbed"  # outputs/<device>/<artifact>.perturbed.npz / .json: SAMIA's perturbed queries
 
 
@@ -46,6 +49,7 @@ class RunDir:
     seeds_dir = _At(SEEDS_DIR)  #: ``[experiment] seeds``: one complete run per seed, ``seeds/<seed>/``
     logs_dir = _At("logs")  #: third-party output of each command, ``logs/<command>.log``
     ray_logs_dir = _At("logs", "ray")  #: the embedded Ray's own logs, one folder per session
+    exports_dir = _At("exports")  #: where ``compleak export --out`` may write inside a run
 
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root)
@@ -99,9 +103,18 @@ class RunDir:
     def attacks_dir(self, device_id: str) -> Path:
         return self.root / "attacks" / device_dirname(device_id)
 
+    def attack_folders(self) -> list[tuple[str, Path]]:
+        """(folder name, ``results.json`` path) of every folder under ``attacks/`` (the device folders on disk,
+        whether or not a device id names them; folders and ``attacks/`` itself that are symbolic links are left
+        out: a run is untrusted)."""
+        base = self.root / "attacks"
+        if base.is_symlink() or not base.is_dir():
+            return []
+        return [(d.name, d / RESULTS) for d in sorted(base.iterdir()) if d.is_dir() and not d.is_symlink()]
+
     def results(self, device_id: str) -> Path:
         """``attacks/<device>/results.json``: the attack stage's rows."""
-        return self.attacks_dir(device_id) / "results.json"
+        return self.attacks_dir(device_id) / RESULTS
 
     def scores(self, device_id: str) -> Path:
         """``attacks/<device>/scores.npz``: the attack stage's per-example scores (``compleak.results.load_scores``)."""
@@ -159,9 +172,9 @@ class RunDir:
             device_id = d.name
             for prov in sorted(d.glob("*.json")):
                 try:  # untrusted: anything but {"device": {"id": "<str>"}} keeps the folder name
-                    found = json.loads(prov.read_text(encoding="utf-8"))["device"]["id"]
+                    found = load_json(prov, MAX_PROVENANCE_BYTES)["device"]["id"]
                     device_id = found if isinstance(found, str) and found else d.name
-                except (OSError, ValueError, KeyError, TypeError):
+                except (ContractError, KeyError, TypeError):
                     pass
                 break
             yield device_id, d

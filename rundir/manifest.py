@@ -13,6 +13,7 @@ from rundir.errors import ContractError, UnsafePathError
 from rundir.files import atomic_write_json, contract_error, load_json
 from rundir.names import NAME_HELP, check_name, inside_run, name_problem, relpath_problem
 
+
 class TensorSpec(BaseModel):
     """One input or output tensor of an artifact, as read from the artifact file itself."""
 

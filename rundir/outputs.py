@@ -11,6 +11,7 @@ import numpy as np
 from rundir.errors import ContractError
 from rundir.files import atomic_save_npz, load_npz
 
+
 @dataclass(frozen=True)
 class OutputBatch:
     """Raw outputs of one artifact on one device.

@@ -10,6 +10,7 @@ from rundir.errors import ContractError
 from rundir.files import atomic_write_json, first_error, load_json
 from rundir.vocabulary import RowFamily
 
+
 class ResultRow(BaseModel):
     """One attack result row of ``attacks/<device>/results.json``."""
 

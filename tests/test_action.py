@@ -75,11 +75,11 @@ def test_action_yaml_structure() -> None:
             m = re.match(r"steps\.([\w-]+)\.outputs\.([\w-]+)", e)
             if m:  # an output of an EARLIER step, which that step's script writes
                 src = next(p for p in steps[:i] if p.get("id") == m.group(1))
-                assert f'{m.group(2)}=' in src["run"], e
+                assert f"gh_put {m.group(2)} " in src["run"], e
     for name, spec in action["outputs"].items():
         assert spec.get("description"), name
         sid, out = re.fullmatch(r"\$\{\{ steps\.([\w-]+)\.outputs\.([\w-]+) \}\}", spec["value"]).groups()
-        assert f"{out}=" in next(s for s in steps if s.get("id") == sid)["run"], name
+        assert f"gh_put {out} " in next(s for s in steps if s.get("id") == sid)["run"], name
     upload = next(s for s in steps if s.get("uses", "").startswith("actions/upload-artifact@"))
     assert upload["if"] == "always()" and "${{ inputs.run-dir }}/report/" in upload["with"]["path"]
     assert upload["with"]["name"] == "${{ inputs.artifact-name }}"
@@ -114,6 +114,27 @@ def test_android_workflow_uses_the_action() -> None:
 
 
 # --------------------------------------------------------------------------- the steps, run locally
+
+
+def github_outputs(text: str) -> dict[str, str]:
+    """``$GITHUB_OUTPUT`` read as the runner reads it: ``NAME=VALUE`` lines and ``NAME<<DELIM`` ... ``DELIM``
+    blocks."""
+    out: dict[str, str] = {}
+    lines = text.split("\n")
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        if "<<" in line and ("=" not in line or line.index("<<") < line.index("=")):
+            name, delim = line.split("<<", 1)
+            end = lines.index(delim, i + 1)
+            out[name] = "\n".join(lines[i + 1:end])
+            i = end + 1
+            continue
+        if "=" in line:
+            name, value = line.split("=", 1)
+            out[name] = value
+        i += 1
+    return out
 
 
 class Runner:
@@ -154,7 +175,7 @@ class Runner:
                                   cwd=self.workspace, env=env, capture_output=True, text=True, timeout=900)  # fmt: skip
             self.rc[sid] = proc.returncode
             self.logs[sid] = proc.stdout + proc.stderr
-            self.outputs[sid] = dict(ln.split("=", 1) for ln in out.read_text().splitlines() if "=" in ln)
+            self.outputs[sid] = github_outputs(out.read_text())
 
 
 def test_install_step_takes_a_given_compleak_or_refuses_it(tmp_path: Path) -> None:
@@ -164,7 +185,7 @@ def test_install_step_takes_a_given_compleak_or_refuses_it(tmp_path: Path) -> No
     assert r.outputs["install"] == {"compleak": str(COMPLEAK)}
     r = Runner(tmp_path, {"config": "x.toml", "compleak": str(tmp_path / "nope")})
     r.run(["install"])
-    assert r.rc["install"] == 2 and "::error::compleak input:" in r.logs["install"]
+    assert r.rc["install"] == 2 and "::error::compleak input compleak:" in r.logs["install"]
 
 
 def _gate_run(tmp_path: Path, run: Path, **inputs: str) -> Runner:
@@ -235,3 +256,60 @@ def test_action_audits_the_tiny_config_end_to_end(tiny_run: Path, tmp_path: Path
     assert r.outputs["audit"]["exit-code"] == "0", r.logs["audit"]
     assert (run / "report" / "index.html").is_file() and (run / "report" / "results.csv").is_file()
     assert r.outputs["status"] == {"exit-code": "3", "gate": "failed"} and r.rc["status"] == 3
+
+
+@pytest.mark.parametrize(
+    ("inputs", "name"),
+    [({"run-dir": "runs/x\nexit-code=0"}, "run-dir"), ({"config": "a.toml\n::stop-commands::x"}, "config"),
+     ({"artifact-name": "../up"}, "artifact-name"), ({"fail-job": "maybe"}, "fail-job"),
+     ({"python-version": "3.11; rm -rf /"}, "python-version"), ({"extras": "tf]; x"}, "extras")],
+)
+def test_hostile_inputs_are_refused_before_anything_runs(tmp_path: Path, inputs: dict[str, str], name: str) -> None:
+    r = Runner(tmp_path, {"config": "x.toml", "compleak": str(COMPLEAK), **inputs})
+    r.run(["check"])
+    assert r.rc["check"] == 2 and r.outputs["check"] == {}, r.logs["check"]
+    lines = [ln for ln in r.logs["check"].splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"::error::compleak input {name}:"), lines
+
+
+def test_a_newline_in_a_value_cannot_add_an_output(tmp_path: Path) -> None:
+    """Even a value that reached an output (the audit step records run-dir) stays one output."""
+    r = Runner(tmp_path, {"config": "missing.toml", "compleak": str(COMPLEAK), "run-dir": "runs/a\nexit-code=0",
+                          "extra-args": "--no-ray"})  # fmt: skip
+    r.run(["install", "audit"])
+    assert r.outputs["audit"]["run-dir"] == "runs/a\nexit-code=0"
+    assert r.outputs["audit"]["exit-code"] == "2"
+    r.outputs["gate"] = {}
+    r.run(["status"])
+    assert r.outputs["status"] == {"exit-code": "2", "gate": "error"}
+
+
+WORKFLOWS = sorted((ROOT / ".github" / "workflows").glob("*.yml"))
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_workflow_inputs_reach_scripts_only_through_the_environment(path: Path) -> None:
+    wf = yaml.safe_load(path.read_text())
+    for job in wf["jobs"].values():
+        for step in job["steps"]:
+            script = step.get("run", "")
+            assert "github.event.inputs" not in script and "${{ inputs." not in script, (path.name, step["name"])
+            # a heredoc that expands variables must not paste them into code another tool runs (Gradle, Python)
+            for m in re.finditer(r"<<(['\"]?)(\w+)\1\n(.*?)\n\s*\2\b", script, re.S):
+                assert m.group(1) or "${" not in m.group(3) and "$" not in m.group(3), (path.name, step["name"])
+
+
+@pytest.mark.parametrize(
+    ("path", "env", "expect"),
+    [("native-runner-android.yml", {"LITERT_VERSION": '2.1.0@aar"\n}\nprintln "x'}, "litert-version"),
+     ("android-emulator-audit.yml", {"API_LEVEL": "34; id", "EXPERIMENT": "experiments/fashion-default.toml"},
+      "api-level"),
+     ("android-emulator-audit.yml", {"API_LEVEL": "34", "EXPERIMENT": "../../etc/passwd"}, "experiment")],
+)
+def test_workflow_input_checks_refuse_hostile_values(path: str, env: dict[str, str], expect: str) -> None:
+    wf = yaml.safe_load((ROOT / ".github" / "workflows" / path).read_text())
+    step = next(s for j in wf["jobs"].values() for s in j["steps"] if s["name"].startswith("Check the inputs"))
+    res = subprocess.run(["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", step["run"]], cwd=ROOT,
+                         env={"PATH": os.environ["PATH"], **env}, capture_output=True, text=True)  # fmt: skip
+    lines = [ln for ln in (res.stdout + res.stderr).splitlines() if ln.strip()]
+    assert res.returncode == 2 and len(lines) == 1 and lines[0].startswith(f"::error::{expect}"), lines

@@ -218,8 +218,8 @@ def _record(path: Path, artifact_id: str, fmt: str = "tflite") -> "ArtifactRecor
     """A manifest record for an artifact file, its tensors read by the on-device runner's describe()."""
     import hashlib
 
-    from rundir import ArtifactRecord, TensorSpec
     from devices.ondevice.compleak_runner import describe
+    from rundir import ArtifactRecord, TensorSpec
 
     d = describe(str(path))
     return ArtifactRecord(
@@ -265,8 +265,8 @@ def _queries(n: int, seed: int = 2) -> np.ndarray:
 def test_python_runner_over_adb_equals_local_run(dev, tflite_models):
     """The Python runner chosen for the stand-in phone gives exactly the host interpreter's outputs."""
     from devices.ondevice.compleak_runner import load_model
-    from devices.runners.python import PythonRunner
     from devices.runners.choose import choose_runner
+    from devices.runners.python import PythonRunner
 
     path, rec = tflite_models["int8"]
     x = _queries(100)
@@ -318,8 +318,8 @@ def fake_binaries(tmp_path):
 def test_benchmark_model_input_and_output_files(tflite_models, fake_binaries, kind):
     """Our value file, read as benchmark_model reads it, and its output file, parsed back, give the local outputs
     (int8: quantized inputs, dequantized outputs); the padded last chunk is dropped."""
-    from devices.runners.android import BenchmarkModelRunner
     from devices.ondevice.compleak_runner import load_model
+    from devices.runners.android import BenchmarkModelRunner
 
     path, rec = tflite_models[kind]
     runner = BenchmarkModelRunner(fake_binaries / "arm64-v8a" / "benchmark_model", "arm64-v8a", batch_size=16)
@@ -370,8 +370,8 @@ def test_benchmark_model_command_and_script_quote_every_path(tflite_models, fake
 
 def test_executor_runner_files_and_command(fake_binaries):
     """executor_runner: NCHW raw float32 input at the program's fixed batch, output BASE-0.bin parsed back."""
-    from rundir import ArtifactRecord, TensorSpec
     from devices.runners.android import ExecutorRunner
+    from rundir import ArtifactRecord, TensorSpec
 
     rec = ArtifactRecord(id="torch-target-original.pte", role="target", variant="original", framework="torch",
                          format="pte", path="a.pte", sha256="0" * 64, bytes=1,
@@ -413,8 +413,8 @@ def test_binary_lookup_by_abi_and_missing_binary_error(fake_binaries, tmp_path, 
 
 
 def test_choose_android_runner_by_format(fake_binaries, tflite_models):
-    from devices.runners.android import BenchmarkModelRunner, choose_android_runner
     from devices.base import DeviceProperties
+    from devices.runners.android import BenchmarkModelRunner, choose_android_runner
 
     _, rec = tflite_models["float"]
     props = DeviceProperties(id="adb://x", android_api=34, android_abi="arm64-v8a",
@@ -494,8 +494,8 @@ def test_collect_over_adb_equals_local(phone, dev, tflite_models, tmp_path):
 
     from rich.console import Console
 
-    from rundir import RunDir
     from harness.collect.stage import collect_run
+    from rundir import RunDir
 
     run = tmp_path / "run with space"
     recs = _mini_run(run, tflite_models)
@@ -528,8 +528,8 @@ def test_device_lost_mid_collection_then_rerun_completes(adb_server, tflite_mode
 
     from rich.console import Console
 
-    from rundir import RunDir
     from harness.collect.stage import collect_run
+    from rundir import RunDir
 
     run = tmp_path / "run"
     recs = _mini_run(run, tflite_models)
@@ -604,9 +604,9 @@ def pte_model(tmp_path_factory):
 def test_benchmark_model_runner_flow_over_adb(dev, tflite_models, tmp_path):
     """The whole benchmark_model flow on the stand-in phone (push, chmod, batches cut with dd, one run per batch,
     outputs concatenated, pulled, dequantized) gives the local outputs; a manifest/binary mismatch is one line."""
-    from devices.runners.android import BenchmarkModelRunner, choose_android_runner
     from devices.base import DeviceProperties
     from devices.ondevice.compleak_runner import load_model
+    from devices.runners.android import BenchmarkModelRunner, choose_android_runner
 
     path, rec = tflite_models["int8"]
     props = DeviceProperties(id=dev.id, android_api=34, android_abi=dev.abi, extra={"abilist": dev.abis()})
@@ -629,9 +629,9 @@ def test_benchmark_model_runner_flow_over_adb(dev, tflite_models, tmp_path):
 def test_executor_runner_flow_over_adb(dev, pte_model, tmp_path):
     """The executor_runner flow on the stand-in phone: NHWC queries transposed to the program's NCHW, padded to the
     program's fixed batch of 4, output read from BASE-0.bin; equals the local ExecuTorch run."""
-    from devices.runners.android import ExecutorRunner, choose_android_runner
     from devices.base import DeviceProperties
     from devices.ondevice.compleak_runner import load_model
+    from devices.runners.android import ExecutorRunner, choose_android_runner
 
     path, rec = pte_model
     props = DeviceProperties(id=dev.id, android_api=34, android_abi=dev.abi, extra={"abilist": dev.abis()})

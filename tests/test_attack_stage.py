@@ -13,11 +13,11 @@ from rich.console import Console
 from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
 
-from rundir import ArtifactRecord, Manifest, OutputBatch, RunDir, load_results
 from compleak.synthetic import VariantSpec as V
 from compleak.synthetic import make_splits, synthetic_outputs
 from harness.attack.stage import FitCache, attack_rows, attack_run, load_scores, scores_path
 from harness.cli.main import app
+from rundir import ArtifactRecord, Manifest, OutputBatch, RunDir, load_results
 
 # (framework, format, variant) of every target artifact; each gets one shadow artifact of the same kind
 ARTIFACTS = [

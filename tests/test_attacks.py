@@ -10,10 +10,10 @@ from sklearn.metrics import roc_auc_score
 
 from compleak.attacks import LearnedAttack, ThresholdAttack, shadow_split
 from compleak.engine import run_attacks
-from rundir import ContractError, OutputBatch, Splits
 from compleak.signals import entropy, log_posterior, modified_entropy
 from compleak.synthetic import VariantSpec as V
 from compleak.synthetic import make_splits, synthetic_outputs
+from rundir import ContractError, OutputBatch, Splits
 
 
 def _best(rows, family, variant=None):  # type: ignore[no-untyped-def]

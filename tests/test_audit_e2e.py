@@ -15,9 +15,9 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
-from rundir import RunDir, device_dirname, load_results
 from devices.spec import DeviceSpec
 from harness.cli.main import app
+from rundir import RunDir, device_dirname, load_results
 
 AUDIT_TOML = """
 [experiment]

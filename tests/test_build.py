@@ -8,11 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from build_fixtures import TINY_TOML
 from rich.console import Console
 
-from build_fixtures import TINY_TOML
-from rundir import RunDir
-from rundir import sha256_file
+from rundir import RunDir, sha256_file
 
 SMALL = """
 [experiment]

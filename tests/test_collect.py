@@ -10,15 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 from rich.console import Console
+from sshd_fixtures import SshServer
 
-from rundir import ArtifactRecord, Manifest, RunDir, TensorSpec, device_dirname
 from devices.errors import DeviceError
-from devices.spec import DeviceSpec
 from devices.ondevice import compleak_runner as cr
-from rundir import sha256_file
+from devices.spec import DeviceSpec
 from harness.collect.stage import collect_run
 from harness.errors import HarnessError
-from sshd_fixtures import SshServer
+from rundir import ArtifactRecord, Manifest, RunDir, TensorSpec, device_dirname, sha256_file
 
 TOML = """
 [experiment]

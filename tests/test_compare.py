@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from rundir import ArtifactRecord, OutputBatch, ResultRow, RunDir, load_results
 from harness.compare import compare_device, compare_run, divergence_arrays, leakage_deltas, output_divergence
 from harness.errors import HarnessError
+from rundir import ArtifactRecord, OutputBatch, ResultRow, RunDir, load_results
 
 
 def _sig(x: float) -> float:

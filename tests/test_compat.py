@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from test_runner import make_tflite_models
 
 from devices.compat import (
     MIN_RUNTIME,
@@ -16,7 +17,6 @@ from devices.compat import (
 )
 from devices.errors import DeviceError, IncompatibleArtifact
 from devices.ondevice import compleak_runner as cr
-from test_runner import make_tflite_models
 
 
 @pytest.fixture(scope="module")

@@ -15,8 +15,8 @@ import os
 import shutil
 import socket
 import subprocess
-from concurrent.futures import ThreadPoolExecutor
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -25,12 +25,12 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from harness.errors import HarnessError
 from harness.toolchain.container_build import build_in_container
 from harness.toolchain.edge import check_port_free, edge_down, edge_up
 from harness.toolchain.engine import detect_engine
 from harness.toolchain.images import build_image, image_spec
 from harness.toolchain.rootfs import build_base_image, ensure_binfmt, host_arch
-from harness.errors import HarnessError
 
 ROOT = Path(__file__).resolve().parent.parent
 FOREIGN = "arm64" if host_arch() == "amd64" else "amd64"
@@ -253,8 +253,8 @@ def test_images_are_tagged_and_cached(images: dict[str, str]) -> None:
 
 @heavy
 def test_build_in_toolchain_tf_214(run_214: Path, images: dict[str, str]) -> None:
-    from rundir import RunDir
     from devices.compat import tflite_op_versions
+    from rundir import RunDir
 
     rd = RunDir(run_214)
     manifest = rd.load_manifest()
@@ -284,10 +284,10 @@ def test_port_taken_on_up(images: dict[str, str]) -> None:
 
 @heavy
 def test_edge_arm64_probe_and_collect(edge_arm64: str, run_214: Path, tmp_path: Path) -> None:
-    from rundir import RunDir
     from devices.uri import connect
     from harness.collect.stage import collect_run
     from harness.compare import output_divergence
+    from rundir import RunDir
 
     # the registry gives connect() the generated key and the recorded host key: no flags
     with connect(edge_arm64) as dev:
@@ -330,10 +330,10 @@ def test_edge_arm64_probe_and_collect(edge_arm64: str, run_214: Path, tmp_path: 
 @heavy
 def test_tf221_artifact_refused_by_arm64_device(edge_arm64: str, tmp_path: Path) -> None:
     """A dynamic-range model converted by the host's TF 2.21 is refused up front, naming the toolchain fix."""
-    from rundir import RunDir
     from devices.errors import IncompatibleArtifact
     from harness.build.stage import build_run
     from harness.collect.stage import collect_run
+    from rundir import RunDir
 
     exp = tmp_path / "experiment.toml"
     exp.write_text(EXPERIMENT.replace('tf = ["original", "dynamic-int8"]', 'tf = ["dynamic-int8"]'))

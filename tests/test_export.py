@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -210,3 +212,64 @@ def test_results_module_does_not_import_the_harness(attacked_run: Path) -> None:
     out = subprocess.run([sys.executable, "-c", code, str(attacked_run)], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == [str(len(_raw(attacked_run))), "120"]
+
+
+@pytest.mark.parametrize("name", ["manifest.json", "attacks/local/results.json", "splits.npz"])
+def test_export_never_replaces_the_runs_own_files(synthetic_dir: Path, tmp_path: Path, name: str) -> None:
+    run = copy_run(synthetic_dir, tmp_path / "run")
+    target = run / name
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text("{}")
+    with TreeState(run, tmp_path / "run"):
+        cli_refuses(["export", str(run), "--out", str(target)], "inside the run", "exports")
+
+
+def test_export_into_run_exports_and_outside_is_allowed(synthetic_dir: Path, tmp_path: Path) -> None:
+    run = copy_run(synthetic_dir, tmp_path / "run")
+    for out in (run / "exports" / "r.csv", tmp_path / "elsewhere.csv"):
+        res = cli(["export", str(run), "--out", str(out)])
+        assert res.exit_code == 0 and out.is_file(), res.output
+
+
+def test_export_refuses_devices_fifos_and_links(synthetic_dir: Path, tmp_path: Path) -> None:
+    run = copy_run(synthetic_dir, tmp_path / "run")
+    special = tmp_path / "special"  # outside the trees TreeState reads (it would block reading a FIFO)
+    special.mkdir()
+    fifo = special / "pipe"
+    os.mkfifo(fifo)
+    link = special / "link.csv"
+    link.symlink_to(tmp_path / "nowhere.csv")
+    with TreeState(run):
+        cli_refuses(["export", str(run), "--out", "/dev/null"], "/dev/null", "character device")
+        cli_refuses(["export", str(run), "--out", str(fifo)], "FIFO")
+        cli_refuses(["export", str(run), "--out", str(link)], "symbolic link")
+    assert stat.S_ISCHR(os.stat("/dev/null").st_mode) and stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    assert link.is_symlink() and not (tmp_path / "nowhere.csv").exists()
+
+
+def test_csv_cells_a_spreadsheet_would_run_are_neutralised(synthetic_dir: Path, tmp_path: Path) -> None:
+    run = copy_run(synthetic_dir, tmp_path / "run")
+    res = run / "attacks" / "local" / "results.json"
+    rows = json.loads(res.read_text())
+    hostile = ["=HYPERLINK(\"http://x\")", "+1+1", "-2+3", "@SUM(A1)", "\tx", "line\rbreak", "two\nlines"]
+    for row, text in zip(rows, hostile):
+        row["note"] = text
+    res.write_text(json.dumps(rows))
+    out = tmp_path / "r.csv"
+    assert cli(["export", str(run), "--out", str(out)]).exit_code == 0
+    raw = out.read_bytes()
+    assert raw.count(b"\r\n") == len(_raw(run)) + 1  # RFC 4180 rows; the CR and LF inside cells are quoted
+    got = pd.read_csv(out)["note"].tolist()[: len(hostile)]
+    assert got == [f"'{t}" if t[0] in "=+-@\t" else t for t in hostile]
+    assert pd.read_csv(out)["auc"].dtype == float  # numbers stay numbers
+
+
+def test_exports_follow_the_umask(synthetic_dir: Path, tmp_path: Path) -> None:
+    run = copy_run(synthetic_dir, tmp_path / "run")
+    old = os.umask(0o077)
+    try:
+        assert cli(["export", str(run), "--out", str(tmp_path / "private.csv")]).exit_code == 0
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "private.csv").stat().st_mode) == 0o600

@@ -153,17 +153,32 @@ def test_gate_over_real_attack_rows_uses_ci_and_eps(attacked_run: Path) -> None:
         evaluate_gate(rows, [parse_rule("tpr@0.01>0.1")])
 
 
-def test_rows_that_cannot_be_judged_are_counted_in_a_note(synthetic_run: Path, tmp_path: Path) -> None:
+def test_rows_that_cannot_resolve_a_low_fpr_are_counted_in_a_note(synthetic_run: Path, tmp_path: Path) -> None:
     run = copy_run(synthetic_run, tmp_path / "run")
     res = run / "attacks" / "local" / "results.json"
     rows = json.loads(res.read_text())
-    rows[0]["n_nonmembers"] = 50  # one row's sample too small for 1%
-    rows[1]["auc_ci"] = []  # one row without a CI
+    rows[0]["n_nonmembers"] = 50  # one row's sample too small for 1%: a property of the sample, said in a note
     res.write_text(json.dumps(rows))
-    out = evaluate_gate(result_rows(run), [parse_rule("tpr@0.01>0.5"), parse_rule("auc_lo>0.99")])
+    out = evaluate_gate(result_rows(run), [parse_rule("tpr@0.01>0.5")])
     assert out.passed and out.exit_code == 0
     assert any("1 of" in n and "cannot resolve tpr@0.01" in n for n in out.notes)
-    assert any("1 of" in n and "have no auc_lo" in n for n in out.notes)
+
+
+@pytest.mark.parametrize(("field", "value", "rule"), [("auc", float("nan"), "auc>0.6"), ("auc_ci", [], "auc_lo>0.99")])
+def test_gate_fails_closed_on_rows_with_a_missing_metric(synthetic_run: Path, tmp_path: Path, field: str,
+                                                         value: object, rule: str) -> None:
+    """A row in scope whose metric is NaN or missing could be the one that trips: the gate refuses (exit 2)
+    instead of passing on the others."""
+    run = copy_run(synthetic_run, tmp_path / "run")
+    res = run / "attacks" / "local" / "results.json"
+    rows = json.loads(res.read_text())
+    for row in rows:  # every row that would trip loses its metric
+        if row["auc"] > 0.6:
+            row[field] = value
+    res.write_text(json.dumps(rows).replace("NaN", "NaN"))
+    with TreeState(run):
+        line = cli_refuses(["check", str(run), "--fail-on", rule], rule, "cannot judge", "compleak attack")
+    assert "rows in its scope have no" in line
 
 
 # --------------------------------------------------------------------------- compleak check

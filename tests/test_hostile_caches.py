@@ -285,8 +285,9 @@ def test_torch_tampered_cache_never_unpickles(torch_clean, tmp_path, monkeypatch
     a forged digest ``torch.load(weights_only=True)`` refuses it. Either way: retrained, sentinel absent."""
     import shutil
 
-    import harness.build.torch_pipeline as tb
     import torch
+
+    import harness.build.torch_pipeline as tb
 
     exp, owner, clean = torch_clean
     out = tmp_path / "out"

@@ -24,11 +24,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import typer
+from hostile_fixtures import TreeState, assert_one_line_error, cli, cli_refuses, copy_run
 from typer.testing import CliRunner
 
-from rundir import Manifest
 from harness.cli.main import friendly
-from hostile_fixtures import TreeState, assert_one_line_error, cli, cli_refuses, copy_run
+from rundir import Manifest
 
 MARK = "SEKRET"  # every piece of every test password carries it: it must never show up
 PASSWORDS = [

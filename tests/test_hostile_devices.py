@@ -30,16 +30,16 @@ from typing import Iterator
 
 import numpy as np
 import pytest
+from hostile_fixtures import TreeState, cli, cli_refuses, copy_run
+from sshd_fixtures import SshServer
 
-from rundir import OutputBatch, RunDir
 from devices.base import JOB_MARKER
 from devices.errors import DeviceError
 from devices.local import LocalDevice
 from devices.ondevice import compleak_runner as cr
 from devices.runners.server import RunnerServer
 from devices.uri import connect
-from hostile_fixtures import TreeState, cli, cli_refuses, copy_run
-from sshd_fixtures import SshServer
+from rundir import OutputBatch, RunDir
 
 ROOT = Path(__file__).resolve().parents[1]
 ART = "tf-target-original.tflite"

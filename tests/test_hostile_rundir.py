@@ -278,3 +278,53 @@ def test_report_survives_garbled_provenance(site: tuple[Path, Path]) -> None:
     assert r.exit_code == 0 and "Traceback" not in r.output, r.output
     summary = json.loads((run / "report" / "summary.json").read_text())
     assert summary["devices"] == ["local"]
+
+
+# --------------------------------------------------------------------------- issue 26: nesting and names in plots
+
+DEEP = "[" * 100_000 + "]" * 100_000  # Python's parser would recurse; every run file is read depth-bounded
+
+
+@pytest.mark.parametrize(
+    ("rel", "command", "expect"),
+    [("manifest.json", ["collect", "{run}"], ["manifest.json", "nested"]),
+     ("attacks/local/results.json", ["check", "{run}", "--fail-on", "auc>0.9"], ["results.json", "nested"]),
+     ("compare/ssh_x@y_22.json", ["report", "{run}"], ["compare", "nested"])],
+)
+def test_deeply_nested_json_in_a_run_file_is_one_line(site: tuple[Path, Path], rel: str, command: list[str],
+                                                      expect: list[str]) -> None:
+    run, victim = site
+    path = run / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(DEEP)
+    with TreeState(run, victim):
+        cli_refuses([c.replace("{run}", str(run)) for c in command], *expect)
+
+
+def test_deeply_nested_provenance_is_ignored_like_any_garbled_one(site: tuple[Path, Path]) -> None:
+    """Provenance is informational: a hostile one is left out of the report (as a garbled one), never a crash."""
+    run, _ = site
+    assert cli(["collect", str(run), "--artifacts", TARGET]).exit_code == 0
+    (run / "outputs" / "local" / TARGET.replace(".tflite", ".json")).write_text(DEEP)
+    res = cli(["report", str(run), "--no-compare"])
+    assert res.exit_code == 0 and "Traceback" not in res.output, res.output
+
+
+def test_a_variant_name_in_mathtext_prints_literally_in_the_plots(tmp_path: Path) -> None:
+    """A variant name matplotlib would read as mathtext (an undefined command) must not stop the report: the page
+    is written and names the variant literally."""
+    from test_report import make_synthetic_run
+
+    rd = make_synthetic_run(tmp_path / "run", n=60)
+    m = json.loads(rd.manifest.read_text())
+    hostile = r"$\undefinedcommand{x}$"
+    for a in m["artifacts"]:
+        if a["variant"] == "prune-0.8":
+            a["variant"] = hostile
+    rd.manifest.write_text(json.dumps(m))
+    res = cli(["attack", str(rd.root), "--families", "NR,SR"])
+    assert res.exit_code == 0, res.output
+    res = cli(["report", str(rd.root), "--no-compare"])
+    assert res.exit_code == 0, res.output
+    page = rd.report_index.read_text()
+    assert "\\undefinedcommand{x}" in page and "data:image/png;base64," in page

@@ -20,10 +20,10 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from rundir import Manifest, RunDir, Splits, load_results
 from harness.cli.main import app
 from harness.config import load_experiment
 from harness.importer.experiment import experiment_toml
+from rundir import Manifest, RunDir, Splits, load_results
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "import_shipped_model" / "export_models.py"

@@ -9,14 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_runner import make_tflite_models
 
-from rundir import ArtifactRecord, TensorSpec
 from devices.errors import DeviceError, IncompatibleArtifact
 from devices.local import LocalDevice
 from devices.ondevice import compleak_runner as cr
-from devices.runners.python import PythonRunner
 from devices.runners.choose import choose_runner
-from test_runner import make_tflite_models
+from devices.runners.python import PythonRunner
+from rundir import ArtifactRecord, TensorSpec
 
 
 def record_for(path: Path, fmt: str = "tflite", aid: str | None = None) -> ArtifactRecord:

@@ -1,7 +1,8 @@
 """The native runner bundle over ADB (issue 14): the REAL adb client and server against the protocol-level adbd
 stand-in (tests/adbd_standin.py), which runs the device's commands on this host, so the bundle is this host's
 (``compleak runners build``, amd64 here). ADB cannot keep a command running (``AdbDevice.can_spawn`` is False), so
-the runner is the one-shot one (``devices.runners.native_oneshot``): per chunk one ``compleak-runner --serve`` command with
+the runner is the one-shot one (``devices.runners.native_oneshot``): per chunk one ``compleak-runner --serve``
+command with
 request and reply files, parsed by the runner server's own checks. Its outputs must equal the host runtimes' bit
 for bit (same binary, same libraries, same machine). Real Android phones need the NDK build of the same sources
 (.github/workflows/native-runner-android.yml); the probe says so for a bionic device.
@@ -97,9 +98,9 @@ def test_probe_over_adb_reports_native_runner(dev) -> None:
 @pytest.mark.parametrize("aid", ARTIFACTS)
 def test_native_bundle_over_adb_equals_host_runtime(dev, records, aid: str) -> None:
     """The bundle deploys through adb push and runs one-shot; outputs equal the host's runtime bit for bit."""
-    from devices.runners.native_oneshot import NativeOneShotRunner
     from devices.ondevice.compleak_runner import load_model
     from devices.runners.choose import choose_runner
+    from devices.runners.native_oneshot import NativeOneShotRunner
 
     path, rec = records[aid]
     runner = choose_runner(dev, rec, runner="native", batch_size=32)
@@ -120,8 +121,8 @@ def test_native_bundle_over_adb_equals_host_runtime(dev, records, aid: str) -> N
 
 def test_no_python_on_adb_device_chooses_native(dev, records) -> None:
     """Without a usable Python and without Android binaries, auto choice is the native runner (one-shot)."""
-    from devices.runners.native_oneshot import NativeOneShotRunner
     from devices.runners.choose import choose_runner
+    from devices.runners.native_oneshot import NativeOneShotRunner
 
     props = dev.properties()
     props.python = props.numpy = None
@@ -149,3 +150,37 @@ def test_broken_model_one_line_error_over_adb(dev, records, tmp_path: Path) -> N
         runner.run(dev, bad, rec, _queries(4))
     msg = str(exc.value)
     assert "\n" not in msg and msg.startswith(f"{dev.id}: {rec.id} on litert"), msg
+
+
+def test_corrupt_model_and_tampered_bundle_one_line_over_adb(dev, records, bundle: Path, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The one-shot path (issue 26): a truncated model is refused by the verifier on the device; a bundle file that
+    does not match manifest.json is refused by the host before the push, and, changed after that check (skipped
+    here), by the runner itself on the device before its hello."""
+    from devices.errors import DeviceError
+    from devices.runners.native_oneshot import NativeOneShotRunner
+
+    path, rec = records["tf-target-original.tflite"]
+    truncated = tmp_path / "truncated.tflite"
+    truncated.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(DeviceError) as exc:
+        NativeOneShotRunner(bundle, "tflite").run(dev, truncated, rec, _queries(4))
+    assert "\n" not in str(exc.value) and "not a valid TF-Lite model" in str(exc.value), exc.value
+    bad = tmp_path / "bundle"
+    shutil.copytree(bundle, bad)
+    lib = bad / "lib" / "libLiteRt.so"
+    data = bytearray(lib.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    lib.write_bytes(bytes(data))
+    runner = NativeOneShotRunner(bad, "tflite")
+    with pytest.raises(DeviceError) as exc:
+        runner.run(dev, path, rec, _queries(4))
+    msg = str(exc.value)
+    assert "\n" not in msg and "cannot install the native runner" in msg, msg
+    assert "lib/libLiteRt.so does not match its sha256 in manifest.json" in msg
+    monkeypatch.setattr("devices.runners.native.check_bundle_files", lambda *_: None)
+    with pytest.raises(DeviceError) as exc:
+        runner.run(dev, path, rec, _queries(4))
+    msg = str(exc.value)
+    assert "\n" not in msg and "the runner bundle is not intact: lib/libLiteRt.so does not match" in msg, msg
+    assert dev.run(["sh", "-c", "ls /data/local/tmp/compleak | wc -l"], timeout=30).text.strip() == "0"

@@ -27,9 +27,9 @@ from typing import Iterator
 import numpy as np
 import pytest
 
+from harness.errors import HarnessError
 from harness.toolchain.edge import edge_down, edge_up
 from harness.toolchain.rootfs import build_base_image, ensure_binfmt
-from harness.errors import HarnessError
 
 ROOT = Path(__file__).resolve().parent.parent
 NAME = "edge-arm64-native"
@@ -109,9 +109,9 @@ def test_board_has_no_python_and_probe_names_native(board: str) -> None:
 
 
 def test_collect_on_board_and_compare_with_host(board: str, run: Path, tmp_path: Path) -> None:
-    from rundir import RunDir
     from harness.collect.stage import collect_run
     from harness.compare import compare_device
+    from rundir import RunDir
 
     ids = [*FP32, *QUANTIZED]
     res = _cli("collect", str(run), "--device", board, "--artifacts", ",".join(ids), timeout=1200)
@@ -144,10 +144,10 @@ def test_collect_on_board_and_compare_with_host(board: str, run: Path, tmp_path:
 
 
 def test_forced_python_runner_says_why_in_one_line(board: str, run: Path) -> None:
-    from rundir import RunDir
     from devices.errors import DeviceError
     from devices.runners.choose import choose_runner
     from devices.uri import connect
+    from rundir import RunDir
 
     rec = next(a for a in RunDir(run).load_manifest().artifacts if a.id == FP32[0])
     with connect(board) as dev:
@@ -165,11 +165,11 @@ def test_litert_under_qemu_with_host_cpuinfo_is_a_known_limit(tiny_run: Path, mo
     prefix): it sees the host's x86 /proc/cpuinfo, where LiteRT's XNNPACK accelerator crashes and ExecuTorch does
     not. The crash must come back as one line naming it; it is recorded as a known limit (xfail) — the board
     started by ``devices up`` mounts an arm64 cpuinfo and runs LiteRT (test above)."""
-    from rundir import RunDir
     from devices.errors import DeviceError
     from devices.local import LocalDevice
-    from devices.runners.native_oneshot import NativeOneShotRunner
     from devices.ondevice.compleak_runner import load_model
+    from devices.runners.native_oneshot import NativeOneShotRunner
+    from rundir import RunDir
 
     why = _emulation_unavailable()
     sysroot = Path("/usr/aarch64-linux-gnu")

@@ -4,30 +4,46 @@ The bundle builds; on ``local`` it gives the same outputs as the Python runner f
 of the tiny run (bit-identical); its provenance says what ran; garbage on its stdin gets one-line errors and never
 a crash. The bundle is built once into the tool's cache (``compleak runners build`` reuses it while the sources and
 wheels are unchanged).
+
+Hostile input (issue 26): corrupt models (a truncated or byte-flipped ``.tflite``, a ``.pte`` of random bytes or
+truncated), a request header nested 100,000 deep, a ``.tflite`` whose batch cannot be resized, a model that fails
+while running and a tampered bundle each get one error line naming the problem (in server mode and through
+``compleak collect --runner native``), and the runner keeps serving the next request.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
+import importlib.util
 import json
+import os
 import shutil
 import subprocess
 import sys
 import tarfile
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
+from hostile_fixtures import TreeState, cli, cli_refuses, copy_run
 
-from rundir import RunDir
 from devices.errors import DeviceError
 from devices.local import LocalDevice
-from devices.native.bundle import BINARY, BundleError, build_bundle, find_bundle, read_bundle_manifest
-from devices.runners.native import NativeRunner, NativeRunnerServer
+from devices.native.bundle import (
+    BINARY,
+    RUNTIME_OF_FORMAT,
+    SOURCE_DIR,
+    BundleError,
+    build_bundle,
+    find_bundle,
+    read_bundle_manifest,
+)
 from devices.ondevice import compleak_runner as cr
-from devices.runners.server import RunnerServerPool
+from devices.runners.native import NativeRunner, NativeRunnerServer
 from devices.runners.python import PythonRunner
+from devices.runners.server import RunnerRefusal, RunnerServerPool
+from rundir import RunDir
 
 pytestmark = pytest.mark.skipif(shutil.which("cmake") is None or shutil.which("c++") is None,
                                 reason="needs cmake and a C++ compiler (scripts/setup.sh --test installs them)")
@@ -170,6 +186,11 @@ def test_a_bundle_without_a_runtime_says_which_and_how_to_fix(bundle: Path, tmp_
     shutil.copytree(bundle, partial)
     (partial / "lib" / "libcompleak_executorch.so").unlink()
     pte = next(p for p in (tiny_run / "artifacts").glob("*.pte"))
+    rc, replies, _ = _talk(partial, _frame({"op": "exit"}))  # a listed file gone: refused at start, named
+    assert rc == 3 and len(replies) == 1 and "lib/libcompleak_executorch.so cannot be read" in replies[0]["error"]
+    manifest = json.loads((partial / "manifest.json").read_text())  # a bundle built without the executorch wheel
+    del manifest["files"]["lib/libcompleak_executorch.so"]
+    (partial / "manifest.json").write_text(json.dumps(manifest))
     rc, replies, _ = _talk(partial, _frame({"op": "load", "model": str(pte)}) + _frame({"op": "exit"}))
     assert rc == 0 and replies[0]["formats"] == ["tflite"] and replies[0]["runtimes"]["executorch"] is None
     assert "ExecuTorch runtime is not available here" in replies[1]["error"]
@@ -258,3 +279,297 @@ def test_old_bundles_are_pruned_but_current_and_builds_in_progress_stay(tmp_path
     assert left == sorted([".build-0123456789abcdef-x", "not-a-key", "current.json", keys[0], keys[2], keys[3],
                            keys[4], *(f"build-{k}.log" for k in (keys[0], keys[2], keys[3], keys[4]))])
     assert prune_bundles("arm64", keep=3) == [] and prune_bundles("amd64") == []  # nothing more; no such folder
+
+
+# --------------------------------------------------------------------------- hostile input (issue 26)
+
+
+X = np.random.default_rng(7).random((3, 8, 8, 1), dtype=np.float32)
+
+
+def _raw_frame(body: bytes) -> bytes:
+    return len(body).to_bytes(4, "big") + body
+
+
+def _flip_tensor_table(data: bytes) -> bytes:
+    """16 bytes inverted in the middle of the model's tables: over subgraph 0's tensors[5] (found with the wheel's
+    own schema module), so its vtable offset points nowhere (this crashed LiteRT before the verifier)."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    at = schema.Model.GetRootAs(data, 0).Subgraphs(0).Tensors(5)._tab.Pos
+    out = bytearray(data)
+    for i in range(at, at + 16):
+        out[i] ^= 0xFF
+    return bytes(out)
+
+
+def _random_program(data: bytes) -> bytes:
+    """A real .pte's 8-byte header (so the runner sees an ExecuTorch program) followed by random bytes."""
+    return data[:8] + np.random.default_rng(11).bytes(len(data) - 8)
+
+
+#: case: (artifact of the tiny run it is made from and replaces, how, what the one error line says)
+HOSTILE_MODELS: dict[str, tuple[str, Callable[[bytes], bytes], str]] = {
+    "truncated-tflite": ("tf-target-original.tflite", lambda d: d[: len(d) // 2], "not a valid TF-Lite model"),
+    "byte-flipped-tflite": ("tf-target-original.tflite", _flip_tensor_table, "not a valid TF-Lite model"),
+    "random-bytes-pte": ("torch-target-original.pte", _random_program, "not a valid ExecuTorch program"),
+    "truncated-pte": ("torch-target-original.pte", lambda d: d[: len(d) // 2], "not a valid ExecuTorch program"),
+}
+
+
+def _plant(run: Path, aid: str, data: bytes) -> None:
+    """Make ``data`` the artifact ``aid`` of ``run``, its sha256 and size recorded (a run built with it)."""
+    (run / "artifacts" / aid).write_bytes(data)
+    manifest = json.loads((run / "manifest.json").read_text())
+    for art in manifest["artifacts"]:
+        if art["id"] == aid:
+            art["sha256"], art["bytes"] = hashlib.sha256(data).hexdigest(), len(data)
+    (run / "manifest.json").write_text(json.dumps(manifest))
+
+
+def _server(tmp_path: Path, bundle: Path) -> NativeRunnerServer:
+    dev = LocalDevice()
+    dev.base_dir = str(tmp_path / "base")
+    return NativeRunnerServer(dev, bundle)
+
+
+def _collect(run: Path, aid: str, bundle: Path, runner: str = "native") -> list[str]:
+    return ["collect", str(run), "--artifacts", aid, "--runner", runner, "--bundle", str(bundle),
+            "--perturbations", "0"]
+
+
+@pytest.mark.parametrize("case", list(HOSTILE_MODELS))
+def test_corrupt_models_are_refused_in_one_line_and_the_runner_keeps_serving(bundle: Path, tiny_run: Path,
+                                                                             tmp_path: Path, case: str) -> None:
+    """Verified before the runtime sees them (TF-Lite flatbuffer verifier; ExecuTorch InternalConsistency): one
+    error line naming the file, no model left loaded, and the same process serves the next model."""
+    aid, make, expect = HOSTILE_MODELS[case]
+    rd = RunDir(tiny_run)
+    rec, good = rd.load_manifest().by_id(aid), rd.load_manifest().by_id("tf-target-int8.tflite")
+    bad = tmp_path / f"bad.{rec.format}"
+    bad.write_bytes(make((rd.root / rec.path).read_bytes()))
+    with _server(tmp_path, bundle) as server:
+        proc = server.ready()
+        with pytest.raises(RunnerRefusal) as exc:
+            server.load(bad, rec.format, RUNTIME_OF_FORMAT[rec.format])
+        msg = str(exc.value)
+        assert "\n" not in msg and expect in msg and "model-1." in msg and "truncated or corrupt" in msg, msg
+        with pytest.raises(RunnerRefusal, match=r"infer before load \(no model loaded\)"):
+            server.infer(X, 4, 60)
+        server.load(rd.root / good.path, "tflite", "litert")
+        values, reply = server.infer(X, 4, 60)
+        assert values.shape == (3, 10) and reply["batch_sizes"] == [3]
+        assert server.alive and server.process is proc  # one process throughout: nothing crashed
+
+
+@pytest.mark.parametrize("case", list(HOSTILE_MODELS))
+def test_corrupt_models_through_collect_are_one_error_line(bundle: Path, tiny_run: Path, tmp_path: Path,
+                                                           case: str) -> None:
+    aid, make, expect = HOSTILE_MODELS[case]
+    run = copy_run(tiny_run, tmp_path / "run")
+    _plant(run, aid, make((tiny_run / "artifacts" / aid).read_bytes()))
+    with TreeState(run):  # nothing stored, nothing half-written
+        cli_refuses(_collect(run, aid, bundle), aid, expect, "truncated or corrupt")
+
+
+def test_a_header_nested_100000_deep_is_refused_in_step(bundle: Path, tiny_run: Path, tmp_path: Path) -> None:
+    """Depth is bounded while parsing (32 levels): the header is refused in one line, its payload skipped, and the
+    next requests are served; a manifest.json nested as deep is refused by the host and by the runner."""
+    deep = b'{"op": "load", "model": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    deep_op = b'{"op": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"  # the op itself: quoted in "unknown request"
+    deep_with_payload = b'{"op": "infer", "bytes": 16, "x": ' + b'{"a": ' * 50_000 + b"1" + b"}" * 50_000 + b"}"
+    good = tiny_run / "artifacts" / "tf-target-int8.tflite"
+    requests = b"".join([
+        _raw_frame(deep), _raw_frame(deep_op), _raw_frame(deep_with_payload) + b"\1" * 16,
+        _frame({"op": "load", "model": str(good)}),
+        _frame({"op": "infer", "shape": [3, 8, 8, 1], "bytes": X.nbytes}) + X.tobytes(),
+        _frame({"op": "exit"}),
+    ])
+    rc, replies, stderr = _talk(bundle, requests)
+    assert rc == 0, stderr[-500:]
+    hello, *answers = replies
+    assert [a["ok"] for a in answers] == [False, False, False, True, True]
+    for a in answers[:3]:
+        assert a["error"] == "protocol error: a request header nested deeper than 32 levels"
+    assert answers[4]["shape"] == [3, 10]
+    # through the CLI: the deep JSON the host hands the runner is the bundle's manifest.json
+    deep_bundle = tmp_path / "deep-bundle"
+    shutil.copytree(bundle, deep_bundle)
+    (deep_bundle / "manifest.json").write_bytes(b'{"files": ' + b"[" * 100_000 + b"]" * 100_000 + b"}")
+    run = copy_run(tiny_run, tmp_path / "run")
+    with TreeState(run):
+        cli_refuses(_collect(run, "tf-target-original.tflite", deep_bundle), str(deep_bundle),
+                    "not a compleak-runner bundle")
+    rc, replies, _ = _talk(deep_bundle, _frame({"op": "exit"}))
+    assert rc == 3 and len(replies) == 1 and "manifest.json is not a bundle manifest" in replies[0]["error"]
+
+
+_TF_MODELS = r'''
+import os, sys
+os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+import numpy as np, tensorflow as tf
+out = sys.argv[1]
+rng = np.random.default_rng(0)
+
+class FixedBatch(tf.Module):  # what Keras 3 makes of Flatten in a model with a batch of 1: a Reshape to [1, 256]
+    def __init__(self):
+        self.k = tf.constant(rng.normal(size=(3, 3, 1, 4)).astype(np.float32))
+        self.w = tf.constant((rng.normal(size=(256, 10)) * 0.1).astype(np.float32))
+    @tf.function(input_signature=[tf.TensorSpec([1, 8, 8, 1], tf.float32)])
+    def __call__(self, x):
+        return tf.matmul(tf.reshape(tf.nn.relu(tf.nn.conv2d(x, self.k, 1, "SAME")), [1, 256]), self.w)
+f = FixedBatch()
+conv = tf.lite.TFLiteConverter.from_concrete_functions([f.__call__.get_concrete_function()], f)
+open(os.path.join(out, "fixed-batch.tflite"), "wb").write(conv.convert())
+
+class Gather(tf.Module):  # row x[:, 4, 4, 0] * 100 of a 4-row table: runs on zeros, fails on most images
+    def __init__(self):
+        self.table = tf.constant(np.arange(40, dtype=np.float32).reshape(4, 10))
+    @tf.function(input_signature=[tf.TensorSpec([None, 8, 8, 1], tf.float32)])
+    def __call__(self, x):
+        return tf.gather(self.table, tf.cast(x[:, 4, 4, 0] * 100.0, tf.int32))
+g = Gather()
+conv = tf.lite.TFLiteConverter.from_concrete_functions([g.__call__.get_concrete_function()], g)
+open(os.path.join(out, "gather.tflite"), "wb").write(conv.convert())
+'''
+
+
+@pytest.fixture(scope="module")
+def tf_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Two .tflite models (8x8x1 in, 10 out) built with TensorFlow in a subprocess: ``fixed-batch`` (a batch of 1
+    and a Reshape to [1, 256], as Keras 3 converts Flatten in such a model: its input resizes, its Reshape does not;
+    written as a tf.Module so it does not depend on the Keras version) and ``gather`` (runs on zeros, fails with an
+    out-of-range index on most digits)."""
+    pytest.importorskip("tensorflow")
+    out = tmp_path_factory.mktemp("tf_models")
+    res = subprocess.run([sys.executable, "-c", _TF_MODELS, str(out)], capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stderr[-2000:]
+    return {name: out / f"{name}.tflite" for name in ("fixed-batch", "gather")}
+
+
+def test_a_tflite_whose_batch_cannot_be_resized_runs_one_query_at_a_time(bundle: Path, tf_models: dict[str, Path],
+                                                                         tiny_run: Path, tmp_path: Path) -> None:
+    """Its input takes a batch of 8 but its output stays [1, 10]: the runner sees the output not following the
+    batch before running it and runs one query at a time (outputs bit-identical to LiteRT's interpreter fed one
+    query at a time), and the next infer is served (it used to answer "LiteRT produced 10 output values for 8
+    queries" and crash on the next infer)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    path, aid = tf_models["fixed-batch"], "tf-target-original.tflite"
+    x = np.random.default_rng(3).random((20, 8, 8, 1), dtype=np.float32)
+    with _server(tmp_path, bundle) as server:
+        proc = server.ready()
+        server.load(path, "tflite", "litert")
+        first, _ = server.infer(x, 8, 60)
+        second, reply = server.infer(x, 8, 60)
+        assert server.alive and server.process is proc
+    interp = Interpreter(model_path=str(path))
+    interp.allocate_tensors()
+    one_by_one = []
+    for row in x:
+        interp.set_tensor(interp.get_input_details()[0]["index"], row[None])
+        interp.invoke()
+        one_by_one.append(interp.get_tensor(interp.get_output_details()[0]["index"]).copy())
+    assert np.array_equal(first, np.concatenate(one_by_one)) and np.array_equal(second, first)
+    assert reply["batch_sizes"] == [1] * 20
+    # through the CLI: collected, every query answered one at a time
+    run = copy_run(tiny_run, tmp_path / "run")
+    shutil.rmtree(run / "outputs", ignore_errors=True)
+    _plant(run, aid, path.read_bytes())
+    res = cli(_collect(run, aid, bundle))
+    assert res.exit_code == 0, res.output
+    rd = RunDir(run)
+    values = rd.load_outputs("local", aid).values
+    prov = json.loads(rd.output_provenance("local", aid).read_text())
+    assert values.shape == (600, 10) and np.isfinite(values).all() and prov["runner"] == "native"
+    # the Python runner too: the resize is accepted but the output keeps one row, so it falls back to one query at a
+    # time (it used to fail with "Cannot set tensor: Dimension mismatch")
+    from devices.ondevice.compleak_runner import load_model
+
+    assert np.array_equal(load_model(str(path), "ai_edge_litert").predict(x, batch_size=8), first)
+
+
+def test_a_model_that_fails_while_running_is_dropped_and_the_runner_keeps_serving(
+        bundle: Path, tf_models: dict[str, Path], tiny_run: Path, tmp_path: Path) -> None:
+    """The runtime fails mid-infer (an out-of-range gather index): one error line, the model is dropped, the next
+    infer gets "no model loaded" (never a model in an unknown state), and the same process loads the next one."""
+    path, good = tf_models["gather"], tiny_run / "artifacts" / "tf-target-int8.tflite"
+    zeros = np.zeros((4, 8, 8, 1), np.float32)
+    bad = zeros.copy()
+    bad[1, 4, 4, 0] = 0.9  # row 90 of 4
+    with _server(tmp_path, bundle) as server:
+        proc = server.ready()
+        server.load(path, "tflite", "litert", key="gather")
+        values, _ = server.infer(zeros, 4, 60)
+        assert values.shape == (4, 10)
+        with pytest.raises(RunnerRefusal) as exc:
+            server.infer(bad, 4, 60)
+        msg = str(exc.value)
+        assert "\n" not in msg and "LiteRT invoke failed" in msg and "the model was dropped" in msg, msg
+        with pytest.raises(RunnerRefusal, match="no model loaded: the last one was dropped after it failed"):
+            server.infer(zeros, 4, 60)
+        assert "reused" not in server.load(path, "tflite", "litert", key="gather")  # sent again, not assumed held
+        server.load(good, "tflite", "litert")
+        values, _ = server.infer(zeros, 4, 60)
+        assert values.shape == (4, 10) and server.alive and server.process is proc
+    run = copy_run(tiny_run, tmp_path / "run")
+    _plant(run, "tf-target-original.tflite", path.read_bytes())
+    with TreeState(run):
+        cli_refuses(_collect(run, "tf-target-original.tflite", bundle), "tf-target-original.tflite",
+                    "LiteRT invoke failed", "the model was dropped")
+
+
+def _tampered(bundle: Path, dest: Path, rel: str) -> Path:
+    """A copy of ``bundle`` with one byte of ``rel`` changed (in the binary: a character of its .comment section,
+    so it still runs and can refuse itself)."""
+    shutil.copytree(bundle, dest)
+    data = bytearray((dest / rel).read_bytes())
+    at = data.index(b"GCC: ") + 5 if rel == BINARY else len(data) // 2
+    data[at] ^= 0x01
+    (dest / rel).write_bytes(bytes(data))
+    return dest
+
+
+@pytest.mark.parametrize("rel", ["lib/libLiteRt.so", "lib/libexecutorch.so", BINARY])
+def test_a_tampered_bundle_is_refused_at_push_and_at_start(bundle: Path, tiny_run: Path, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch, rel: str) -> None:
+    """The manifest's sha256 list is checked by the host before it pushes anything and by the runner itself before
+    its hello (so a file damaged on the way or on the device is refused there): one line naming the file."""
+    bad = _tampered(bundle, tmp_path / "bundle", rel)
+    with _server(tmp_path, bad) as server:  # at push
+        with pytest.raises(BundleError) as exc:
+            server.ready()
+    msg = str(exc.value)
+    assert "\n" not in msg and f"{rel} does not match its sha256 in manifest.json" in msg, msg
+    rc, replies, _ = _talk(bad, _frame({"op": "exit"}))  # at start, run in place
+    assert rc == 3 and len(replies) == 1 and not replies[0]["ok"]
+    assert f"{rel} does not match its sha256 in manifest.json" in replies[0]["error"]
+    run = copy_run(tiny_run, tmp_path / "run")
+    with TreeState(run):
+        cli_refuses(_collect(run, "tf-target-original.tflite", bad), rel, "sha256", "compleak runners build")
+    # at start on the device: a file changed after the host's check (skipped here) is refused by the runner there
+    monkeypatch.setattr("devices.runners.native.check_bundle_files", lambda *_: None)
+    with _server(tmp_path, bad) as server:
+        with pytest.raises(BundleError, match="the native runner refused to start") as exc:
+            server.ready()
+    assert "\n" not in str(exc.value) and rel in str(exc.value)
+    with TreeState(run):
+        cli_refuses(_collect(run, "tf-target-original.tflite", bad), "refused to start", rel, "sha256")
+
+
+def test_a_file_the_manifest_does_not_list_is_refused_at_start(bundle: Path, tmp_path: Path) -> None:
+    extra = tmp_path / "bundle"
+    shutil.copytree(bundle, extra)
+    (extra / "lib" / "libextra.so").write_bytes(b"\x7fELF")  # beside the runtimes: the loader could pick it up
+    rc, replies, _ = _talk(extra, _frame({"op": "exit"}))
+    assert rc == 3 and "lib/libextra.so is not listed in manifest.json" in replies[0]["error"]
+
+
+def test_the_tflite_schema_table_is_the_installed_wheels() -> None:
+    """src/tflite_schema.inc (the verifier's TF-Lite schema) is generated from the installed ai-edge-litert wheel's
+    schema: rerun devices/native/cmake/gen_tflite_schema.py after upgrading the wheel."""
+    pytest.importorskip("ai_edge_litert")
+    spec = importlib.util.spec_from_file_location("gen_tflite_schema", SOURCE_DIR / "cmake" / "gen_tflite_schema.py")
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)  # type: ignore[union-attr]
+    assert gen.generate(gen.wheel_schema()) == (SOURCE_DIR / "src" / "tflite_schema.inc").read_text()

@@ -10,9 +10,9 @@ from sklearn.metrics import roc_auc_score
 
 from compleak.baselines import RMIA, LiRA, calibrate_rmia_a
 from compleak.engine import AttackConfig, fit_attacks, run_attacks
-from rundir import ContractError, OutputBatch
 from compleak.synthetic import VariantSpec as V
 from compleak.synthetic import make_online_splits, make_splits, synthetic_outputs, synthetic_perturbed
+from rundir import ContractError, OutputBatch
 
 
 @pytest.fixture(scope="module")

@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rundir import RunDir, Splits
 from harness.build.artifacts import content_digest
+from harness.build.threat import build_threat_model, write_threat_model
 from harness.config import Experiment, load_experiment
 from harness.data import load_dataset, make_splits, owner_data, query_inputs
-from harness.build.threat import build_threat_model, write_threat_model
+from rundir import RunDir, Splits
 
 
 def _online(k: int, **splits) -> Experiment:
@@ -235,9 +235,9 @@ def test_collect_queries_the_population_on_every_artifact_and_each_id_once(tmp_p
     from rich.console import Console
     from test_collect import _tflite
 
-    from rundir import ArtifactRecord, Manifest, TensorSpec, sha256_file
     from devices.ondevice import compleak_runner as cr
     from harness.collect.stage import collect_run
+    from rundir import ArtifactRecord, Manifest, TensorSpec, sha256_file
 
     rd = RunDir(tmp_path / "run")
     rd.root.mkdir()

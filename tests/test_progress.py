@@ -37,8 +37,8 @@ def test_compare_shows_devices_and_steps(tiny_run: Path, tmp_path: Path) -> None
     """A second 'device' whose outputs are the host's (copied, provenance naming it): compare runs every step."""
     from hostile_fixtures import cli, copy_run
 
-    from rundir import RunDir
     from harness.compare import compare_run
+    from rundir import RunDir
 
     run = copy_run(tiny_run, tmp_path / "run")
     rd = RunDir(run)

@@ -21,15 +21,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hostile_fixtures import copy_run
 from rich.console import Console
 
 import devices.runners.server as rs
-from rundir import RunDir
 from devices.errors import DeviceError
 from devices.ondevice import compleak_runner as cr
 from devices.ondevice import runner_path
 from harness.collect.stage import collect_run
-from hostile_fixtures import copy_run
+from rundir import RunDir
 
 #: one artifact of every format, a quantized-input TF-Lite model among them, and a reference model
 ARTS = ["tf-target-original.tflite", "tf-target-int8.tflite", "torch-target-original.pte",

@@ -22,8 +22,12 @@ import numpy as np
 import pytest
 from rich.console import Console
 from sklearn.metrics import roc_auc_score
+from sshd_fixtures import free_port
 
 from compleak.metrics import roc_points
+from harness.compare import compare_device
+from harness.report.load import resolvable
+from harness.report.stage import write_report
 from rundir import (
     ArtifactRecord,
     Manifest,
@@ -34,10 +38,6 @@ from rundir import (
     atomic_write_json,
     save_results,
 )
-from harness.compare import compare_device
-from harness.report.load import resolvable
-from harness.report.stage import write_report
-from sshd_fixtures import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 DEVICE = "ssh://tester@127.0.0.1:2222"
@@ -252,8 +252,8 @@ def test_report_templates_are_packaged_and_autoescape_every_field(tmp_path: Path
 
 
 def test_report_errors_are_one_line(tmp_path: Path) -> None:
-    from rundir import ContractError
     from harness.errors import HarnessError
+    from rundir import ContractError
 
     with pytest.raises(HarnessError, match="no such run directory"):
         write_report(tmp_path / "missing", console=Console(quiet=True))

@@ -10,16 +10,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from sshd_fixtures import SshServer
+from test_local import record_for
+from test_runner import make_tflite_models
 
 from devices.errors import DeviceError
 from devices.local import LocalDevice
 from devices.ondevice import compleak_runner as cr
-from devices.runners.server import RunnerServer, RunnerServerPool
 from devices.runners.python import PythonRunner
+from devices.runners.server import RunnerServer, RunnerServerPool
 from devices.uri import connect
-from sshd_fixtures import SshServer
-from test_local import record_for
-from test_runner import make_tflite_models
 
 
 @pytest.fixture(scope="module")

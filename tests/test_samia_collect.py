@@ -11,14 +11,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hostile_fixtures import TreeState, cli_refuses
 from rich.console import Console
+from test_collect import make_run
 
-from rundir import RunDir
 from devices.ondevice import compleak_runner as cr
 from harness.collect.perturb import Perturbation, perturbation_noise, perturbed_ids, perturbed_inputs, perturbed_npz
 from harness.collect.stage import collect_run
-from hostile_fixtures import TreeState, cli_refuses
-from test_collect import make_run
+from rundir import RunDir
 
 P = 3
 

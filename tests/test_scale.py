@@ -20,9 +20,9 @@ from typing import Iterator
 
 import numpy as np
 import pytest
+from sshd_fixtures import free_port
 
 from rundir import RunDir, sha256_file
-from sshd_fixtures import free_port
 
 RAY = Path(sys.executable).with_name("ray")
 K = 4  # reference (shadow) models
@@ -290,11 +290,11 @@ def test_parallel_collection_on_three_ssh_devices_equals_sequential(
     monkeypatch.setenv("RAY_AUTH_MODE", "token")  # this process is the driver, as `compleak audit` would be
 
     from rich.console import Console
+    from sshd_fixtures import start_sshd
 
     from devices.spec import DeviceSpec
     from harness.collect.fanout import AuditDevice, collect_devices, prestart_collect_actors
     from harness.execution import ExecOptions, RayExecutor, SerialExecutor
-    from sshd_fixtures import start_sshd
 
     servers = []
     try:

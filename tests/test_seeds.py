@@ -3,7 +3,8 @@
 ``test_rerun_is_bit_identical`` audits a tiny config from scratch into two directories, once with seeds [3, 4] and
 once with seeds [3] (digits, TF-Lite and ExecuTorch artifacts, SAMIA perturbed queries on), and compares seed 3's
 artifact sha256s, outputs files and attack result rows: same config + seed must give the same bytes (torch
-deterministic algorithms, TF op determinism, fixed thread counts: harness.build.tf_pipeline / harness.build.torch_pipeline).
+deterministic algorithms, TF op determinism, fixed thread counts:
+harness.build.tf_pipeline / harness.build.torch_train).
 """
 
 from __future__ import annotations
@@ -15,14 +16,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 from rich.console import Console
+from test_report import make_synthetic_run
 
-from rundir import RunDir
 from devices.spec import DeviceSpec
-from harness.collect.fanout import AuditDevice
 from harness.audit import _run_audit, seed_config
+from harness.collect.fanout import AuditDevice
 from harness.config import load_experiment
 from harness.report.stage import write_report
-from test_report import make_synthetic_run
+from rundir import RunDir
 
 SEEDS = [3, 4]
 TOML = f"""
@@ -148,7 +149,8 @@ def test_rerun_is_bit_identical(tmp_path: Path) -> None:
         cfg = tmp_path / f"{out.name}.toml"
         cfg.write_text(TOML.replace(f"seeds = {SEEDS}", f"seeds = {seeds}"))
         # the audit's own orchestration, with a patient runner start: the shared test machine is often loaded
-        _run_audit(cfg, load_experiment(cfg), [AuditDevice(DeviceSpec("local", start_timeout=600.0))], out, None, quiet())
+        local = AuditDevice(DeviceSpec("local", start_timeout=600.0))
+        _run_audit(cfg, load_experiment(cfg), [local], out, None, quiet())
     a, b = (RunDir(r) for r in runs)
     shas: dict[int, dict[str, str]] = {}
     for seed in SEEDS[:1]:

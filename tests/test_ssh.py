@@ -9,16 +9,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from devices.errors import DeviceError, UnreachableDevice
-from devices.local import LocalDevice
-from devices.runners.python import PythonRunner
-from devices.runners.choose import choose_runner
-from devices.ssh import SshDevice
-from devices.uri import connect
 from sshd_fixtures import SshServer
 from test_local import record_for
 from test_runner import make_tflite_models
+
+from devices.errors import DeviceError, UnreachableDevice
+from devices.local import LocalDevice
+from devices.runners.choose import choose_runner
+from devices.runners.python import PythonRunner
+from devices.ssh import SshDevice
+from devices.uri import connect
 
 pytestmark = pytest.mark.ssh
 

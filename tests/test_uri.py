@@ -6,10 +6,10 @@ import getpass
 
 import pytest
 
-from rundir import device_dirname
 from devices.errors import DeviceError
 from devices.local import LocalDevice
 from devices.uri import connect, parse_device_uri
+from rundir import device_dirname
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,8 @@ Its sources ship in this package (this folder, ``devices/native/``: CMake projec
     <cache>/runners/<arch>/<key>/compleak-runner/
         bin/compleak-runner          RUNPATH $ORIGIN/../lib
         lib/libcompleak_executorch.so, libexecutorch*.so, libLiteRt.so
-        manifest.json                arch, versions, formats, sha256 of every file
+        manifest.json                arch, versions, formats, sha256 of every file (checked by the host before it
+                                     pushes the bundle and by the binary itself when it starts)
     <cache>/runners/<arch>/<key>/compleak-runner-linux-<arch>.tar.gz
 
 ``<cache>`` is :func:`devices.known_devices.cache_dir`; ``<key>`` hashes the sources, the runtime versions and the
@@ -138,7 +139,7 @@ def runtime_sources(executorch_root: Path | None = None, litert_lib: Path | None
 def _sources_digest() -> str:
     h = hashlib.sha256()
     for path in sorted(p for p in SOURCE_DIR.rglob("*") if p.is_file() and p.relative_to(SOURCE_DIR).parts[0] in
-                       SOURCE_PARTS):
+                       SOURCE_PARTS and "__pycache__" not in p.parts):
         h.update(str(path.relative_to(SOURCE_DIR)).encode() + b"\0" + path.read_bytes() + b"\0")
     return h.hexdigest()
 

@@ -450,8 +450,13 @@ class TFLiteModel(Model):
                     self.interp.resize_tensor_input(self._in["index"], [n, *xb.shape[1:]], strict=False)
                     self.interp.allocate_tensors()
                     self._batch = n
+                    # a model whose batch is baked in (a reshape to a fixed size) accepts the resize but keeps its
+                    # output rows: it runs one query at a time
+                    out_rows = self.interp.get_output_details()[0]["shape"]
+                    self._resizable = len(out_rows) > 0 and int(out_rows[0]) == n
                 except (ValueError, RuntimeError):
                     self._resizable = False
+                    self._batch = None  # the input may be resized already although the allocation failed
             if not self._resizable:
                 if self._batch != 1:
                     self.interp.resize_tensor_input(self._in["index"], [1, *xb.shape[1:]], strict=False)

@@ -37,12 +37,12 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from rundir import ArtifactRecord, TensorSpec, sha256_file
 from devices.base import Device, DeviceProperties
 from devices.errors import DeviceError
 from devices.known_devices import cache_dir
 from devices.ondevice.compleak_runner import channels_first
 from devices.runners.base import Infer, Runner, utc_now
+from rundir import ArtifactRecord, TensorSpec, sha256_file
 
 GET_BINARIES = ("build them with the android-runner image (docker/android-runner, see docs/android.md) and pass "
                 "its output folder with --binaries, or copy them to {cache}/<abi>/")

@@ -24,26 +24,39 @@ from devices.native.bundle import (
 )
 from devices.runners.base import Infer
 from devices.runners.python import PythonRunner
-from devices.runners.server import RunnerServer, RunnerServerPool
+from devices.runners.server import RunnerRefusal, RunnerServer, RunnerServerPool
 from devices.spec import DEFAULT_START_TIMEOUT_S
-from rundir import ArtifactRecord
+from rundir import ArtifactRecord, sha256_file
+
+
+def check_bundle_files(bundle: Path, manifest: dict[str, Any]) -> None:
+    """Every file ``manifest.json`` lists is in ``bundle`` with the sha256 it lists; raises one line naming the
+    first file that is missing or differs (a replaced binary or library is never pushed)."""
+    for rel, digest in manifest["files"].items():
+        local = Path(bundle) / rel
+        if not local.is_file():
+            raise BundleError(f"{bundle}: {rel} is missing; rebuild the bundle with `compleak runners build --force`")
+        if sha256_file(local) != digest:
+            raise BundleError(f"{bundle}: {rel} does not match its sha256 in manifest.json (tampered with or damaged); "
+                              f"rebuild the bundle with `compleak runners build --force`")
 
 
 def push_bundle(device: Device, bundle: Path, workspace: str) -> str:
     """Copy the bundle's files into ``<workspace>/runner/`` on ``device``; return the remote binary's path.
 
-    Only the files the manifest lists are sent, each to ``runner/bin`` or ``runner/lib`` (names checked by
-    :func:`read_bundle_manifest`), so nothing lands outside the workspace.
+    Every file is checked against its sha256 in the manifest first (:func:`check_bundle_files`); only the files the
+    manifest lists are sent, each to ``runner/bin`` or ``runner/lib`` (names checked by :func:`read_bundle_manifest`),
+    and ``manifest.json`` beside them, against which the binary checks its own files again when it starts (so a file
+    damaged on the way or on the device is refused there too). Nothing lands outside the workspace.
     """
     manifest = read_bundle_manifest(bundle)
+    check_bundle_files(bundle, manifest)
     remote = f"{workspace.rstrip('/')}/runner"
     device.run(["mkdir", "-p", "--", f"{remote}/bin", f"{remote}/lib"], timeout=60).check(
         device.id, "creating the runner folder in the workspace")
     for rel in manifest["files"]:
-        local = Path(bundle) / rel
-        if not local.is_file():
-            raise BundleError(f"{bundle}: {rel} is missing; rebuild the bundle with `compleak runners build`")
-        device.put(local, f"{remote}/{rel}")
+        device.put(Path(bundle) / rel, f"{remote}/{rel}")
+    device.put(Path(bundle) / "manifest.json", f"{remote}/manifest.json")
     binary = f"{remote}/{BINARY}"
     device.run(["chmod", "755", "--", binary], timeout=60).check(device.id, "making the runner executable")
     return binary
@@ -69,7 +82,8 @@ class NativeRunnerServer(RunnerServer):
             binary = push_bundle(self.device, self.bundle, self.workspace)
             self.upload_seconds = time.perf_counter() - t0
             if "runner" in getattr(self, "bytes_sent", {}):  # the bundle stands where the Python runner's source does
-                self.bytes_sent["runner"] += sum((self.bundle / rel).stat().st_size for rel in self.manifest["files"])
+                self.bytes_sent["runner"] += sum((self.bundle / rel).stat().st_size
+                                                 for rel in [*self.manifest["files"], "manifest.json"])
             self._proc = self.device.spawn([binary, "--serve"], label=BUNDLE_NAME)
         except DeviceError as exc:  # reported when the runner is first needed, as the Python runner's start
             self._start_error = exc if isinstance(exc, BundleError) else DeviceError(
@@ -79,9 +93,21 @@ class NativeRunnerServer(RunnerServer):
     def ready(self) -> DeviceProcess:
         if self._start_error is not None:
             raise self._start_error
-        proc = super().ready()
+        try:
+            proc = super().ready()
+        except RunnerRefusal as exc:  # an error instead of the hello: its start-up check (the bundle's sha256 list)
+            self._stop()
+            self._start_error = BundleError(f"{self.device.id}: the native runner refused to start: {exc}")
+            raise self._start_error from None
         self.require_runner("native")
         return proc
+
+    def _infer(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super()._infer(*args, **kwargs)
+        except RunnerRefusal:
+            self._loaded = None  # the runner drops a model that failed while running: the next load is not skipped
+            raise
 
 
 def native_server(pool: RunnerServerPool | None, device: Device, bundle: Path) -> NativeRunnerServer | None:

@@ -7,7 +7,10 @@ workspace and pulls ``rep.bin``. The replies (hello, load, infer) are read back 
 reply (sizes, shapes, types, protocol version, one-line errors, crashes named as such) is the server path's.
 
 The bundle and the model are pushed once per session (artifact); the model is loaded again for each chunk (a
-command cannot outlive its chunk on such a transport).
+command cannot outlive its chunk on such a transport). The bundle's files are checked against ``manifest.json`` by
+:func:`~devices.runners.native.push_bundle` before the push and by the binary itself at every start (it refuses in
+one line instead of its hello), and every load is verified and contained on the device as in server mode
+(docs/native.md, "What is verified and contained").
 """
 
 from __future__ import annotations
@@ -21,14 +24,14 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from rundir import ArtifactRecord
 from devices.base import Device, DeviceProcess, _keyed
 from devices.errors import DeviceError
 from devices.native.bundle import BUNDLE_NAME
-from devices.runners.native import NativeRunner, push_bundle
 from devices.ondevice.compleak_runner import frame
-from devices.runners.server import MAX_HEADER_BYTES, MAX_PAYLOAD_BYTES, RunnerServer
 from devices.runners.base import Infer, error_detail, output_classes, utc_now
+from devices.runners.native import NativeRunner, push_bundle
+from devices.runners.server import MAX_HEADER_BYTES, MAX_PAYLOAD_BYTES, RunnerServer
+from rundir import ArtifactRecord
 
 #: bytes of a reply file beyond the float32 outputs: hello, load reply, infer header (64 bytes per query row)
 _REPLY_OVERHEAD = 3 * MAX_HEADER_BYTES
@@ -93,7 +96,8 @@ class NativeOneShotRunner(NativeRunner):
             try:
                 binary = push_bundle(device, self.bundle, ws)
             except DeviceError as exc:
-                raise DeviceError(f"{where}: cannot install the native runner: {error_detail(exc, device.id)}") from None
+                why = error_detail(exc, device.id)
+                raise DeviceError(f"{where}: cannot install the native runner: {why}") from None
             bundle_s = time.perf_counter() - t0
             remote_model = f"{ws}/model.{artifact.format}"
             device.put(Path(artifact_file), remote_model)

@@ -33,9 +33,9 @@ import numpy as np
 
 from devices.base import Device, DeviceProcess
 from devices.errors import DeviceError
-from devices.spec import DEFAULT_START_TIMEOUT_S
 from devices.ondevice import RUNNER_FILENAME, runner_path
 from devices.ondevice.compleak_runner import BOOTSTRAP, MAX_INFER_ROWS, PROTOCOL, frame, preprocess_uint8
+from devices.spec import DEFAULT_START_TIMEOUT_S
 
 #: largest reply header accepted (bytes of JSON); an infer reply may add 64 bytes per query row (batch timings)
 MAX_HEADER_BYTES = 1 << 20
@@ -157,8 +157,8 @@ class RunnerServer:
     @classmethod
     def attach(cls, device: Device, process: DeviceProcess) -> "RunnerServer":
         """A server over a runner process started by other means, read from its hello on: e.g. the recorded reply
-        file of a one-shot native runner command (:mod:`devices.runners.native_oneshot`), whose requests were in its input
-        file, so what this server sends is dropped and the replies are read in order, with every check."""
+        file of a one-shot native runner command (:mod:`devices.runners.native_oneshot`), whose requests were in its
+        input file, so what this server sends is dropped and the replies are read in order, with every check."""
         server = cls(device, python=[process.label or RUNNER_FILENAME])
         server._proc = process
         return server

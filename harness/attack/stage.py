@@ -25,34 +25,23 @@ from typing import Any
 
 import numpy as np
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    SpinnerColumn,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
+from rich.progress import Progress
 from rich.table import Table
 
 from compleak.engine import AttackConfig, FittedAttacks, check_inputs, fit_attacks
-from rundir import (
-    ArtifactRecord,
-    ContractError,
-    Manifest,
-    OutputBatch,
-    ResultRow,
-    RunDir,
-    Splits,
-    atomic_save_npz,
-    save_results,
-)
 from compleak.samia import PerturbedBatch, load_perturbed, perturbed_path
-from rundir.vocabulary import families_problem
 from harness.config import AttackSection, load_experiment
 from harness.errors import HarnessError, esc
 from harness.execution import ExecEvents, Executor, SerialExecutor, Unit
+from harness.progress import stage_progress
+from rundir.errors import ContractError
+from rundir.files import atomic_save_npz
+from rundir.layout import RunDir
+from rundir.manifest import ArtifactRecord, Manifest
+from rundir.outputs import OutputBatch
+from rundir.results import ResultRow, save_results
+from rundir.splits import Splits
+from rundir.vocabulary import families_problem
 
 FORMAT_PREFERENCE = ("pte", "onnx", "ptl", "tflite")
 HOST = "local"
@@ -252,17 +241,7 @@ def _plan_device(
 
 
 def _progress(console: Console) -> Progress:
-    return Progress(
-        SpinnerColumn(),
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        console=console,
-        transient=True,
-    )
+    return stage_progress(console, spinner=True, transient=True, bold=True)
 
 
 class _FitsStarted(ExecEvents):

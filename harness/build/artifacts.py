@@ -12,6 +12,7 @@ from typing import Any, Callable, TypeVar
 import numpy as np
 
 from harness.errors import HarnessError
+from rundir import ContractError, atomic_write_json, load_json, sha256_file
 
 T = TypeVar("T")
 
@@ -106,7 +107,6 @@ def write_cache_record(path: Path, key: str, fmt: str, **extra: Any) -> None:
     The sidecar holds ``{"format": fmt, "key": key, "sha256": ..., "bytes": ..., **extra}``; :func:`check_cache_entry`
     accepts the file only while its content, format and cache key still match.
     """
-    from rundir import atomic_write_json, sha256_file
 
     path = Path(path)
     atomic_write_json(
@@ -122,7 +122,6 @@ def check_cache_entry(path: Path, key: str | None, fmt: str) -> tuple[str | None
     :func:`write_cache_record` with this ``fmt`` and (unless ``key`` is None) this cache ``key``; and the file's
     sha256 equals the recorded one. Nothing in the file is parsed here. The reason is one short phrase.
     """
-    from rundir import sha256_file
 
     path = Path(path)
     side = cache_record_path(path)
@@ -133,8 +132,8 @@ def check_cache_entry(path: Path, key: str | None, fmt: str) -> tuple[str | None
     if side.stat().st_size > CACHE_RECORD_MAX_BYTES:
         return "digest record too large", {}
     try:
-        rec = json.loads(side.read_bytes())
-    except (OSError, ValueError):
+        rec = load_json(side, CACHE_RECORD_MAX_BYTES)
+    except ContractError:
         return "unreadable digest record", {}
     if not isinstance(rec, dict) or rec.get("format") != fmt or not isinstance(rec.get("sha256"), str):
         return f"digest record is not a {fmt} record", {}

@@ -17,33 +17,32 @@ from __future__ import annotations
 import platform
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Sequence
 from typing import Any, Callable
 
 import numpy as np
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    SpinnerColumn,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 
-from rundir import ArtifactRecord, ContractError, Manifest, RunDir, Splits, TensorSpec, atomic_write_bytes
-from rundir import UnsafePathError
-from rundir import sha256_file
-from harness.build.artifacts import CACHE_DIRS, NOTICE, BuiltArtifact, artifact_id, cache_entry_prefix
-from harness.build.artifacts import content_digest
+from harness.build.artifacts import CACHE_DIRS, NOTICE, BuiltArtifact, artifact_id, cache_entry_prefix, content_digest
+from harness.build.threat import build_threat_model, write_threat_model
 from harness.config import Experiment, load_experiment, parse_variant
 from harness.data import Dataset, OwnerData, load_dataset, make_splits, owner_data, query_inputs
 from harness.errors import HarnessError, esc
-from harness.build.threat import build_threat_model, write_threat_model
 from harness.execution import ExecEvents, ExecOptions, Executor, Unit, make_executor
+from harness.progress import stage_progress
+from rundir import (
+    ArtifactRecord,
+    ContractError,
+    Manifest,
+    RunDir,
+    Splits,
+    TensorSpec,
+    UnsafePathError,
+    atomic_write_bytes,
+    sha256_file,
+)
 
 FRAMEWORKS_BUILT = ("tf", "torch")  # records of other frameworks (e.g. imported ones) are left alone
 
@@ -428,14 +427,6 @@ class BuildContext:
         self.manifest.artifacts.sort(key=lambda a: order.get(a.id, len(order)))
 
 
-def _bar_columns() -> tuple[Any, ...]:
-    """The columns of the build's progress bar."""
-    return (
-        SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        TextColumn("ETA"), TimeRemainingColumn(),
-    )  # fmt: skip
-
-
 def _units(
     ctx: BuildContext, jobs: dict[tuple[str, str, int | None], list[PlannedArtifact]], hook: Callable[[str], None]
 ) -> list[Unit]:
@@ -476,7 +467,7 @@ def _run_units(
     """Run the build units on ``ex``; as each finishes, add its records to manifest.json (this process is the one
     writer; an atomic save per record of the finished unit, then ``on_artifact(record)``)."""
     total = sum(len(v) for v in jobs.values())
-    with Progress(*_bar_columns(), console=ctx.console, transient=False) as bar:
+    with stage_progress(ctx.console, spinner=True) as bar:
         task = bar.add_task("build", total=total)
 
         def hook(msg: str) -> None:

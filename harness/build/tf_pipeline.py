@@ -31,30 +31,21 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tensorflow_model_optimization as tfmot  # noqa: E402
+
 try:
     import tf_keras as keras  # noqa: E402  (Keras 2 as its own package, TF >= 2.16)
 except ImportError:  # TF <= 2.15 (e.g. toolchain-tf:2.14.0): tf.keras is Keras 2 itself, and tfmot uses it
     keras = tf.keras
 
-from rundir import atomic_path, atomic_write_bytes  # noqa: E402
-from harness.build.artifacts import (  # noqa: E402
-    CACHE_DIRS,
-    BuiltArtifact,
-    artifact_id,
-    cache_entry_prefix,
-    check_cache_entry,
-    content_digest,
-    first_line,
-    read_cache_entry,
-    write_cache_record,
-)
+from harness.build import artifacts as art  # noqa: E402
 from harness.config import Experiment, TrainSection, parse_variant  # noqa: E402
 from harness.data import OwnerData  # noqa: E402
 from harness.errors import HarnessError  # noqa: E402
+from rundir import atomic_path, atomic_write_bytes  # noqa: E402
 
 Progress = Callable[[str], None]
 FRAMEWORK = "tf"
-CACHE_DIR = CACHE_DIRS[FRAMEWORK]  # under out_dir: trained and fine-tuned Keras models keyed by content hash
+CACHE_DIR = art.CACHE_DIRS[FRAMEWORK]  # under out_dir: trained and fine-tuned Keras models keyed by content hash
 _MODEL_STEPS = ("prune-", "cluster-", "qat-int8")
 
 
@@ -272,7 +263,7 @@ def _fit(
 
 def original_key(exp: Experiment, owner: OwnerData) -> str:
     """Content hash of everything that determines the trained original model."""
-    return content_digest(
+    return art.content_digest(
         "tf-original",
         exp.model.model_dump(mode="json"),
         exp.train.model_dump(mode="json"),
@@ -320,7 +311,7 @@ def _architecture(recipe: Any) -> keras.Model | None:
 
 def _cache_problem(path: Path, key: str | None, recipe: dict[str, Any] | None) -> tuple[str | None, dict[str, Any]]:
     """Why ``path`` may not be loaded (None when verified) and its sidecar record; reads only the zip directory."""
-    why, rec = check_cache_entry(path, key, CACHE_FORMAT)
+    why, rec = art.check_cache_entry(path, key, CACHE_FORMAT)
     if why is not None:
         return why, rec
     if recipe is not None and rec.get("recipe") != recipe:
@@ -380,14 +371,14 @@ def _save_keras(model: keras.Model, path: Path, key: str, recipe: dict[str, Any]
     with atomic_path(path, keep_suffix=True) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         model.save(tmp)  # tmp ends in .keras: the zip format
-    write_cache_record(path, key, CACHE_FORMAT, recipe=recipe)
+    art.write_cache_record(path, key, CACHE_FORMAT, recipe=recipe)
 
 
 def _cached(
     path: Path, key: str, recipe: dict[str, Any], make: Callable[[], keras.Model], say: Progress
 ) -> keras.Model:
     """The verified cache entry at ``path``; when it is missing, stale or refused: ``make()`` it and cache it."""
-    model = read_cache_entry(
+    model = art.read_cache_entry(
         path, lambda p: _load_verified(p, key, recipe), say, "tf cache {name} refused ({why}); rebuilding it"
     )
     if model is not None:
@@ -480,7 +471,7 @@ def convert(model: keras.Model, quant: str | None, owner: OwnerData, exp: Experi
             warnings.simplefilter("ignore", UserWarning)
             return conv.convert()
     except Exception as exc:  # converter errors are long multi-line dumps
-        raise HarnessError(f"TF-Lite conversion ({quant or 'float32'}) failed: {first_line(exc)}") from None
+        raise HarnessError(f"TF-Lite conversion ({quant or 'float32'}) failed: {art.first_line(exc)}") from None
 
 
 # --------------------------------------------------------------------------- the builder
@@ -533,7 +524,7 @@ def apply_step(
 def _cache_entry(cache: Path, tag: str, applied: list[str], key: str) -> Path:
     """``tf-cache/tf-{tag}-{steps}-{key[:16]}.keras``: the cached Keras model after ``applied`` (``original`` when
     none)."""
-    return cache / f"{cache_entry_prefix(FRAMEWORK, tag)}{'+'.join(applied) or 'original'}-{key[:16]}.keras"
+    return cache / f"{art.cache_entry_prefix(FRAMEWORK, tag)}{'+'.join(applied) or 'original'}-{key[:16]}.keras"
 
 
 def _variant_model(
@@ -548,7 +539,8 @@ def _variant_model(
     model = _cached(source, key, model_recipe(exp, owner), lambda: train_model(exp, owner, tag, progress), say)
     applied: list[str] = []
     for step in [s for s in model_steps if s != "qat-int8"] + (["qat-int8"] if quant == "qat-int8" else []):
-        key = content_digest(key, step, exp.compress.finetune_epochs, exp.compress.finetune_lr, exp.train.batch_size)
+        cc = exp.compress
+        key = art.content_digest(key, step, cc.finetune_epochs, cc.finetune_lr, exp.train.batch_size)
         source = _cache_entry(cache, tag, [*applied, step], key)
         model = _cached(
             source,
@@ -589,7 +581,7 @@ def build_variants(
     tag: str,
     formats: list[str] | None = None,
     progress: Progress | None = None,
-) -> list[BuiltArtifact]:
+) -> list[art.BuiltArtifact]:
     """Train (or load) the owner's original model and write one ``.tflite`` per variant.
 
     Args:
@@ -617,10 +609,10 @@ def build_variants(
         model, source = _variant_model(exp, owner, out_dir / CACHE_DIR, tag, variant, key0, progress)
         say(f"tf {tag} {variant}: converting to TF-Lite")
         data = convert(model, _steps_of(variant)[1], owner, exp)
-        path = out_dir / artifact_id(FRAMEWORK, tag, variant, "tflite")
+        path = out_dir / art.artifact_id(FRAMEWORK, tag, variant, "tflite")
         atomic_write_bytes(path, data)
         built.append(
-            BuiltArtifact(
+            art.BuiltArtifact(
                 variant=variant,
                 format="tflite",
                 path=path,

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from rundir import RunDir, Splits, atomic_write_json
+from rundir import ContractError, RunDir, Splits, atomic_write_json, load_json
 
 
 def _sizes(arrays: list[np.ndarray]) -> dict[str, int]:
@@ -121,9 +121,8 @@ def write_threat_model(run: RunDir, doc: dict[str, Any]) -> None:
     """Write ``RUN/threat_model.json`` atomically, only when its content changes."""
     path = run.threat_model
     try:
-        small = path.is_file() and path.stat().st_size < (1 << 20)  # bounded read of a file in the run
-        if small and json.loads(path.read_text()) == json.loads(json.dumps(doc)):
+        if path.is_file() and load_json(path, 1 << 20) == json.loads(json.dumps(doc)):
             return
-    except (OSError, ValueError):
+    except ContractError:  # unreadable, oversized or malformed: rewritten
         pass
     atomic_write_json(path, doc)

@@ -21,12 +21,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from rundir import atomic_path, atomic_write_bytes
 from harness.build.torch_compress import pt2e_int8, quantize_dynamic_linear
 from harness.build.torch_train import nchw, warnings_to_log
 from harness.config import Experiment, parse_variant
 from harness.data import OwnerData
 from harness.errors import HarnessError
+from rundir import atomic_path, atomic_write_bytes
 
 PTE_MAX_BATCH = 256  # upper bound of the dynamic batch dimension in .pte files (sizes the memory plan)
 _EXAMPLE_BATCH = 32  # export example batch; with a batch of 1 or 2 the XNNPACK lowering records a wrong batch bound

@@ -49,18 +49,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from rundir import atomic_write_bytes
-from harness.build.artifacts import (
-    CACHE_DIRS,
-    BuiltArtifact,
-    artifact_id,
-    cache_entry_prefix,
-    check_cache_entry,
-    content_digest,
-    first_line,
-    read_cache_entry,
-    write_cache_record,
-)
+from harness.build import artifacts as art
 from harness.build.torch_compress import (
     apply_clustering,
     apply_pruning,
@@ -70,18 +59,18 @@ from harness.build.torch_compress import (
 )
 from harness.build.torch_export import PTE_MAX_BATCH, ExportInputs, plan_formats, toolchain_versions, write_format
 from harness.build.torch_train import torch_settings, train_model, train_threads
-from harness.build.torch_zoo import ResNet18, build_model
+from harness.build.torch_zoo import build_model
 from harness.config import Experiment, parse_variant
 from harness.data import OwnerData
 from harness.errors import HarnessError
+from rundir import atomic_write_bytes
 
 FRAMEWORK = "torch"
-CACHE_DIR = CACHE_DIRS[FRAMEWORK]
+CACHE_DIR = art.CACHE_DIRS[FRAMEWORK]
 CACHE_FORMAT = "torch-state-dict"  # what a cache entry's sidecar records
 _FP32_STEPS = ("prune-", "cluster-")  # the compression steps applied to the torch model itself (then fine-tuned)
-_torch_settings = torch_settings  # the name benchmarks/gpu_train.py imports (with ResNet18 and train_model)
 __all__ = [
-    "CACHE_DIR", "CACHE_FORMAT", "FRAMEWORK", "PTE_MAX_BATCH", "ResNet18", "build_model", "build_variants",
+    "CACHE_DIR", "CACHE_FORMAT", "FRAMEWORK", "PTE_MAX_BATCH", "build_model", "build_variants",
     "cache_path", "plan_formats", "train_model", "trained_model",
 ]
 
@@ -137,7 +126,8 @@ def _check_owner(owner: OwnerData) -> tuple[int, int, int]:
 
 
 def _data_digest(owner: OwnerData) -> str:
-    return content_digest(owner.x_train, owner.y_train, owner.x_holdout, owner.y_holdout, owner.n_classes, owner.seed)
+    return art.content_digest(owner.x_train, owner.y_train, owner.x_holdout, owner.y_holdout, owner.n_classes,
+                              owner.seed)
 
 
 def _save_state(path: Path, model: nn.Module, info: dict[str, Any]) -> None:
@@ -145,7 +135,7 @@ def _save_state(path: Path, model: nn.Module, info: dict[str, Any]) -> None:
     buf = io.BytesIO()
     torch.save({"state_dict": model.state_dict(), "info": info}, buf)
     atomic_write_bytes(path, buf.getvalue())
-    write_cache_record(path, str(info["key"]), CACHE_FORMAT)
+    art.write_cache_record(path, str(info["key"]), CACHE_FORMAT)
 
 
 def _load_state(
@@ -160,7 +150,7 @@ def _load_state(
     """
 
     def read(p: Path) -> dict[str, Any]:
-        why, _ = check_cache_entry(p, key, CACHE_FORMAT)
+        why, _ = art.check_cache_entry(p, key, CACHE_FORMAT)
         if why is not None:
             raise ValueError(why)
         try:
@@ -172,12 +162,12 @@ def _load_state(
         except Exception as exc:  # weights_only refusals, truncated or foreign files, other architectures
             raise ValueError(f"not a state dict of this model ({exc.__class__.__name__})") from None
 
-    return read_cache_entry(path, read, say, "torch cache {name} refused ({why}); retraining")
+    return art.read_cache_entry(path, read, say, "torch cache {name} refused ({why}); retraining")
 
 
 def cache_path(out_dir: Path, tag: str, stage: str, key: str) -> Path:
     """``out_dir/torch-cache/{tag}-{stage}-{key[:16]}.pt``: one cached state dict."""
-    return Path(out_dir) / CACHE_DIR / f"{cache_entry_prefix(FRAMEWORK, tag)}{stage}-{key[:16]}.pt"
+    return Path(out_dir) / CACHE_DIR / f"{art.cache_entry_prefix(FRAMEWORK, tag)}{stage}-{key[:16]}.pt"
 
 
 
@@ -253,7 +243,7 @@ class _Builder:
             return self.original()
         parent, _ = self.fp32(steps[:-1])
         cc = self.exp.compress
-        key = content_digest(self.base_key, list(steps), cc.finetune_epochs, cc.finetune_lr)
+        key = art.content_digest(self.base_key, list(steps), cc.finetune_epochs, cc.finetune_lr)
         stage = "+".join(steps)
         path = cache_path(self.out_dir, self.tag, stage, key)
         model = self.fresh()
@@ -339,7 +329,7 @@ def build_variants(
     tag: str,
     formats: list[str] | None = None,
     progress: Any = None,
-) -> list[BuiltArtifact]:
+) -> list[art.BuiltArtifact]:
     """Train (or reuse) the owner's original torch model, compress it per variant and export each variant.
 
     Args:
@@ -360,7 +350,7 @@ def build_variants(
     out_dir.mkdir(parents=True, exist_ok=True)
     rep = _Progress(progress, tag)
     toolchain = toolchain_versions()
-    built: list[BuiltArtifact] = []
+    built: list[art.BuiltArtifact] = []
     try:
         with torch_settings(train_threads(exp.train)):
             b = _Builder(exp, owner, out_dir, tag, rep.say)
@@ -373,15 +363,15 @@ def build_variants(
                 model, info = b.fp32(tuple(s for s in steps if s.startswith(_FP32_STEPS)))
                 comp = _compression(steps, model, info, b.original()[1], exp)
                 for f in fmts:
-                    path = out_dir / artifact_id(FRAMEWORK, tag, v, f)
+                    path = out_dir / art.artifact_id(FRAMEWORK, tag, v, f)
                     rep.say(f"exporting {path.name}")
                     compression = {**comp, **write_format(model, v, f, path, inputs)}
-                    built.append(BuiltArtifact(v, f, path, compression, dict(toolchain), "logits"))
+                    built.append(art.BuiltArtifact(v, f, path, compression, dict(toolchain), "logits"))
     except HarnessError:
         raise
     except (RuntimeError, ValueError) as exc:
         raise HarnessError(
-            f"torch build ({exp.model.arch}, {tag}): {exc.__class__.__name__}: {first_line(exc)[:300]}"
+            f"torch build ({exp.model.arch}, {tag}): {exc.__class__.__name__}: {art.first_line(exc)[:300]}"
         ) from exc
     finally:
         rep.done()

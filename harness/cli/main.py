@@ -9,14 +9,16 @@ torch, paramiko) only matters to the command that needs it.
 from __future__ import annotations
 
 import functools
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional, Sequence, TypeVar
 
 import typer
 from rich.console import Console
 
-from harness.errors import esc, user_errors
+from harness.errors import Terminated, esc, on_sigterm, user_errors
 
 if TYPE_CHECKING:
     from devices.spec import DeviceSpec
@@ -143,11 +145,13 @@ def friendly(fn: F) -> F:
 
     @functools.wraps(fn)
     def wrapper(*args: object, **kwargs: object) -> object:
-        from harness.errors import cli_exits
         from harness.cli.quiet import quiet, run_of
+        from harness.errors import cli_exits
 
         typed = _typed_strings([*args, *kwargs.values()])
-        try:  # third-party log noise goes to a log file, not the terminal, unless -v (harness/logs.py)
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, on_sigterm)  # a clean stop: `with` blocks close, finished work stays
+        try:  # third-party log noise goes to a log file, not the terminal, unless -v (harness/cli/quiet.py)
             with quiet(fn.__name__.strip("_").replace("_", "-"), run_of(kwargs), _verbose(), [err_console]):
                 return fn(*args, **kwargs)
         except user_errors() as exc:
@@ -156,20 +160,40 @@ def friendly(fn: F) -> F:
         except KeyboardInterrupt:
             err_console.print("[yellow]interrupted[/]: finished work is kept; rerun the same command to resume")
             raise typer.Exit(130) from None
+        except Terminated:
+            print_error("terminated (SIGTERM): finished work is kept; rerun the same command to resume")
+            raise typer.Exit(143) from None
         except cli_exits():
             raise
-        except OSError as exc:
-            if exc.filename is None or not exc.strerror:
-                print_error(_internal(exc, typed), typed)
-            else:
-                where = f"{exc.filename}" + (f" -> {exc.filename2}" if exc.filename2 else "")
-                print_error(f"{where}: {exc.strerror}; check the path, its permissions and free space", typed)
-            raise typer.Exit(2) from None
-        except Exception as exc:  # a bug: one line, the traceback goes to a file
-            print_error(_internal(exc, typed), typed)
+        except Exception as exc:
+            if _terminated(exc):
+                print_error("terminated (SIGTERM): finished work is kept; rerun the same command to resume")
+                raise typer.Exit(143) from None
+            print_error(_unexpected(exc, typed), typed)
             raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _terminated(exc: BaseException | None) -> bool:
+    """Whether SIGTERM's :class:`Terminated` is in ``exc``'s chain (a C extension running when the signal came may
+    wrap it, e.g. Ray's ``SystemError: ... returned a result with an exception set``)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, Terminated):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _unexpected(exc: Exception, typed: Sequence[str]) -> str:
+    """The one line for an exception that is not a user error: an ``OSError`` naming a file gives that file and the
+    reason; anything else is a bug, an internal error with the traceback written to a file."""
+    if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+        where = f"{exc.filename}" + (f" -> {exc.filename2}" if exc.filename2 else "")
+        return f"{where}: {exc.strerror}; check the path, its permissions and free space"
+    return _internal(exc, typed)
 
 
 def _verbose() -> bool:
@@ -185,10 +209,15 @@ def _internal(exc: BaseException, typed: Sequence[str]) -> str:
 
 
 def _execution(ray_address: Optional[str], workers: Optional[int], no_ray: bool) -> "ExecOptions":
-    """Where a stage's units run (harness.execution; docs/scale.md): serial, embedded Ray, or a cluster."""
+    """Where a stage's units run (harness.execution; docs/scale.md): serial, embedded Ray, or a cluster. Checked
+    before any work: an embedded Ray needs authentication on, a cluster address must answer."""
     from harness.execution import ExecOptions
+    from harness.execution.ray_executor import check_reachable
 
-    return ExecOptions(serial=no_ray, address=ray_address, workers=workers)
+    options = ExecOptions(serial=no_ray, address=ray_address, workers=workers)
+    if options.cluster_address and not options.serial:
+        check_reachable(options.cluster_address)
+    return options
 
 
 def _split(values: str | Sequence[str] | None) -> Optional[list[str]]:

@@ -37,7 +37,6 @@ from rich.file_proxy import FileProxy
 from rundir import RunDir
 
 
-
 def cache_log_dir() -> Path:
     """``$XDG_CACHE_HOME/compleak/logs`` (default ``~/.cache/compleak/logs``): logs of commands without a run."""
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")

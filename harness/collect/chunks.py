@@ -4,7 +4,6 @@ reused on a rerun, and deleted once the artifact's final files are written."""
 
 from __future__ import annotations
 
-import json
 import shutil
 import zipfile
 from dataclasses import dataclass
@@ -16,8 +15,8 @@ from rich.progress import Progress
 
 from harness.collect.guard import bad_outputs, refuse_bad_outputs
 from harness.errors import HarnessError
-from rundir import ArtifactRecord, RunDir, atomic_save_npz, atomic_write_json, sha256_file
-
+from rundir import ArtifactRecord, RunDir, atomic_save_npz, atomic_write_json, load_json, sha256_file
+from rundir.layout import MAX_PROVENANCE_BYTES
 
 DEFAULT_CHUNK = 32768
 
@@ -37,8 +36,8 @@ def load_chunk(path: Path, ids: np.ndarray, rec: ArtifactRecord | None = None, n
     try:
         with np.load(path, allow_pickle=False) as z:
             index, values = z["index"], z["values"]
-        meta = json.loads(meta_path.read_text())
-    except (OSError, KeyError, ValueError, MemoryError, zipfile.BadZipFile):
+        meta = load_json(meta_path, MAX_PROVENANCE_BYTES)
+    except (OSError, KeyError, ValueError, MemoryError, zipfile.BadZipFile):  # ContractError is a ValueError
         return None
     if not np.array_equal(index, ids) or len(values) != len(ids) or not isinstance(meta, dict):
         return None

@@ -23,8 +23,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from rundir import ArtifactRecord, ContractError, RunDir
 from harness.errors import HarnessError
+from rundir import ArtifactRecord, ContractError, RunDir
 
 #: largest ``queries.npz`` array read (bytes, after decompression)
 MAX_QUERY_BYTES = 8 << 30

@@ -18,7 +18,6 @@ import numpy as np
 from harness.errors import HarnessError
 from rundir import ArtifactRecord, RunDir, Splits
 
-
 _NOISE_STREAM = 0x5A311A  # separates the perturbation noise from any other stream seeded by [attack] seed
 
 

@@ -11,7 +11,6 @@ when both its files exist, the provenance's sha256 equals the manifest's and the
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,8 @@ import numpy as np
 from harness.collect.guard import bad_outputs
 from harness.collect.perturb import Perturbation, perturbed_ids, resolve_perturbation
 from harness.errors import HarnessError
-from rundir import ArtifactRecord, ContractError, OutputBatch, RunDir, Splits
+from rundir import ArtifactRecord, ContractError, OutputBatch, RunDir, Splits, load_json
+from rundir.layout import MAX_PROVENANCE_BYTES
 
 
 def _provenance_of(rec: ArtifactRecord, npz: Path, prov: Path) -> dict[str, Any] | None:
@@ -30,9 +30,9 @@ def _provenance_of(rec: ArtifactRecord, npz: Path, prov: Path) -> dict[str, Any]
     if not (npz.is_file() and prov.is_file()):
         return None
     try:
-        meta = json.loads(prov.read_text())
+        meta = load_json(prov, MAX_PROVENANCE_BYTES)
         return meta if meta.get("artifact", {}).get("sha256") == rec.sha256 else None
-    except (OSError, ValueError, RecursionError, AttributeError):
+    except (ContractError, AttributeError):
         return None
 
 

@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import Progress
 
 from devices.base import Device, DeviceProperties
 from devices.runners.choose import choose_runner, probe
@@ -58,6 +58,7 @@ from harness.collect.plan import CollectPlan, collect_pending
 from harness.collect.provenance import mb, provenance
 from harness.collect.queries import QueryInputs
 from harness.errors import HarnessError, esc, literal_log
+from harness.progress import stage_progress
 from rundir import ArtifactRecord, ContractError, OutputBatch, RunDir, atomic_save_npz, atomic_write_json
 
 __all__ = ["DEFAULT_CHUNK", "collect_pending", "collect_run"]
@@ -158,8 +159,7 @@ class _Collector:
 
 
 def _progress(console: Console) -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("queries"),
-                    TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False)
+    return stage_progress(console, unit="queries")
 
 
 def collect_run(

@@ -13,26 +13,21 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import tempfile
+import signal
+import socket
+import sys
+import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from harness.errors import HarnessError
+from harness.execution import units
+from harness.execution.ray_guard import EmbeddedRayGuard, check_auth_environment, copy_logs
 from harness.execution.serial import WHERE
-from harness.execution.units import (
-    MAX_RETRIES,
-    NO_EVENTS,
-    RAY_ADDRESS_ENV,
-    UNIT_CPUS_ENV,
-    ExecEvents,
-    ExecOptions,
-    Executor,
-    Unit,
-    unit_cpus,
-)
+from harness.execution.units import NO_EVENTS, ExecEvents, ExecOptions, Executor, Unit, unit_cpus
 from rundir import RunDir
 
 
@@ -48,11 +43,67 @@ def _call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
     (so Ray does not wrap them, and ``retry_exceptions`` stays off for them)."""
     from harness.errors import user_errors
 
-    os.environ[UNIT_CPUS_ENV] = str(max(1, int(cpus)))
+    os.environ[units.UNIT_CPUS_ENV] = str(max(1, int(cpus)))
     try:
         return fn(*args, **kwargs)
     except user_errors() as exc:
         return _UserFailure(exc)
+
+
+#: seconds ``--ray-address`` may take to answer and accept this driver (COMPLEAK_RAY_JOIN_TIMEOUT overrides)
+JOIN_TIMEOUT_S = 60.0
+
+
+def _join_failed(address: str, why: str) -> HarnessError:
+    return HarnessError(f"cannot join the Ray cluster at {address[:120]}: {why}; check `ray status --address ADDR` on "
+                        "the head node, or pass --no-ray")
+
+
+def join_timeout() -> float:
+    """Seconds a join may take: ``COMPLEAK_RAY_JOIN_TIMEOUT`` when it is a positive number, else
+    :data:`JOIN_TIMEOUT_S`."""
+    raw = os.environ.get("COMPLEAK_RAY_JOIN_TIMEOUT", "")
+    return float(raw) if raw.replace(".", "", 1).isdigit() and float(raw) > 0 else JOIN_TIMEOUT_S
+
+
+def check_reachable(address: str, timeout_s: float = 10.0) -> None:
+    """Fail in one line when nothing accepts a TCP connection at a ``host:port`` (or ``ray://host:port``) cluster
+    address; other forms (``auto``) are left to Ray."""
+    host, sep, port = address.split("://", 1)[-1].rpartition(":")
+    if not (sep and port.isdigit() and host):
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise _join_failed(address, f"nothing answers at {host}:{port} ({exc.strerror or type(exc).__name__})"
+                           ) from None
+
+
+def join_cluster(ray: Any, address: str, timeout_s: float | None = None) -> None:
+    """``ray.init(address)``, bounded: a ``host:port`` that nothing answers fails at once, and a join that does not
+    finish within ``timeout_s`` seconds (:data:`JOIN_TIMEOUT_S`) fails in one line; Ctrl-C works meanwhile (the
+    join runs on a daemon thread while this one waits)."""
+    timeout_s = join_timeout() if timeout_s is None else timeout_s
+    check_reachable(address, min(10.0, timeout_s))
+    outcome: dict[str, BaseException] = {}
+
+    def init() -> None:
+        try:
+            ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR, include_dashboard=False)
+        except BaseException as exc:  # noqa: BLE001  (reported in the waiting thread)
+            outcome["error"] = exc
+
+    joining = threading.Thread(target=init, name="compleak-ray-join", daemon=True)
+    joining.start()
+    deadline = time.monotonic() + timeout_s
+    while joining.is_alive():
+        joining.join(0.2)  # Ctrl-C (KeyboardInterrupt) lands here
+        if joining.is_alive() and time.monotonic() > deadline:
+            raise _join_failed(address, f"no Ray head answered within {timeout_s:g} s (COMPLEAK_RAY_JOIN_TIMEOUT)")
+    exc = outcome.get("error")
+    if exc is not None:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise _join_failed(address, first[:300])
 
 
 class _UnitActor:
@@ -85,18 +136,30 @@ class RayExecutor:
     def __init__(self, options: ExecOptions, run_dir: Path | None = None) -> None:
         self.options = options
         self.run_dir = Path(run_dir) if run_dir is not None else None
-        self._temp: Path | None = None
+        self._guard: EmbeddedRayGuard | None = None
         self._started = False
         self._ray: Any = None
         self.mode = "cluster" if options.cluster_address else "embedded"
         self._actors: dict[str, Any] = {}  # unit key -> its live actor
         self._prestart: list[Unit] = []  # actor units to start as soon as Ray starts
         self._warming: list[Any] = []  # object refs of the warm-up calls
+        if self.mode == "embedded":
+            check_auth_environment()  # before any work: an embedded Ray always authenticates
 
     def start(self) -> None:
-        """Start the embedded instance or join the cluster (once)."""
+        """Start the embedded instance or join the cluster (once). ``ray.init`` replaces the SIGTERM handler with
+        one that exits at once; the caller's handler (the CLI's clean stop) is put back."""
         if self._ray is not None:
             return
+        main = threading.current_thread() is threading.main_thread()
+        handler = signal.getsignal(signal.SIGTERM) if main else None
+        try:
+            self._start()
+        finally:
+            if main and handler is not None:
+                signal.signal(signal.SIGTERM, handler)
+
+    def _start(self) -> None:
         try:
             import ray
         except ImportError:
@@ -110,39 +173,11 @@ class RayExecutor:
             self.mode = "existing"
         elif address:
             self.mode = "cluster"
-            try:
-                ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR,
-                         include_dashboard=False)  # fmt: skip
-            except (ConnectionError, RuntimeError, ValueError) as exc:
-                raise HarnessError(
-                    f"cannot join the Ray cluster at {address}: {str(exc).strip().splitlines()[0] if str(exc) else exc}"
-                    "; check `ray status --address ADDR` on the head node, or pass --no-ray"
-                ) from None
+            join_cluster(ray, address)
             self._started = True
         else:
             self.mode = "embedded"
-            # a private temp dir (short path: Ray's Unix sockets live there), copied into RUN/logs/ray/ at close
-            self._temp = Path(tempfile.mkdtemp(prefix="compleak-ray-"))
-            env_addr = os.environ.pop(RAY_ADDRESS_ENV, None)  # empty string only: cluster_address was None
-            try:
-                ray.init(
-                    address="local",
-                    num_cpus=unit_cpus(),
-                    include_dashboard=False,
-                    log_to_driver=False,
-                    logging_level=logging.ERROR,
-                    _node_ip_address="127.0.0.1",
-                    _temp_dir=str(self._temp),
-                )
-            except Exception as exc:  # noqa: BLE001  (Ray raises many types when it cannot start)
-                shutil.rmtree(self._temp, ignore_errors=True)
-                raise HarnessError(
-                    f"could not start an embedded Ray instance ({exc.__class__.__name__}: "
-                    f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}); pass --no-ray to run serially"
-                ) from None
-            finally:
-                if env_addr is not None:
-                    os.environ[RAY_ADDRESS_ENV] = env_addr
+            self._start_embedded(ray)
             self._started = True
         self._remote_call = ray.remote(_call)
         self._remote_actor = ray.remote(_UnitActor)
@@ -150,6 +185,34 @@ class RayExecutor:
         if self._prestart:
             units, self._prestart = self._prestart, []
             self.prestart(units)
+
+    def _start_embedded(self, ray: Any) -> None:
+        """An embedded instance confined to this user and this machine (:mod:`harness.execution.ray_guard`:
+        loopback only, token authentication, a private folder, a watchdog); its logs are copied into RUN/logs/ray/
+        at close."""
+        guard = EmbeddedRayGuard()
+        guard.start()  # refuses an environment without authentication, in one line
+        env_addr = os.environ.pop(units.RAY_ADDRESS_ENV, None)  # empty string only: cluster_address was None
+        try:
+            ray.init(
+                address="local",
+                num_cpus=unit_cpus(),
+                include_dashboard=False,
+                log_to_driver=False,
+                logging_level=logging.ERROR,
+                _node_ip_address="127.0.0.1",
+                _temp_dir=str(guard.temp_dir),
+            )
+        except Exception as exc:  # noqa: BLE001  (Ray raises many types when it cannot start)
+            guard.close()
+            raise HarnessError(
+                f"could not start an embedded Ray instance ({exc.__class__.__name__}: "
+                f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}); pass --no-ray to run serially"
+            ) from None
+        finally:
+            if env_addr is not None:
+                os.environ[units.RAY_ADDRESS_ENV] = env_addr
+        self._guard = guard
 
     def prestart(self, units: Sequence[Unit]) -> None:
         """See :meth:`Executor.prestart`. An actor needing a custom resource no node offers is left to :meth:`run`,
@@ -191,7 +254,7 @@ class RayExecutor:
 
     def _actor(self, unit: Unit) -> Any:
         return self._remote_actor.options(
-            **self._options(unit), max_restarts=MAX_RETRIES, max_task_retries=MAX_RETRIES
+            **self._options(unit), max_restarts=units.MAX_RETRIES, max_task_retries=units.MAX_RETRIES
         ).remote(unit.num_cpus)
 
     # ----------------------------------------------------------------- resources
@@ -224,9 +287,8 @@ class RayExecutor:
             if actor is None:
                 actor = self._actors[unit.key] = self._actor(unit)
             return actor.call.remote(unit.fn, unit.args, unit.kwargs), actor
-        ref = self._remote_call.options(**self._options(unit), max_retries=MAX_RETRIES, retry_exceptions=False).remote(
-            unit.fn, unit.args, unit.kwargs, unit.num_cpus
-        )
+        call = self._remote_call.options(**self._options(unit), max_retries=units.MAX_RETRIES, retry_exceptions=False)
+        ref = call.remote(unit.fn, unit.args, unit.kwargs, unit.num_cpus)
         return ref, None
 
     def _kill_actor(self, key: str) -> None:
@@ -275,7 +337,7 @@ class RayExecutor:
                 except (WorkerCrashedError, RayActorError) as exc:
                     self._kill_actor(unit.key)
                     raise HarnessError(
-                        f"unit {unit.key}: its Ray worker died {MAX_RETRIES + 1} times "
+                        f"unit {unit.key}: its Ray worker died {units.MAX_RETRIES + 1} times "
                         f"({exc.__class__.__name__}); finished work is kept, rerun to resume"
                     ) from None
                 if isinstance(result, _UserFailure):
@@ -283,7 +345,10 @@ class RayExecutor:
                 events.finished(unit, result)
                 yield unit, result
         finally:
+            stopping = not isinstance(sys.exc_info()[1], (Exception, GeneratorExit, type(None)))
             for ref, (unit, actor) in pending.items():  # stopped early: a unit's error, or the caller's
+                if stopping:  # SIGTERM / Ctrl-C: the process is ending, close() stops Ray with everything in it (a
+                    break     # forced cancel racing a task's completion can abort Ray's core worker)
                 if actor is not None:
                     self._kill_actor(unit.key)
                     continue
@@ -303,23 +368,22 @@ class RayExecutor:
         self._started = False
         if self.mode != "existing":
             self._ray.shutdown()
-        if self._temp is not None:
-            self._keep_logs()
-            shutil.rmtree(self._temp, ignore_errors=True)
-            self._temp = None
+        guard, self._guard = self._guard, None
+        if guard is not None:
+            self._keep_logs(guard)
+            guard.close()  # the watchdog stops what is left and removes the private folder
 
-    def _keep_logs(self) -> None:
-        """Copy the embedded instance's logs into RUN/logs/ray/<session>/ (best effort, never fails the run)."""
-        if self.run_dir is None or self._temp is None:
+    def _keep_logs(self, guard: EmbeddedRayGuard) -> None:
+        """Copy the embedded instance's logs into RUN/logs/ray/<session>/ (regular files only, never through a
+        link, bounded: :func:`~harness.execution.ray_guard.copy_logs`; best effort, never fails the run)."""
+        if self.run_dir is None or guard.root is None:
             return
-        for session in sorted(self._temp.glob("session_2*")):
+        for session in sorted(guard.temp_dir.glob("session_2*")):
             logs = session / "logs"
-            if logs.is_dir():
-                dest = RunDir(self.run_dir).ray_logs_dir / session.name
+            if logs.is_dir() and not logs.is_symlink() and not session.is_symlink():
                 try:
-                    shutil.copytree(logs, dest, dirs_exist_ok=True, symlinks=False,
-                                    ignore=shutil.ignore_patterns("*.sock", "old"))  # fmt: skip
-                except (OSError, shutil.Error):
+                    copy_logs(logs, RunDir(self.run_dir).ray_logs_dir / session.name)
+                except OSError:
                     pass
 
     def __enter__(self) -> "RayExecutor":

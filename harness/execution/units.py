@@ -11,7 +11,6 @@ from typing import Any, Literal, Protocol
 
 from harness.errors import HarnessError
 
-
 #: environment variable a unit reads for the number of CPUs it was given (set by the Ray executor in the worker)
 UNIT_CPUS_ENV = "COMPLEAK_UNIT_CPUS"
 
@@ -105,6 +104,10 @@ class ExecOptions:
             raise HarnessError(f"--workers must be >= 1 (got {self.workers})")
         if self.serial and self.address:
             raise HarnessError("--no-ray and --ray-address exclude each other; give one of them")
+        if not self.serial and not self.cluster_address:
+            from harness.execution.ray_guard import check_auth_environment
+
+            check_auth_environment()  # before any work: an embedded Ray always authenticates
 
     @property
     def cluster_address(self) -> str | None:

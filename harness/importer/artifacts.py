@@ -10,12 +10,12 @@ from typing import Any
 import numpy as np
 from pydantic import ValidationError
 
-from rundir import ArtifactRecord, TensorSpec, sha256_file
 from harness.build.artifacts import artifact_id
 from harness.config import Preprocess, parse_variant
 from harness.errors import HarnessError
 from harness.importer.args import ArtifactArg
 from harness.importer.text import first_line
+from rundir import ArtifactRecord, TensorSpec, sha256_file
 
 FRAMEWORK = "external"  # framework field of every artifact in an imported run (targets and their shadows alike)
 TF_FORMATS = ("tflite",)

@@ -10,11 +10,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from rundir import Splits, name_problem
 from harness.config import Experiment
 from harness.errors import HarnessError
 from harness.importer.artifacts import TF_FORMATS, TORCH_FORMATS
 from harness.importer.inputs import Inputs
+from rundir import Splits, name_problem
 
 
 def _toml_value(v: Any) -> str:

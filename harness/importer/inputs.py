@@ -10,11 +10,11 @@ from typing import Any
 import numpy as np
 from rich.console import Console
 
-from rundir import RunDir
 from harness.config import Experiment, Preprocess, load_experiment
 from harness.errors import esc
 from harness.importer.args import ImportRequest, load_preprocess, resolve_dataset_spec
 from harness.importer.artifacts import Inspected, check_input_shape, probe_artifact
+from rundir import RunDir
 
 ACCURACY_SAMPLE = 500  # members and as many non-members run on the host per artifact (output kind, accuracy)
 

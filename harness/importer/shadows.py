@@ -9,7 +9,6 @@ from typing import Any
 
 import numpy as np
 
-from rundir import ArtifactRecord, RunDir, Splits
 from harness.config import Experiment
 from harness.errors import HarnessError, esc
 from harness.importer.args import ArtifactArg
@@ -19,6 +18,7 @@ from harness.importer.inputs import Inputs
 from harness.importer.membership import Membership, resolve_membership
 from harness.importer.targets import TargetSet
 from harness.importer.text import first_line
+from rundir import ArtifactRecord, RunDir, Splits
 
 
 @dataclass

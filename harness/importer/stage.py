@@ -31,16 +31,6 @@ from typing import Any, Iterable
 import numpy as np
 from rich.console import Console
 
-from rundir import (
-    ArtifactRecord,
-    ContractError,
-    Manifest,
-    RunDir,
-    Splits,
-    atomic_write_bytes,
-    atomic_write_json,
-    sha256_file,
-)
 from harness.errors import HarnessError, esc
 from harness.importer.args import ImportRequest
 from harness.importer.artifacts import io_differences
@@ -51,6 +41,16 @@ from harness.importer.shadows import ShadowSide, supplied_shadows, trained_shado
 from harness.importer.staging import Staging, copy_into
 from harness.importer.targets import TargetSet, add_earlier_targets, import_targets, target_probe
 from harness.importer.threat import recorded_threat, threat_model
+from rundir import (
+    ArtifactRecord,
+    ContractError,
+    Manifest,
+    RunDir,
+    Splits,
+    atomic_write_bytes,
+    atomic_write_json,
+    sha256_file,
+)
 
 __all__ = ["ImportRequest", "experiment_toml", "import_run"]
 

@@ -3,16 +3,15 @@ moved into place with renames, so a failed import leaves the run exactly as it w
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
 
-from rundir import ArtifactRecord, ContractError, Manifest, RunDir, Splits, atomic_path, sha256_file
 from harness.config import load_experiment
 from harness.errors import HarnessError
 from harness.importer.text import first_line
+from rundir import ArtifactRecord, ContractError, Manifest, RunDir, Splits, atomic_path, load_json, sha256_file
 
 
 def copy_into(src: Path, dest: Path, sha256: str) -> None:
@@ -91,7 +90,7 @@ class Staging:
         try:
             manifest = Manifest.load(stage.manifest)
             Splits.load(stage.splits).validate("membership")
-            json.loads(stage.threat_model.read_text(encoding="utf-8"))
+            load_json(stage.threat_model)
         except (ContractError, OSError, ValueError) as exc:
             raise HarnessError(f"{self.rd.root}: the import did not read back ({first_line(exc)}); nothing was "
                                f"changed; please report this") from None

@@ -6,7 +6,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rundir import ArtifactRecord, ContractError, Manifest
 from harness.errors import HarnessError, esc
 from harness.importer.args import ArtifactArg
 from harness.importer.artifacts import (
@@ -20,6 +19,7 @@ from harness.importer.artifacts import (
 from harness.importer.inputs import Inputs, Probe
 from harness.importer.membership import Membership
 from harness.importer.text import first_line
+from rundir import ArtifactRecord, ContractError, Manifest
 
 
 @dataclass

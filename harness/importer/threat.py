@@ -3,21 +3,20 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-from rundir import ArtifactRecord, RunDir, Splits
 from harness.build.threat import owners_summary
 from harness.importer.inputs import Inputs
 from harness.importer.membership import Membership
+from rundir import ArtifactRecord, ContractError, RunDir, Splits, load_json
 
 
 def recorded_threat(rd: RunDir) -> dict[str, Any]:
     """The run's threat model as recorded, ``{}`` when it has none (or it does not read)."""
     path = rd.threat_model
     try:
-        return json.loads(path.read_text()) if path.is_file() else {}
-    except (OSError, json.JSONDecodeError):
+        return load_json(path) if path.is_file() else {}
+    except ContractError:
         return {}
 
 

@@ -4,20 +4,23 @@ attack family, leakage against compression strength, host-versus-device divergen
 from __future__ import annotations
 
 import base64
+import functools
 import io
 import math
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import numpy as np
 
-from rundir import Manifest, ResultRow
-from rundir.vocabulary import ROW_FAMILIES
 from harness.compare import HOST
 from harness.report.load import DeviceResults, strength_order, variant_number, where_of
+from rundir import Manifest, ResultRow
+from rundir.vocabulary import ROW_FAMILIES
 
 FAMILY_COLORS = {"NR": "#1f77b4", "SR": "#d62728", "MR": "#2ca02c", "baseline": "#9467bd"}
 Curve = tuple[ResultRow, tuple[np.ndarray, np.ndarray]]  # a result row and its ROC points (fpr, tpr)
 
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 def _pyplot() -> Any:
     """``matplotlib.pyplot`` on the Agg backend (no display needed)."""
@@ -27,6 +30,20 @@ def _pyplot() -> Any:
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def literal_text(fn: F) -> F:
+    """Draw every text of the figures ``fn`` makes literally: names from the run (variants, methods, device ids)
+    never go through matplotlib's mathtext, so ``$...$`` in one prints as it is and cannot stop the report."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        import matplotlib
+
+        with matplotlib.rc_context({"text.parse_math": False}):
+            return fn(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
 
 
 def _png(fig: Any) -> str:
@@ -95,6 +112,7 @@ def _roc_panel(ax: Any, fam: str, dev: str, where: str, curves: dict[str, Curve]
     ax.grid(True, which="both", alpha=0.25)
 
 
+@literal_text
 def roc_figures(devices: list[DeviceResults], manifest: Manifest | None) -> list[tuple[str, str]]:
     """One log-log ROC figure per attack family, a panel per device and framework/format (three per row): for each
     target variant the family's best method by AUC (for MR each method). Returns (family, base64 PNG)."""
@@ -176,6 +194,7 @@ def _strength_panel(ax: Any, series: Series, where: str, devs: list[str], kind: 
     ax.grid(True, alpha=0.25)
 
 
+@literal_text
 def strength_figures(devices: list[DeviceResults], manifest: Manifest | None) -> list[tuple[str, str]]:
     """Leakage (best AUC per family, with CI) against pruning sparsity and against cluster count, per device and
     framework/format. The original model is drawn at sparsity 0 and at 'no clustering'. Returns (title, PNG)."""
@@ -198,6 +217,7 @@ def strength_figures(devices: list[DeviceResults], manifest: Manifest | None) ->
 # --------------------------------------------------------------------------- host versus device
 
 
+@literal_text
 def divergence_figure(compare: dict[str, dict[str, Any]]) -> str | None:
     """Mean |device - host| and argmax-flip rate per target artifact, one bar group per device (PNG)."""
     plt = _pyplot()

@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from rundir import ResultRow
 from harness.report.load import eps_of, resolvable
+from rundir import ResultRow
 
 
 def joined(v: Any) -> str:

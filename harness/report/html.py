@@ -18,7 +18,6 @@ import numpy as np
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 from markupsafe import Markup
 
-from rundir import Manifest, RunDir
 from harness.report import charts
 from harness.report.fmt import (
     attack_name,
@@ -45,6 +44,7 @@ from harness.report.load import (
     where_of,
 )
 from harness.report.seeds import threat_run
+from rundir import Manifest, RunDir
 
 FPR_LEVELS = ("0.001", "0.01")
 

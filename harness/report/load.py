@@ -5,7 +5,6 @@ and ``terminal`` all start from these values."""
 
 from __future__ import annotations
 
-import json
 import math
 import tomllib
 from dataclasses import dataclass, field
@@ -15,8 +14,9 @@ from typing import Any
 import numpy as np
 
 from compleak.metrics import fpr_resolvable
-from rundir import ArtifactRecord, ContractError, Manifest, ResultRow, RunDir, load_results
 from harness.compare import HOST
+from rundir import ArtifactRecord, ContractError, Manifest, ResultRow, RunDir, load_json, load_results
+from rundir.layout import MAX_PROVENANCE_BYTES
 
 DEFAULT_THREAT_MODEL = {
     "attacker_knowledge": (
@@ -45,10 +45,8 @@ class DeviceResults:
 
 
 def read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ContractError(f"{path}: invalid JSON at line {exc.lineno}: {exc.msg}") from None
+    """A run's JSON file, bounded in size and depth (:func:`rundir.load_json`)."""
+    return load_json(path, MAX_PROVENANCE_BYTES)
 
 
 def _load_roc(rows: list[ResultRow]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
@@ -75,13 +73,11 @@ def load_devices(rd: RunDir) -> list[DeviceResults]:
             if isinstance(obj, dict):  # untrusted: anything else is not provenance and is left out
                 dr.provenance[prov.stem] = obj
     # attacks/<folder>/results.json for every folder on disk (RunDir names the folder of a known device id only)
-    attacks, results_name = rd.attacks_dir(HOST).parent, rd.results(HOST).name
-    if attacks.is_dir():
-        for d in sorted(p for p in attacks.iterdir() if p.is_dir()):
-            dr = found.setdefault(d.name, DeviceResults(d.name, d.name))
-            if (d / results_name).is_file():
-                dr.rows = load_results(d / results_name)
-                dr.roc = _load_roc(dr.rows)
+    for name, res in rd.attack_folders():
+        dr = found.setdefault(name, DeviceResults(name, name))
+        if res.is_file():
+            dr.rows = load_results(res)
+            dr.roc = _load_roc(dr.rows)
     return sorted(found.values(), key=lambda r: (r.dirname != HOST, r.dirname))
 
 

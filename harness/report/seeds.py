@@ -8,7 +8,6 @@ from typing import Any
 
 import numpy as np
 
-from rundir import RunDir
 from harness.compare import HOST
 from harness.report.load import (
     artifact_of,
@@ -24,6 +23,7 @@ from harness.report.load import (
     where_of,
 )
 from harness.report.summary import generated_now, worst_leakage
+from rundir import RunDir
 
 
 def seed_runs(rd: RunDir) -> list[tuple[int, RunDir]]:

@@ -14,7 +14,6 @@ from typing import Any
 
 from rich.console import Console
 
-from rundir import RunDir, atomic_write_bytes, atomic_write_json
 from harness.compare import load_compare
 from harness.errors import HarnessError
 from harness.report.html import render_html, render_seed_html
@@ -22,6 +21,7 @@ from harness.report.load import load_devices, load_manifest
 from harness.report.seeds import build_seed_summary, seed_runs
 from harness.report.summary import build_summary
 from harness.report.terminal import print_seed_terminal, print_terminal
+from rundir import RunDir, atomic_write_bytes, atomic_write_json
 
 
 def _write(rd: RunDir, summary: dict[str, Any], page: str) -> Path:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import datetime as _dt
 from typing import Any
 
-from rundir import Manifest, ResultRow, RunDir
 from harness.report.load import (
     DeviceResults,
     artifact_of,
@@ -20,6 +19,7 @@ from harness.report.load import (
     resolvable,
     where_of,
 )
+from rundir import Manifest, ResultRow, RunDir
 
 
 def generated_now() -> str:

@@ -10,11 +10,11 @@ from typing import TYPE_CHECKING
 
 from rich.console import Console
 
-from rundir import RunDir
 from harness.errors import HarnessError
 from harness.toolchain.engine import Engine, detect_engine, say
 from harness.toolchain.images import ImageSpec, image_spec
 from harness.toolchain.rootfs import host_arch
+from rundir import RunDir
 
 if TYPE_CHECKING:
     from harness.config import Experiment

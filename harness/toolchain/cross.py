@@ -31,12 +31,12 @@ from typing import Any
 
 from rich.console import Console
 
-from rundir import sha256_file
 from devices.native.bundle import MACHINE_OF_ARCH, SOURCE_DIR
+from harness.errors import HarnessError
 from harness.toolchain.engine import say
 from harness.toolchain.images import EXECUTORCH_VERSION
 from harness.toolchain.rootfs import check_arch, host_arch
-from harness.errors import HarnessError
+from rundir import sha256_file
 
 #: ai-edge-litert release whose libLiteRt.so a cross-built bundle carries (the host build uses the installed one)
 LITERT_VERSION = "2.3.0"

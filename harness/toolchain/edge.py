@@ -12,11 +12,11 @@ from typing import Iterable
 
 from rich.console import Console
 
-from rundir import atomic_path
 from harness.errors import HarnessError
 from harness.toolchain.engine import Engine, detect_engine, last_line, say
 from harness.toolchain.images import ImageSpec, build_image, image_spec
 from harness.toolchain.rootfs import base_image_ref, cache_root, ensure_binfmt, host_arch
+from rundir import atomic_path
 
 EDGE_DEVICES = {"edge-arm64": "arm64", "edge-amd64": "amd64", "edge-arm64-native": "arm64",
                 "edge-amd64-native": "amd64"}

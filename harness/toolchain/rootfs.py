@@ -15,9 +15,9 @@ from pathlib import Path
 
 from rich.console import Console
 
-from rundir import atomic_path
 from harness.errors import HarnessError
 from harness.toolchain.engine import detect_engine, last_line, say, stream_command
+from rundir import atomic_path
 
 SUITE = "bookworm"
 ARCHES = ("amd64", "arm64")

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include <executorch/extension/data_loader/file_data_loader.h>
 #include <executorch/extension/module/module.h>
 #include <executorch/extension/tensor/tensor.h>
 #include <executorch/runtime/platform/runtime.h>
@@ -28,8 +29,10 @@ namespace compleak {
 namespace {
 
 using executorch::aten::ScalarType;
+using executorch::extension::FileDataLoader;
 using executorch::extension::Module;
 using executorch::runtime::Error;
+using executorch::runtime::Program;
 
 std::string dtype_of(ScalarType t) {
   switch (t) {
@@ -46,7 +49,7 @@ std::string dtype_of(ScalarType t) {
 }
 
 std::string error_text(Error e) {
-  return "ExecuTorch error " + std::to_string(static_cast<int>(e));
+  return "ExecuTorch error " + std::to_string(static_cast<int>(e)) + ", " + executorch::runtime::to_string(e);
 }
 
 class EtModel final : public Model {
@@ -61,7 +64,11 @@ class EtModel final : public Model {
       if (pool && pool->_unsafe_reset_threadpool(static_cast<uint32_t>(threads))) this->threads = threads;
     }
     module_ = std::make_unique<Module>(path, Module::LoadMode::File);
-    Error e = module_->load_method("forward");
+    Error e = module_->load(Program::Verification::InternalConsistency);  // verified again: what runs is checked
+    if (e != Error::Ok)
+      throw RunnerError(path + ": not a valid ExecuTorch program (" + error_text(e) + "); the file is truncated or "
+                        "corrupt: copy or rebuild the artifact");
+    e = module_->load_method("forward");
     if (e != Error::Ok)
       throw RunnerError(path + ": executorch " + runtime_version + " cannot load this program (" + error_text(e) +
                         "; a missing kernel or backend is named on stderr)");
@@ -100,14 +107,14 @@ class EtModel final : public Model {
     for (int64_t d : row) sizes.push_back(static_cast<executorch::aten::SizesType>(d));
     auto tensor = executorch::extension::from_blob(buf_.data(), sizes, ScalarType::Float);
     auto result = module_->execute("forward", {executorch::runtime::EValue(*tensor)});
-    if (!result.ok()) throw RunnerError(path_ + ": executorch execute failed (" + error_text(result.error()) + ")");
+    if (!result.ok()) throw ModelFault(path_ + ": executorch execute failed (" + error_text(result.error()) + ")");
     if (result->empty() || !(*result)[0].isTensor())
-      throw RunnerError(path_ + ": the program's first output is not a tensor");
+      throw ModelFault(path_ + ": the program's first output is not a tensor");
     const auto& y = (*result)[0].toTensor();
     size_t total = static_cast<size_t>(y.numel());
     if (y.dim() < 1 || y.size(0) != batch_ || total % static_cast<size_t>(batch_) != 0)
-      throw RunnerError(path_ + ": executorch returned " + std::to_string(total) + " values for a batch of " +
-                        std::to_string(batch_));
+      throw ModelFault(path_ + ": executorch returned " + std::to_string(total) + " values for a batch of " +
+                       std::to_string(batch_));
     size_t per_row = total / static_cast<size_t>(batch_);
     size_t at = out.size();
     out.resize(at + static_cast<size_t>(n) * per_row);
@@ -137,6 +144,33 @@ extern "C" __attribute__((visibility("default"))) compleak::Model* compleak_exec
     std::snprintf(error, error_size, "%s: executorch failed to load the program", path);
   }
   return nullptr;
+}
+
+extern "C" __attribute__((visibility("default"))) int compleak_executorch_verify(const char* path, char* error,
+                                                                                 size_t error_size) {
+  try {
+    executorch::runtime::runtime_init();
+    auto loader = executorch::extension::FileDataLoader::from(path);
+    if (!loader.ok()) {
+      std::snprintf(error, error_size, "%s: executorch cannot read the file (%s)", path,
+                    compleak::error_text(loader.error()).c_str());
+      return 1;
+    }
+    auto program = executorch::runtime::Program::load(&loader.get(),
+                                                      executorch::runtime::Program::Verification::InternalConsistency);
+    if (!program.ok()) {
+      std::snprintf(error, error_size, "%s: not a valid ExecuTorch program (%s; verification failed); the file is "
+                    "truncated or corrupt: copy or rebuild the artifact", path,
+                    compleak::error_text(program.error()).c_str());
+      return 1;
+    }
+    return 0;
+  } catch (const std::exception& exc) {
+    std::snprintf(error, error_size, "%s", exc.what());
+  } catch (...) {
+    std::snprintf(error, error_size, "%s: executorch failed to verify the program", path);
+  }
+  return 1;
 }
 
 extern "C" __attribute__((visibility("default"))) const char* compleak_executorch_version() {

@@ -213,6 +213,9 @@ class LiteRtModel final : public Model {
     if (dtype_size(in_spec_.dtype) == 0 || dtype_size(out_spec_.dtype) == 0)
       throw RunnerError(path + ": unsupported tensor types (input " + in_spec_.dtype + ", output " +
                         out_spec_.dtype + ")");
+    out_row_ = 1;  // output values per query (0: not known from the model's output shape)
+    for (size_t i = 1; i < out_spec_.shape.size(); ++i)
+      out_row_ = out_spec_.shape[i] > 0 ? out_row_ * out_spec_.shape[i] : 0;
     compile(threads);
     batch_ = in_type_.layout.rank > 0 && in_type_.layout.dimensions[0] > 0 ? in_type_.layout.dimensions[0] : 1;
     if (a_->input_layout) {
@@ -240,8 +243,8 @@ class LiteRtModel final : public Model {
       if (resizable_ && !resize(n, row)) resizable_ = false;
       if (!resizable_) {
         if (batch_ != 1 && !resize(1, row))
-          throw RunnerError(path_ + ": LiteRT cannot run this model on " + std::to_string(n) + " queries at once "
-                            "nor on one; check the input shape");
+          throw ModelFault(path_ + ": LiteRT cannot run this model on " + std::to_string(n) + " queries at once "
+                           "nor on one; check the input shape");
         for (int64_t i = 0; i < n; ++i) invoke(x + i * row_elems, 1, row, out);
         return;
       }
@@ -249,10 +252,10 @@ class LiteRtModel final : public Model {
     if (in_buf_ == nullptr) make_buffers();
     size_t in_count = static_cast<size_t>(n) * row_elems;
     if (in_bytes_ != in_count * dtype_size(in_spec_.dtype))
-      throw RunnerError(path_ + ": LiteRT input buffer of " + std::to_string(in_bytes_) + " bytes for " +
-                        std::to_string(n) + " queries of shape " + shape_text(row) + "; check the input shape");
+      throw ModelFault(path_ + ": LiteRT input buffer of " + std::to_string(in_bytes_) + " bytes for " +
+                       std::to_string(n) + " queries of shape " + shape_text(row) + "; check the input shape");
     void* mem = nullptr;
-    check(a_->lock_buffer(in_buf_, &mem, kLockWrite), "cannot lock the input buffer");
+    fault(a_->lock_buffer(in_buf_, &mem, kLockWrite), "cannot lock the input buffer");
     if (in_spec_.dtype == "float32")
       std::memcpy(mem, x, in_count * sizeof(float));
     else if (in_spec_.scale != 0.0)
@@ -264,13 +267,14 @@ class LiteRtModel final : public Model {
     }
     a_->unlock_buffer(in_buf_);
     Status s = a_->run(compiled_, 0, 1, &in_buf_, out_bufs_.size(), out_bufs_.data());
-    if (s != kOk) fail("LiteRT invoke failed", s);
+    if (s != kOk) fault(s, "LiteRT invoke failed");
     size_t esize = dtype_size(out_spec_.dtype);
     size_t count = out_bytes_ / esize;
-    if (count == 0 || count % static_cast<size_t>(n) != 0)
-      throw RunnerError(path_ + ": LiteRT produced " + std::to_string(count) + " output values for " +
-                        std::to_string(n) + " queries");
-    check(a_->lock_buffer(out_bufs_[0], &mem, kLockRead), "cannot lock the output buffer");
+    if (count == 0 || count % static_cast<size_t>(n) != 0 || (out_row_ > 0 && count != size_t(n * out_row_)))
+      throw ModelFault(path_ + ": LiteRT produced " + std::to_string(count) + " output values for " +
+                       std::to_string(n) + " queries" + (out_row_ > 0 ? " (" + std::to_string(out_row_) +
+                       " per query expected)" : std::string()));
+    fault(a_->lock_buffer(out_bufs_[0], &mem, kLockRead), "cannot lock the output buffer");
     size_t at = out.size();
     out.resize(at + count);
     dequantize(mem, count, out_spec_.dtype, out_spec_.scale, out_spec_.zero_point, out.data() + at);
@@ -283,6 +287,10 @@ class LiteRtModel final : public Model {
   }
   void check(Status s, const std::string& what) const {
     if (s != kOk) fail(what, s);
+  }
+  //! A failure while running: the model is in an unknown state (the runner drops it).
+  void fault(Status s, const std::string& what) const {
+    if (s != kOk) throw ModelFault(path_ + ": " + what + " (" + status_text(s) + ")");
   }
 
   TensorSpec spec(Handle tensor, const RankedTensorType& type, Status (*name_of)(Handle, size_t, const char**),
@@ -329,6 +337,9 @@ class LiteRtModel final : public Model {
     }
   }
 
+  //! Resize the input to `n` queries; false when LiteRT refuses, or when the output does not follow the batch (a
+  //! batch fixed inside the model, e.g. Flatten's Reshape to [1, K]: running it would write n queries' values into
+  //! a one-query graph). Then the caller runs one query at a time, as the Python runner's fallback does.
   bool resize(int64_t n, const std::vector<int64_t>& row) {
     std::vector<int> dims{static_cast<int>(n)};
     for (int64_t d : row) dims.push_back(static_cast<int>(d));
@@ -336,7 +347,21 @@ class LiteRtModel final : public Model {
     if (a_->resize_input(compiled_, 0, 0, dims.data(), dims.size()) != kOk) return false;
     free_buffers();
     batch_ = n;
+    if (out_row_ > 0) {
+      std::vector<Layout> layouts(n_outputs_);
+      if (a_->output_layouts(compiled_, 0, n_outputs_, layouts.data(), true) != kOk ||
+          elements(layouts[0]) != n * out_row_) {
+        batch_ = 0;  // neither n nor the old batch: the caller resizes to one query
+        return false;
+      }
+    }
     return true;
+  }
+
+  static int64_t elements(const Layout& l) {
+    int64_t e = 1;
+    for (unsigned i = 0; i < l.rank && i < 8; ++i) e = l.dimensions[i] > 0 ? e * l.dimensions[i] : -1;
+    return l.rank == 0 ? -1 : e;
   }
 
   void free_buffers() {
@@ -350,19 +375,19 @@ class LiteRtModel final : public Model {
     RankedTensorType in_type = in_type_;
     in_type.layout.dimensions[0] = static_cast<int32_t>(batch_);
     std::vector<Layout> layouts(n_outputs_);
-    check(a_->output_layouts(compiled_, 0, n_outputs_, layouts.data(), true), "cannot read the output shapes");
+    fault(a_->output_layouts(compiled_, 0, n_outputs_, layouts.data(), true), "cannot read the output shapes");
     Handle req = nullptr;
-    check(a_->input_requirements(compiled_, 0, 0, &req), "cannot read the input buffer requirements");
-    check(a_->create_buffer_from_requirements(env_, &in_type, req, &in_buf_), "cannot create the input buffer");
-    check(a_->buffer_packed_size(in_buf_, &in_bytes_), "cannot size the input buffer");
+    fault(a_->input_requirements(compiled_, 0, 0, &req), "cannot read the input buffer requirements");
+    fault(a_->create_buffer_from_requirements(env_, &in_type, req, &in_buf_), "cannot create the input buffer");
+    fault(a_->buffer_packed_size(in_buf_, &in_bytes_), "cannot size the input buffer");
     for (size_t i = 0; i < n_outputs_; ++i) {
       RankedTensorType t = out_types_[i];
       t.layout = layouts[i];
-      check(a_->output_requirements(compiled_, 0, i, &req), "cannot read the output buffer requirements");
+      fault(a_->output_requirements(compiled_, 0, i, &req), "cannot read the output buffer requirements");
       Handle b = nullptr;
-      check(a_->create_buffer_from_requirements(env_, &t, req, &b), "cannot create an output buffer");
+      fault(a_->create_buffer_from_requirements(env_, &t, req, &b), "cannot create an output buffer");
       out_bufs_.push_back(b);
-      if (i == 0) check(a_->buffer_packed_size(b, &out_bytes_), "cannot size the output buffer");
+      if (i == 0) fault(a_->buffer_packed_size(b, &out_bytes_), "cannot size the output buffer");
     }
   }
 
@@ -374,6 +399,7 @@ class LiteRtModel final : public Model {
   std::vector<RankedTensorType> out_types_;
   TensorSpec in_spec_, out_spec_;
   int64_t batch_ = 1;
+  int64_t out_row_ = 0;
   bool resizable_ = true;
   Handle in_buf_ = nullptr;
   std::vector<Handle> out_bufs_;

@@ -4,10 +4,15 @@
 //                               goes to stderr). Protocol: docs/native.md, "Runner protocol".
 //   compleak-runner --probe     one JSON line: machine, runtimes that load here (each tried in a child process)
 //   compleak-runner --version
+//   compleak-runner --check-model FD PATH RUNTIME THREADS
+//                               (internal) the contained load check of --serve: verify, load and run PATH once,
+//                               one line ("ok" or "error: ...") to file descriptor FD; see check_contained()
 #include <dlfcn.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <poll.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/utsname.h>
 #include <sys/wait.h>
@@ -18,6 +23,7 @@
 #include <cerrno>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <new>
@@ -26,10 +32,12 @@
 
 #include <nlohmann/json.hpp>
 
+#include "bundle_check.h"
 #include "litert_model.h"
 #include "model.h"
 #include "protocol.h"
 #include "sha256.h"
+#include "tflite_verify.h"
 
 #ifndef COMPLEAK_RUNNER_VERSION
 #define COMPLEAK_RUNNER_VERSION "0.0.0"
@@ -45,14 +53,24 @@ namespace compleak {
 constexpr int kProtocol = 1;
 constexpr const char* kEtPlugin = "libcompleak_executorch.so";
 
-static std::string exe_dir() {
+static std::string exe_path() {
   char buf[PATH_MAX];
   ssize_t n = readlink("/proc/self/exe", buf, sizeof(buf) - 1);
   if (n <= 0) return "";
   buf[n] = '\0';
-  std::string path(buf);
+  return buf;
+}
+
+static std::string exe_dir() {
+  std::string path = exe_path();
   size_t slash = path.rfind('/');
   return slash == std::string::npos ? "" : path.substr(0, slash);
+}
+
+static std::string exe_name() {
+  std::string path = exe_path();
+  size_t slash = path.rfind('/');
+  return slash == std::string::npos ? path : path.substr(slash + 1);
 }
 
 std::vector<std::string> library_candidates(const std::string& name) {
@@ -129,22 +147,167 @@ static std::string detect_format(const std::string& path) {
                     ", not a TF-Lite or ExecuTorch model; check the artifact path or rebuild it");
 }
 
-static std::unique_ptr<Model> load_model(const std::string& path, const std::string& runtime, int threads) {
-  std::string fmt = detect_format(path);
+//! The runtime a format runs on here, checked against a requested `runtime` ("" = the format's own).
+static void check_runtime(const std::string& fmt, const std::string& runtime) {
   if (fmt == "tflite") {
     if (!runtime.empty() && runtime != "litert" && runtime != "ai_edge_litert" && runtime != "tflite_runtime")
       throw RunnerError("runtime '" + runtime + "' cannot run tflite models in the native runner; use litert");
+  } else if (!runtime.empty() && runtime != "executorch") {
+    throw RunnerError("runtime '" + runtime + "' cannot run pte models in the native runner; use executorch");
+  }
+}
+
+//! "litert 2.3.0" / "executorch 1.5.1": the runtime that runs `fmt`, for messages.
+static std::string runtime_name(const std::string& fmt) {
+  return fmt == "tflite" ? std::string("litert ") + COMPLEAK_LITERT_VERSION
+                         : std::string("executorch ") + COMPLEAK_EXECUTORCH_VERSION;
+}
+
+//! Verify the model file, then load it: the TF-Lite flatbuffer verifier before LiteRT sees a .tflite, ExecuTorch's
+//! Program::load(..., Verification::InternalConsistency) before a .pte is loaded (and the Module loads it verified).
+static std::unique_ptr<Model> open_model(const std::string& path, const std::string& fmt, int threads) {
+  if (fmt == "tflite") {
+    verify_tflite_file(path);
     return open_litert(path, threads);
   }
-  if (!runtime.empty() && runtime != "executorch")
-    throw RunnerError("runtime '" + runtime + "' cannot run pte models in the native runner; use executorch");
   std::string err;
   EtOpenFn open = executorch_open(&err);
   if (!open) throw RunnerError(path + ": " + err);
   char buf[1024] = {0};
+  auto verify = reinterpret_cast<EtVerifyFn>(dlsym(g_et, "compleak_executorch_verify"));
+  if (!verify) throw RunnerError(std::string(kEtPlugin) + " has no compleak_executorch_verify; rebuild the bundle");
+  if (verify(path.c_str(), buf, sizeof(buf)) != 0)
+    throw RunnerError(one_line(buf[0] ? buf : "executorch refused the program"));
   Model* m = open(path.c_str(), threads, buf, sizeof(buf));
   if (!m) throw RunnerError(one_line(buf[0] ? buf : "executorch failed to load the program"));
   return std::unique_ptr<Model>(m);
+}
+
+//! Run the loaded model once on one all-zero query (its own input shape, when every dimension but the batch is
+//! known) and check it answers one query's worth of outputs: the first inference, done where a crash is contained.
+static void trial_inference(const std::string& path, Model& m) {
+  const TensorSpec in = m.input(), out = m.output();
+  if (in.shape.size() < 2) return;
+  std::vector<int64_t> row(in.shape.begin() + 1, in.shape.end());
+  int64_t elems = 1;
+  for (int64_t d : row) {
+    if (d <= 0 || d > (int64_t(1) << 24)) return;
+    elems *= d;
+    if (elems > (int64_t(1) << 26)) return;
+  }
+  std::vector<float> x(static_cast<size_t>(elems), 0.0f), values;
+  m.invoke(x.data(), 1, row, values);
+  int64_t per = 1;
+  for (size_t i = 1; i < out.shape.size(); ++i) per = out.shape[i] > 0 ? per * out.shape[i] : -1;
+  if (values.empty() || (per > 0 && static_cast<int64_t>(values.size()) != per))
+    throw RunnerError(path + ": the runtime returned " + std::to_string(values.size()) + " values for one query "
+                      "(the model's output " + shape_text(out.shape) + " says " + std::to_string(per) + ")");
+}
+
+//! --check-model: what check_contained() runs in its child process; the answer is one line to `fd`.
+static int check_model_main(int fd, const std::string& path, const std::string& runtime, int threads) {
+  std::string answer = "ok";
+  try {
+    std::string fmt = detect_format(path);
+    check_runtime(fmt, runtime);
+    std::unique_ptr<Model> m = open_model(path, fmt, threads);
+    trial_inference(path, *m);
+  } catch (const std::bad_alloc&) {
+    answer = "error: " + path + ": out of memory loading the model";
+  } catch (const std::exception& exc) {
+    answer = std::string("error: ") + one_line(exc.what());
+  }
+  answer += "\n";
+  for (size_t done = 0; done < answer.size();) {
+    ssize_t k = write(fd, answer.data() + done, answer.size() - done);
+    if (k < 0 && errno == EINTR) continue;
+    if (k <= 0) break;
+    done += static_cast<size_t>(k);
+  }
+  close(fd);
+  _exit(0);  // no destructors: a runtime that crashes on unload must not turn a good answer into a crash
+}
+
+//! Seconds a contained load check may take (verify, load, one inference) before it is stopped.
+constexpr int kCheckSeconds = 300;
+
+//! The contained load: verify, load and run the model once in a child process (this binary again, --check-model),
+//! so a runtime that crashes, aborts or hangs on a corrupt or unsupported file takes down the child, never the
+//! serving runner. Throws RunnerError with the one line that says what happened; returns when the child answered ok.
+//! The child is a fresh process (fork, then exec of /proc/self/exe): a bare fork of a runner whose runtimes have
+//! started thread pools would inherit their locks but not their threads. Where exec fails, the forked child runs
+//! the check itself, as --probe does.
+static void check_contained(const std::string& path, const std::string& fmt, const std::string& runtime,
+                            int threads) {
+  int fds[2];
+  if (pipe(fds) != 0) throw RunnerError(path + ": cannot start the load check (" + std::strerror(errno) + ")");
+  fcntl(fds[0], F_SETFD, FD_CLOEXEC);
+  const std::string exe = exe_path(), fd_arg = std::to_string(fds[1]), threads_arg = std::to_string(threads);
+  const std::string runtime_arg = runtime.empty() ? "-" : runtime;
+  std::vector<const char*> argv{exe.c_str(), "--check-model", fd_arg.c_str(), path.c_str(), runtime_arg.c_str(),
+                                threads_arg.c_str(), nullptr};
+  const pid_t parent = getpid();
+  pid_t pid = fork();
+  if (pid == 0) {
+    prctl(PR_SET_PDEATHSIG, SIGKILL);  // a runner stopped by its host takes its load check with it
+    if (getppid() != parent) _exit(1);
+    int devnull = open("/dev/null", O_RDONLY);
+    if (devnull >= 0) dup2(devnull, 0);  // the protocol's stdin stays the parent's
+    dup2(2, 1);                          // library output goes to stderr, as in --serve
+    if (!exe.empty()) execv(exe.c_str(), const_cast<char* const*>(argv.data()));
+    check_model_main(fds[1], path, runtime, threads);
+  }
+  close(fds[1]);
+  if (pid < 0) {
+    close(fds[0]);
+    throw RunnerError(path + ": cannot start the load check (" + std::strerror(errno) + ")");
+  }
+  std::string answer;
+  bool timed_out = false;
+  const auto t0 = std::chrono::steady_clock::now();
+  char buf[4096];
+  while (answer.size() < 65536) {
+    int left = kCheckSeconds * 1000 - static_cast<int>(seconds_since(t0) * 1000);
+    if (left <= 0) {
+      timed_out = true;
+      break;
+    }
+    pollfd p{fds[0], POLLIN, 0};
+    int r = poll(&p, 1, left);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) {
+      timed_out = r == 0;
+      break;
+    }
+    ssize_t k = read(fds[0], buf, sizeof(buf));
+    if (k < 0 && errno == EINTR) continue;
+    if (k <= 0) break;
+    answer.append(buf, static_cast<size_t>(k));
+  }
+  close(fds[0]);
+  if (timed_out) kill(pid, SIGKILL);
+  int status = 0;
+  while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  const std::string rt = runtime_name(fmt);
+  if (timed_out)
+    throw RunnerError(path + ": " + rt + " did not finish loading and running this model once within " +
+                      std::to_string(kCheckSeconds) + " s (in a check process, now stopped); the runner refused it");
+  size_t nl = answer.find('\n');
+  std::string line = nl == std::string::npos ? "" : answer.substr(0, nl);
+  if (line == "ok" && WIFEXITED(status) && WEXITSTATUS(status) == 0) return;
+  if (line.rfind("error: ", 0) == 0) throw RunnerError(one_line(line.substr(7)));
+  if (WIFSIGNALED(status)) {  // "crashed (segmentation fault)", as the host names a crashed runner
+    int sig = WTERMSIG(status);
+    std::string name = strsignal(sig) ? strsignal(sig) : "signal";
+    if (!name.empty()) name[0] = static_cast<char>(std::tolower(static_cast<unsigned char>(name[0])));
+    throw RunnerError(path + ": " + rt + " crashed (" + name + ") on this model (signal " + std::to_string(sig) +
+                      ", in a check process that loaded and ran it once); the file is corrupt or not supported by "
+                      "this runtime: rebuild the artifact (the runner keeps serving)");
+  }
+  throw RunnerError(path + ": the load check of this model exited with status " +
+                    std::to_string(WIFEXITED(status) ? WEXITSTATUS(status) : -1) + " without an answer (" + rt +
+                    "'s messages are on the runner's stderr); the runner refused it");
 }
 
 // ------------------------------------------------------------------------------------------- inference
@@ -184,6 +347,7 @@ struct Loaded {
   std::string path;
   std::string layout = "auto";
   double load_seconds = 0.0;
+  std::string dropped;  // why the last model was dropped after it failed while running ("" none)
 };
 
 static json info_of(const Model& m) {
@@ -489,7 +653,10 @@ static int64_t check_outputs(const Loaded& loaded, int64_t n, const std::vector<
 //! The infer request: rows read batch by batch from `in` while inference runs; returns the reply and outputs.
 static json infer(Reader& in, const json& req, uint64_t payload, uint64_t* consumed, Loaded& loaded,
                   const Dataset& ds, std::vector<float>& values) {
-  if (!loaded.model) throw RunnerError("protocol error: infer before load");
+  if (!loaded.model)
+    throw RunnerError(loaded.dropped.empty() ? std::string("protocol error: infer before load (no model loaded)")
+                                             : "no model loaded: the last one was dropped after it failed (" +
+                                                   loaded.dropped + "); load a model again");
   const Queries q = parse_infer(in, req, payload, consumed, ds);
   Model& m = *loaded.model;
   const double t_start = now_epoch();
@@ -551,6 +718,7 @@ static json hello_message() {
 //! The load request: replaces the loaded model; its file goes too when it lies in the given workspace.
 static json answer_load(const json& req, Loaded& loaded) {
   loaded.model.reset();
+  loaded.dropped.clear();
   auto rm = req.find("remove_previous");
   if (!loaded.path.empty() && rm != req.end() && rm->is_boolean() && rm->get<bool>())
     remove_in(loaded.path, get_str(req, "workspace", ""));
@@ -564,7 +732,19 @@ static json answer_load(const json& req, Loaded& loaded) {
   int64_t threads = get_int(req, "threads", 0);
   if (threads < 0 || threads > 1024) throw RunnerError("load: threads must be in 0..1024, got " +
                                                        std::to_string(threads));
-  loaded.model = load_model(loaded.path, get_str(req, "runtime", ""), static_cast<int>(threads));
+  const std::string runtime = get_str(req, "runtime", "");
+  const std::string fmt = detect_format(loaded.path);
+  check_runtime(fmt, runtime);
+  if (fmt == "pte") {  // a bundle without ExecuTorch says so before any check process starts
+    std::string err;
+    if (!executorch_open(&err)) throw RunnerError(loaded.path + ": " + err);
+  } else {
+    bool available = false;
+    std::string err = litert_status(&available);
+    if (!available) throw RunnerError(loaded.path + ": " + err);
+  }
+  check_contained(loaded.path, fmt, runtime, static_cast<int>(threads));  // a crash here is the child's
+  loaded.model = open_model(loaded.path, fmt, static_cast<int>(threads));
   loaded.load_seconds = seconds_since(t0);
   return {{"ok", true}, {"info", info_of(*loaded.model)}, {"load_seconds", loaded.load_seconds}};
 }
@@ -594,6 +774,10 @@ static json answer(Reader& in, const json& req, const std::string& op, uint64_t 
     auto op_it = req.find("op");
     throw RunnerError("protocol error: unknown request " + (op_it == req.end() ? std::string("None")
                                                                                 : one_line(op_it->dump(), 60)));
+  } catch (const ModelFault& exc) {  // the model failed while running: dropped, never used in an unknown state
+    st.loaded.model.reset();
+    st.loaded.dropped = one_line(exc.what(), 180);
+    return {{"ok", false}, {"error", one_line(exc.what(), 240) + "; the model was dropped: load it again"}};
   } catch (const RunnerError& exc) {
     return {{"ok", false}, {"error", one_line(exc.what())}};
   } catch (const std::bad_alloc&) {
@@ -615,19 +799,32 @@ static int serve() {
     std::fprintf(stderr, "error: cannot set up the protocol stream\n");
     return 3;
   }
+  fcntl(proto, F_SETFD, FD_CLOEXEC);  // load-check processes do not hold the protocol stream
+  std::string tampered = verify_bundle(exe_dir(), exe_name());
+  if (!tampered.empty()) {  // instead of the hello: one refusal, then exit
+    write_message(proto, {{"ok", false}, {"error", one_line(tampered)}});
+    return 3;
+  }
   if (!write_message(proto, hello_message())) return 0;
   Reader in(0);
   ServeState st;
   while (true) {
     bool ended = false;
     json req;
+    std::string refused;
     try {
-      req = read_message(in, &ended);
+      req = read_message(in, &ended, &refused);
     } catch (const RunnerError& exc) {  // out of step with the host: say so once and stop
       write_message(proto, {{"ok", false}, {"error", exc.what()}});
       return 3;
     }
     if (ended) return 0;
+    if (!refused.empty()) {  // framed, but refused: skip its payload and stay in step
+      auto b = req.find("bytes");
+      if (b != req.end() && b->is_number_integer()) in.skip(b->get<uint64_t>());
+      if (!write_message(proto, {{"ok", false}, {"error", refused}})) return 0;
+      continue;
+    }
     auto op_it = req.find("op");
     std::string op = op_it != req.end() && op_it->is_string() ? op_it->get<std::string>() : "";
     if (op == "exit") return 0;
@@ -675,6 +872,8 @@ static int probe() {
     runtimes[name] = why.is_null() ? (bundled_rt[name].is_null() ? json("unknown") : bundled_rt[name]) : json(nullptr);
     if (!why.is_null()) errors[name] = why;
   }
+  std::string tampered = verify_bundle(exe_dir(), exe_name());
+  if (!tampered.empty()) errors["bundle"] = one_line(tampered);
   json out = {{"runner", "native"}, {"runner_version", COMPLEAK_RUNNER_VERSION}, {"protocol", kProtocol},
               {"python", nullptr}, {"numpy", nullptr}, {"runtimes", runtimes}, {"formats", formats_of(runtimes)},
               {"errors", errors}};
@@ -689,6 +888,13 @@ int main(int argc, char** argv) {
   signal(SIGPIPE, SIG_IGN);  // a vanished host ends the loop through a failed write
   std::string arg = argc == 2 ? argv[1] : "";
   try {
+    if (argc == 6 && std::strcmp(argv[1], "--check-model") == 0) {
+      char* end = nullptr;
+      long fd = std::strtol(argv[2], &end, 10), threads = std::strtol(argv[5], nullptr, 10);
+      if (*argv[2] && !*end && fd > 2 && fd < 1 << 20)
+        return compleak::check_model_main(static_cast<int>(fd), argv[3], std::strcmp(argv[4], "-") ? argv[4] : "",
+                                          static_cast<int>(threads < 0 || threads > 1024 ? 0 : threads));
+    }
     if (arg == "--serve") return compleak::serve();
     if (arg == "--probe") return compleak::probe();
     if (arg == "--version") {

@@ -13,6 +13,13 @@ struct RunnerError : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+//! The loaded model failed or contradicted itself while running (the runtime failed, or returned another number of
+//! outputs than the queries call for): the runner drops it, so the next infer gets "no model loaded", not a model
+//! in an unknown state.
+struct ModelFault : RunnerError {
+  using RunnerError::RunnerError;
+};
+
 //! One model tensor as the Python runner describes it (shape: -1 for a dynamic dimension).
 struct TensorSpec {
   std::string name;
@@ -44,6 +51,9 @@ class Model {
 //! The ExecuTorch plugin's entry points (lib/libcompleak_executorch.so, dlopen'd by the binary).
 extern "C" {
 typedef Model* (*EtOpenFn)(const char* path, int threads, char* error, size_t error_size);
+//! Program::load(loader, Program::Verification::InternalConsistency) of the file: 0 when it verifies, else the
+//! one-line reason in `error`.
+typedef int (*EtVerifyFn)(const char* path, char* error, size_t error_size);
 typedef const char* (*EtVersionFn)();
 }
 

@@ -47,8 +47,24 @@ void Reader::skip(uint64_t n) {
   }
 }
 
-nlohmann::json read_message(Reader& in, bool* ended) {
+nlohmann::json parse_json(const std::string& text, bool* too_deep) {
+  *too_deep = false;
+  nlohmann::json::parser_callback_t bounded = [too_deep](int depth, nlohmann::json::parse_event_t event,
+                                                         nlohmann::json&) {
+    if (depth < kMaxJsonDepth) return true;
+    using E = nlohmann::json::parse_event_t;
+    if (event == E::object_start || event == E::array_start) {  // a container at depth kMaxJsonDepth: dropped
+      *too_deep = true;
+      return false;
+    }
+    return true;
+  };
+  return nlohmann::json::parse(text, bounded, /*allow_exceptions=*/false);
+}
+
+nlohmann::json read_message(Reader& in, bool* ended, std::string* refused) {
   *ended = false;
+  refused->clear();
   unsigned char head[4];
   size_t got = 0;
   if (!in.read_exact(head, 4, &got)) {
@@ -65,7 +81,8 @@ nlohmann::json read_message(Reader& in, bool* ended) {
   if (!in.read_exact(&text[0], size, &got))
     throw RunnerError("protocol error: the stream ended " + std::to_string(got) + " bytes into a " +
                       std::to_string(size) + "-byte read");
-  nlohmann::json header = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+  bool too_deep = false;
+  nlohmann::json header = parse_json(text, &too_deep);
   if (header.is_discarded())
     throw RunnerError("protocol error: a message header that is not JSON (out of sync?)");
   if (!header.is_object())
@@ -74,6 +91,12 @@ nlohmann::json read_message(Reader& in, bool* ended) {
   if (it != header.end() && !it->is_null() &&
       !(it->is_number_unsigned() || (it->is_number_integer() && it->get<int64_t>() >= 0)))
     throw RunnerError("protocol error: 'bytes' is " + one_line(it->dump(), 60) + ", not a byte count");
+  if (too_deep) {  // refused, in step: only its payload size is kept (the dropped values left placeholders)
+    *refused = "protocol error: a request header nested deeper than " + std::to_string(kMaxJsonDepth) + " levels";
+    nlohmann::json slim = nlohmann::json::object();
+    if (it != header.end()) slim["bytes"] = *it;
+    return slim;
+  }
   return header;
 }
 
