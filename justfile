@@ -30,3 +30,7 @@ bench-scale *ARGS:
 # ResNet-18 paper-protocol training on one CUDA GPU (fails with one line on a CPU-only machine)
 bench-gpu *ARGS:
     {{py}} benchmarks/gpu_train.py {{ARGS}}
+
+# every table of docs/findings.md from the committed results in docs/findings/ (`--check`: compare only)
+findings *ARGS:
+    {{py}} scripts/findings.py {{ARGS}}

@@ -10,8 +10,10 @@ the split depends only on the membership vector and the seed, so every estimator
 
 - :class:`ThresholdAttack` -- a "lower means member" signal (entropy, modified entropy) ranked as it is; per-class
   thresholds for the hard decision only.
-- :class:`LearnedAttack` -- logistic regression, random forest or MLP on a feature matrix (NR posterior features,
-  SR1/SR2 features); hyper-parameters chosen by validation AUC.
+- :class:`LearnedAttack` -- logistic regression, random forest or MLP on a feature matrix (NR sorted posterior
+  features, SR1/SR2 features); hyper-parameters chosen by validation AUC.
+- :class:`AuthorsAttack` -- the CompLeak authors' LR / RF exactly as their code fits it (all shadow examples, fixed
+  hyper-parameters, no selection): the paper's NR rows on the raw posterior.
 - :class:`FusionAttack` -- MR's two-branch MLP (PyTorch): one branch over per-variant membership probabilities
   (or posteriors), one over per-variant losses; epochs chosen by validation AUC.
 """
@@ -201,6 +203,70 @@ class LearnedAttack:
             _serial_predict(est)
             out[held] = est.predict_proba(X[held])[:, 1]
         return out
+
+
+class AuthorsAttack:
+    """The CompLeak authors' learned attack model, exactly as their code trains and scores it (``model`` = ``lr`` |
+    ``rf``): the paper's NR rows ``posterior-lr`` / ``posterior-rf`` / ``posterior-label-lr`` /
+    ``posterior-label-rf`` and SR rows ``sr1-lr`` / ``sr1-rf`` / ``sr2-lr`` / ``sr2-rf``. Source:
+    hhhh384/CompLeak-Deep-Learning-Model-Compression-Exacerbates-Privacy-Leakage,
+    ``CompLeak/attack/attack_model.py`` (classes ``LR``, ``RF``) driven by ``CompLeak/attack/attack_utils.py``
+    (``Attack.train_attack_model`` / ``test_attack_model``).
+
+    - No model selection, no held-out split: one model is trained on ALL shadow examples, rows ordered as the
+      authors' shadow table (every member, then every non-member, each in the given order; the forest's bootstrap
+      and the float sums depend on that order).
+    - ``lr``: ``StandardScaler`` fitted on the shadow features, then ``LogisticRegression(random_state=0,
+      solver="lbfgs", max_iter=400)`` (C = 1, L2, no class weights) on the scaled features; ``score(X)`` is
+      ``predict_proba`` of the target features scaled with the SHADOW scaler (what ``LR.test_model_auc`` ranks).
+    - ``rf``: ``RandomForestClassifier(random_state=0, n_estimators=500, min_samples_leaf=30)`` on the unscaled
+      features; ``score(X)`` is its ``predict_proba`` (single-threaded, so bit-reproducible).
+    - The hard decision is the model's own ``predict`` (:meth:`decide`; member iff p > 0.5), as the authors'
+      accuracy; ``threshold_`` = 0.5 names it.
+
+    ``random_state`` is the authors' fixed 0, independent of the run's seed. ``n_jobs`` only parallelises the
+    forest's fit (the trees do not depend on it).
+    """
+
+    THRESHOLD = 0.5
+
+    def __init__(self, model: str = "lr", n_jobs: int = -1) -> None:
+        if model not in ("lr", "rf"):
+            raise ValueError(f"unknown authors' attack model {model!r}; use lr or rf")
+        self.model = model
+        self.n_jobs = n_jobs
+
+    def fit(self, X: np.ndarray, y: np.ndarray) -> AuthorsAttack:
+        X, y = np.asarray(X, np.float64), np.asarray(y).astype(np.int64)
+        _require_both(y, f"authors' {self.model} attack")
+        order = np.argsort(1 - y, kind="stable")  # members first, then non-members (the authors' shadow table)
+        Xo, yo = X[order], y[order]
+        if self.model == "lr":
+            self.scaler_: StandardScaler | None = StandardScaler().fit(Xo)
+            est: Any = LogisticRegression(random_state=0, solver="lbfgs", max_iter=400)
+            est.fit(self.scaler_.transform(Xo), yo)
+            self.selected_: dict[str, Any] = {"C": 1.0, "solver": "lbfgs", "max_iter": 400, "scaler": "shadow"}
+        else:
+            self.scaler_ = None
+            est = RandomForestClassifier(random_state=0, n_estimators=500, min_samples_leaf=30, n_jobs=self.n_jobs)
+            est.fit(Xo, yo)
+            _serial_predict(est)
+            self.selected_ = {"n_estimators": 500, "min_samples_leaf": 30}
+        self.estimator_ = est
+        self.threshold_ = self.THRESHOLD
+        return self
+
+    def _input(self, X: np.ndarray) -> np.ndarray:
+        X = np.asarray(X, np.float64)
+        return X if self.scaler_ is None else self.scaler_.transform(X)
+
+    def score(self, X: np.ndarray) -> np.ndarray:
+        """Membership probability float64 [n] (``predict_proba[:, 1]``; LR on shadow-scaled features)."""
+        return self.estimator_.predict_proba(self._input(X))[:, 1].astype(np.float64)
+
+    def decide(self, X: np.ndarray) -> np.ndarray:
+        """The model's own decisions bool [n] (``predict``), as the authors' attack accuracy."""
+        return np.asarray(self.estimator_.predict(self._input(X))) == 1
 
 
 # --------------------------------------------------------------------------- MR fusion

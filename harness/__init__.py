@@ -7,6 +7,11 @@ directory, resumes what is already done, takes an optional ``console`` (a ``rich
 (``harness.errors.HarnessError``, ``rundir.ContractError``, ``devices.errors.DeviceError``,
 ``harness.config.ConfigError``). ``examples/python_api.py`` runs them end to end; docs/ci.md lists them.
 
+Unlike the CLI, the functions run their units serially in the calling process unless given
+``execution=harness.execution.ExecOptions()`` (embedded Ray) or ``ExecOptions(address=...)`` (a cluster): a library
+call should not start a Ray instance its caller did not ask for. The results are the same either way (docs/ci.md,
+"Serial by default, unlike the CLI").
+
 - :func:`build_run` (experiment.toml -> run directory), :func:`import_run` (artifacts built elsewhere -> run)
 - :func:`collect_run` (run, device URI -> {artifact id: outputs .npz})
 - :func:`attack_run` (run -> {device id: result rows}; writes results.json and per-example scores.npz)

@@ -150,10 +150,10 @@ class TrainSection(_Strict):
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
     early_stopping_patience: int = Field(0, ge=0)  # 0: off. Uses only the owner's own hold-out.
-    # where and with how many threads to train (execution settings: excluded from model_dump, so from every cache
-    # key; docs/scale.md). auto = CUDA when torch sees a GPU (TF uses its GPU when present); cpu = never a GPU.
+    # where to train (an execution setting: excluded from model_dump, so from every cache key; docs/scale.md).
+    # auto = CUDA when torch sees a GPU (TF uses its GPU when present); cpu = never a GPU.
     device: Literal["auto", "cpu", "cuda"] = Field("auto", exclude=True)
-    # intra-op threads for training and export; None = the unit's CPU allocation (Ray) or this machine's cores
+    # older spelling of build.threads (which see); when set, build.threads takes its value
     threads: int | None = Field(None, ge=1, le=1024, exclude=True)
 
 
@@ -233,6 +233,19 @@ class AuditSection(_Strict):
     devices: list[DeviceEntry] = Field(default_factory=list)  # 'local' is always added
 
 
+class BuildSection(_Strict):
+    """What a build unit's result depends on besides the model recipe and the data, applied identically wherever
+    the unit runs (serially, on an embedded Ray, on a cluster worker), part of every build and model cache key, and
+    recorded in each artifact's manifest record (``build``); docs/scale.md, "Results independent of where they ran"."""
+
+    # CPU threads of every build unit (training, compression, export, calibration): torch intra-/inter-op, TF
+    # intra-/inter-op, OpenMP/BLAS pools (k-means). CPU kernels split their sums by thread count, so it shapes the
+    # bytes; a Ray unit asks for this many CPUs (at most a node's). Replaces train.threads (its older spelling).
+    threads: int = Field(1, ge=1, le=1024)
+    # deterministic ops: torch use_deterministic_algorithms + cuDNN deterministic, TF enable_op_determinism
+    deterministic: bool = True
+
+
 def owner_seed(seed: int, role: str, shadow: int | None = None) -> int:
     """The seed of one model owner from the experiment's ``seed``: ``seed`` for the target, ``seed + 1 + k`` for
     reference (shadow) model k (:meth:`Experiment.owner_seed`)."""
@@ -249,6 +262,20 @@ class Experiment(_Strict):
     export: ExportSection = Field(default_factory=ExportSection)
     attack: AttackSection = Field(default_factory=AttackSection)
     audit: AuditSection = Field(default_factory=AuditSection)
+    build: BuildSection = Field(default_factory=BuildSection)
+
+    @model_validator(mode="after")
+    def _threads(self) -> "Experiment":
+        """``train.threads`` (the older spelling) sets ``build.threads``; both given and different is an error."""
+        old = self.train.threads
+        if old is not None:
+            if "threads" in self.build.model_fields_set and self.build.threads != old:
+                raise ValueError(
+                    f"train.threads = {old} and build.threads = {self.build.threads} disagree; give build.threads "
+                    "only (train.threads is its older spelling)"
+                )
+            self.build.threads = old
+        return self
 
     @model_validator(mode="after")
     def _owners(self) -> "Experiment":

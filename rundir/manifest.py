@@ -27,7 +27,13 @@ class TensorSpec(BaseModel):
 
 
 class ArtifactRecord(BaseModel):
-    """One deployable artifact in ``manifest.json``."""
+    """One deployable artifact in ``manifest.json``.
+
+    Records written by ``compleak build`` also carry (as extra fields) ``build_key`` (the cache key of the file),
+    ``training`` (digests of what the owner trained on) and ``build``: what the bytes depended on besides the
+    config's recipe and data, as applied in the build unit -- ``{"threads": int, "deterministic": bool, "device":
+    "cpu"|"cuda"|"gpu"}`` (``[build]`` and ``train.device``; never where the unit ran).
+    """
 
     model_config = ConfigDict(extra="allow")
 

@@ -6,6 +6,10 @@ schema (required keys, every input used and every used input declared, shells se
 through ``env:``, outputs wired to steps that write them), and the action's ``run:`` steps are executed locally the
 way the runner does (``bash --noprofile --norc -eo pipefail``, ``$GITHUB_OUTPUT``, ``${{ }}`` in ``env:`` resolved
 from the inputs and earlier steps' outputs) against real run directories with the real ``compleak``.
+
+The hostile-input cases (marked ``hostile``) go through the shared check (``hostile_fixtures.check``): the step's
+documented exit status, one error line (GitHub's ``::error::`` annotation for the action's own checks), no
+traceback, the run (or where one would be: still absent) and a sentinel folder beside it byte-identical.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from typing import Any
 
 import pytest
 import yaml
-from hostile_fixtures import copy_run
+from hostile_fixtures import check, copy_run, make_site
 
 ROOT = Path(__file__).resolve().parents[1]
 ACTION_DIR = ROOT / ".github" / "actions" / "compleak-audit"
@@ -177,6 +181,11 @@ class Runner:
             self.logs[sid] = proc.stdout + proc.stderr
             self.outputs[sid] = github_outputs(out.read_text())
 
+    def step(self, sid: str) -> subprocess.CompletedProcess[str]:
+        """Run one step; its status and log as a finished process (what ``hostile_fixtures.check`` judges)."""
+        self.run([sid])
+        return subprocess.CompletedProcess([sid], self.rc[sid], self.logs[sid], "")
+
 
 def test_install_step_takes_a_given_compleak_or_refuses_it(tmp_path: Path) -> None:
     r = Runner(tmp_path, {"config": "x.toml", "compleak": str(COMPLEAK)})
@@ -212,16 +221,26 @@ def test_gate_step_trips_and_the_action_exits_3(attacked_run: Path, tmp_path: Pa
 
 @pytest.mark.parametrize(
     ("fail_on", "gate", "rc"),
-    [("auc>0.999\nNR:eps>50", "passed", 0), ("", "none", 0), ("auc>>1", "error", 2),
-     ("device=adb://x:auc>0", "error", 2)],
+    [("auc>0.999\nNR:eps>50", "passed", 0), ("", "none", 0),
+     pytest.param("auc>>1", "error", 2, marks=pytest.mark.hostile),
+     pytest.param("device=adb://x:auc>0", "error", 2, marks=pytest.mark.hostile)],
 )
 def test_gate_step_outcomes(attacked_run: Path, tmp_path: Path, fail_on: str, gate: str, rc: int) -> None:
-    r = _gate_run(tmp_path, attacked_run, **{"fail-on": fail_on, "fail-job": "true"})
+    if rc != 2:
+        r = _gate_run(tmp_path, attacked_run, **{"fail-on": fail_on, "fail-job": "true"})
+        (attacked_run / "report" / "results.csv").unlink(missing_ok=True)  # the shared run stays as it was
+    else:  # a hostile rule: compleak's one error line in the gate step, the run unchanged but for the export
+        site = make_site(copy_run(attacked_run, tmp_path / "run"))
+        r = Runner(tmp_path, {"config": "x.toml", "compleak": str(COMPLEAK), "run-dir": str(site.run),
+                              "fail-on": fail_on, "fail-job": "true"})  # fmt: skip
+        r.run(["install"])
+        r.outputs["audit"] = {"exit-code": "0", "run-dir": str(site.run), "report": f"{site.run}/report/index.html"}
+        check(lambda: r.step("gate"), "error: --fail-on", site=site, status=0, writes=("report",),
+              why="the gate step records compleak's status (2) as an output and exits 0; it exports the table "
+                  "to report/")
+        r.run(["status"])
     assert r.outputs["status"] == {"exit-code": str(rc), "gate": gate}, r.logs
     assert r.rc["status"] == rc
-    if rc == 2:
-        assert "error: --fail-on" in r.logs["gate"]
-    (attacked_run / "report" / "results.csv").unlink(missing_ok=True)  # the shared run stays as it was
 
 
 def test_audit_step_passes_devices_and_arguments_and_a_failure_skips_the_gate(tmp_path: Path) -> None:
@@ -264,19 +283,25 @@ def test_action_audits_the_tiny_config_end_to_end(tiny_run: Path, tmp_path: Path
      ({"artifact-name": "../up"}, "artifact-name"), ({"fail-job": "maybe"}, "fail-job"),
      ({"python-version": "3.11; rm -rf /"}, "python-version"), ({"extras": "tf]; x"}, "extras")],
 )
+@pytest.mark.hostile
 def test_hostile_inputs_are_refused_before_anything_runs(tmp_path: Path, inputs: dict[str, str], name: str) -> None:
     r = Runner(tmp_path, {"config": "x.toml", "compleak": str(COMPLEAK), **inputs})
-    r.run(["check"])
-    assert r.rc["check"] == 2 and r.outputs["check"] == {}, r.logs["check"]
-    lines = [ln for ln in r.logs["check"].splitlines() if ln.strip()]
+    res = check(lambda: r.step("check"), f"compleak input {name}:", site=make_site(tmp_path / "runs"),
+                prefix="::error::")
+    assert r.outputs["check"] == {}, r.logs["check"]
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith(f"::error::compleak input {name}:"), lines
 
 
+@pytest.mark.hostile
 def test_a_newline_in_a_value_cannot_add_an_output(tmp_path: Path) -> None:
     """Even a value that reached an output (the audit step records run-dir) stays one output."""
     r = Runner(tmp_path, {"config": "missing.toml", "compleak": str(COMPLEAK), "run-dir": "runs/a\nexit-code=0",
                           "extra-args": "--no-ray"})  # fmt: skip
-    r.run(["install", "audit"])
+    r.run(["install"])
+    check(lambda: r.step("audit"), "compleak audit failed (exit status 2)", site=make_site(tmp_path / "runs"),
+          status=0, prefix="::error::",
+          why="the audit step records compleak's status (2) as an output and exits 0 (the status step fails the job)")
     assert r.outputs["audit"]["run-dir"] == "runs/a\nexit-code=0"
     assert r.outputs["audit"]["exit-code"] == "2"
     r.outputs["gate"] = {}
@@ -306,10 +331,14 @@ def test_workflow_inputs_reach_scripts_only_through_the_environment(path: Path) 
       "api-level"),
      ("android-emulator-audit.yml", {"API_LEVEL": "34", "EXPERIMENT": "../../etc/passwd"}, "experiment")],
 )
-def test_workflow_input_checks_refuse_hostile_values(path: str, env: dict[str, str], expect: str) -> None:
+@pytest.mark.hostile
+def test_workflow_input_checks_refuse_hostile_values(path: str, env: dict[str, str], expect: str,
+                                                     tmp_path: Path) -> None:
     wf = yaml.safe_load((ROOT / ".github" / "workflows" / path).read_text())
     step = next(s for j in wf["jobs"].values() for s in j["steps"] if s["name"].startswith("Check the inputs"))
-    res = subprocess.run(["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", step["run"]], cwd=ROOT,
-                         env={"PATH": os.environ["PATH"], **env}, capture_output=True, text=True)  # fmt: skip
-    lines = [ln for ln in (res.stdout + res.stderr).splitlines() if ln.strip()]
-    assert res.returncode == 2 and len(lines) == 1 and lines[0].startswith(f"::error::{expect}"), lines
+    res = check(lambda: subprocess.run(["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", step["run"]],
+                                       check=False, cwd=ROOT, env={"PATH": os.environ["PATH"], **env},
+                                       capture_output=True, text=True),
+                site=make_site(tmp_path / "run"), prefix="::error::")
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"::error::{expect}"), lines

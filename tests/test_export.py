@@ -2,6 +2,9 @@
 
 ``attacked_run`` (tests/results_fixtures.py) went through the real attack stage, so it has ε bounds, per-class
 figures and ``scores.npz``; every exported value is compared with the run's own files read directly.
+
+The hostile-input cases (marked ``hostile``) go through the shared check (``hostile_fixtures.check``): exit 2, one
+``error:`` line, no traceback, the run and a sentinel folder beside it byte-identical.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from hostile_fixtures import TreeState, cli, cli_refuses, copy_run
+from hostile_fixtures import TreeState, check, cli, copy_run, make_site
 from test_report import DEVICE, make_synthetic_run
 
 import compleak
@@ -86,28 +89,28 @@ def test_load_scores_match_the_npz_and_the_rows(attacked_run: Path) -> None:
     assert compleak.load_scores(attacked_run, DEVICE_DIR).equals(df)  # the folder name works too
 
 
+@pytest.mark.hostile
 def test_load_scores_errors_are_one_line_contract_errors(attacked_run: Path, tmp_path: Path) -> None:
-    with pytest.raises(ContractError, match=r"no per-example scores for device adb://x .*devices with scores: "
-                                            r"local, ssh_tester.*rerun 'compleak attack"):  # fmt: skip
-        compleak.load_scores(attacked_run, "adb://x")
     run = copy_run(attacked_run, tmp_path / "run")
+    site = make_site(run)
+    check(lambda: compleak.load_scores(run, "adb://x"), "no per-example scores for device adb://x",
+          "devices with scores: local, ssh_tester", "rerun 'compleak attack", site=site)
+    with pytest.raises(ContractError):  # the type the API's callers catch
+        compleak.load_scores(run, "adb://x")
     npz = run / "attacks" / "local" / "scores.npz"
     npz.write_bytes(b"not a zip")
-    with pytest.raises(ContractError, match="not a readable .npz file"):
-        compleak.load_scores(run, "local")
+    check(lambda: compleak.load_scores(run, "local"), "not a readable .npz file", site=site)
     with np.load(attacked_run / "attacks" / "local" / "scores.npz") as z:
         arrays = {k: z[k] for k in z.files}
     arrays["NR|x|y"] = np.zeros(3)
     np.savez(npz, **arrays)
-    with pytest.raises(ContractError, match=r"array 'NR\|x\|y' has shape \(3,\), expected \(120,\)"):
-        compleak.load_scores(run, "local")
+    check(lambda: compleak.load_scores(run, "local"), "array 'NR|x|y' has shape (3,), expected (120,)", site=site)
     arrays["NR|x|y"] = np.array(["a"] * 120)
     np.savez(npz, **arrays)
-    with pytest.raises(ContractError, match="expected numbers"):
-        compleak.load_scores(run, "local")
-    with pytest.raises(ContractError, match="no attack results yet"):
-        (tmp_path / "empty").mkdir()
-        compleak.load_results(tmp_path / "empty")
+    check(lambda: compleak.load_scores(run, "local"), "expected numbers", site=site)
+    (tmp_path / "empty").mkdir()
+    check(lambda: compleak.load_results(tmp_path / "empty"), "no attack results yet",
+          site=make_site(tmp_path / "empty"))
 
 
 @pytest.mark.parametrize("fmt", ["csv", "parquet", "json"])
@@ -146,6 +149,7 @@ def test_export_scores_and_stdout(attacked_run: Path, tmp_path: Path) -> None:
     assert lines[0].startswith("device,family,method,variant,") and len(lines) == 1 + len(_raw(run))
 
 
+@pytest.mark.hostile
 def test_export_keeps_mixed_type_fields_as_text(synthetic_dir: Path, tmp_path: Path) -> None:
     run = copy_run(synthetic_dir, tmp_path / "run")
     res = run / "attacks" / "local" / "results.json"
@@ -153,8 +157,8 @@ def test_export_keeps_mixed_type_fields_as_text(synthetic_dir: Path, tmp_path: P
     rows[0]["note"], rows[1]["note"] = 3, "three"  # a hand-edited results.json: one column, two types
     rows[2]["nested"] = {"a": [1, 2]}
     res.write_text(json.dumps(rows))
-    out = cli(["export", str(run), "--format", "parquet"])
-    assert out.exit_code == 0, out.output
+    check(["export", str(run), "--format", "parquet"], site=make_site(run), status=0, errors=0, writes=("report",),
+          why="mixed-type fields are data, not a refusal: export writes them as text (into report/ only)")
     df = pd.read_parquet(run / "report" / "results.parquet")
     assert df.note.tolist()[:2] == ["3", "three"] and json.loads(df.nested[2]) == {"a": [1, 2]}
     assert df.variant[df.family == "MR"].tolist() == ["prune-0.6+prune-0.8+cluster-4"] * 2  # local, device
@@ -176,24 +180,25 @@ def synthetic_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         (["--scores"], ["no per-example scores", "compleak attack"]),
     ],
 )
+@pytest.mark.hostile
 def test_export_refuses_bad_input(synthetic_dir: Path, tmp_path: Path, args: list[str], expect: list[str]) -> None:
-    with TreeState(synthetic_dir, tmp_path):
-        cli_refuses(["export", str(synthetic_dir), *args], *expect)
+    site = make_site(copy_run(synthetic_dir, tmp_path / "run"), also=[tmp_path])
+    check(["export", str(site.run), *args], *expect, site=site)
 
 
+@pytest.mark.hostile
 def test_export_refuses_a_folder_as_out_and_a_missing_run(synthetic_dir: Path, tmp_path: Path) -> None:
-    with TreeState(synthetic_dir, tmp_path):
-        cli_refuses(["export", str(synthetic_dir), "--out", str(tmp_path)], "is a folder", "results.csv")
-        cli_refuses(["export", str(tmp_path / "nope")], "no such run directory")
+    site = make_site(copy_run(synthetic_dir, tmp_path / "run"), also=[tmp_path])
+    check(["export", str(site.run), "--out", str(tmp_path)], "is a folder", "results.csv", site=site)
+    check(["export", str(tmp_path / "nope")], "no such run directory",
+          site=make_site(tmp_path / "nope", site.sentinel, also=[tmp_path]))
 
 
+@pytest.mark.hostile
 def test_export_does_not_follow_a_planted_report_link(synthetic_dir: Path, tmp_path: Path) -> None:
-    run = copy_run(synthetic_dir, tmp_path / "run")
-    outside = tmp_path / "outside"
-    outside.mkdir()
-    (run / "report").symlink_to(outside)
-    with TreeState(run, outside):
-        cli_refuses(["export", str(run)], "report", "symbolic link", "--out FILE")
+    site = make_site(copy_run(synthetic_dir, tmp_path / "run"))
+    (site.run / "report").symlink_to(site.sentinel)  # the link leads to the sentinel: nothing may land there
+    check(["export", str(site.run)], "report", "symbolic link", "--out FILE", site=site)
 
 
 def test_seeds_get_a_seed_column(tmp_path: Path) -> None:
@@ -214,6 +219,7 @@ def test_results_module_does_not_import_the_harness(attacked_run: Path) -> None:
     assert out.stdout.split() == [str(len(_raw(attacked_run))), "120"]
 
 
+@pytest.mark.hostile
 @pytest.mark.parametrize("name", ["manifest.json", "attacks/local/results.json", "splits.npz"])
 def test_export_never_replaces_the_runs_own_files(synthetic_dir: Path, tmp_path: Path, name: str) -> None:
     run = copy_run(synthetic_dir, tmp_path / "run")
@@ -221,8 +227,7 @@ def test_export_never_replaces_the_runs_own_files(synthetic_dir: Path, tmp_path:
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text("{}")
-    with TreeState(run, tmp_path / "run"):
-        cli_refuses(["export", str(run), "--out", str(target)], "inside the run", "exports")
+    check(["export", str(run), "--out", str(target)], "inside the run", "exports", site=make_site(run))
 
 
 def test_export_into_run_exports_and_outside_is_allowed(synthetic_dir: Path, tmp_path: Path) -> None:
@@ -232,22 +237,24 @@ def test_export_into_run_exports_and_outside_is_allowed(synthetic_dir: Path, tmp
         assert res.exit_code == 0 and out.is_file(), res.output
 
 
+@pytest.mark.hostile
 def test_export_refuses_devices_fifos_and_links(synthetic_dir: Path, tmp_path: Path) -> None:
     run = copy_run(synthetic_dir, tmp_path / "run")
-    special = tmp_path / "special"  # outside the trees TreeState reads (it would block reading a FIFO)
+    special = tmp_path / "special"
     special.mkdir()
     fifo = special / "pipe"
     os.mkfifo(fifo)
     link = special / "link.csv"
     link.symlink_to(tmp_path / "nowhere.csv")
-    with TreeState(run):
-        cli_refuses(["export", str(run), "--out", "/dev/null"], "/dev/null", "character device")
-        cli_refuses(["export", str(run), "--out", str(fifo)], "FIFO")
-        cli_refuses(["export", str(run), "--out", str(link)], "symbolic link")
+    site = make_site(run, also=[tmp_path])  # the shared check never opens the FIFO (it records its mode only)
+    check(["export", str(run), "--out", "/dev/null"], "/dev/null", "character device", site=site)
+    check(["export", str(run), "--out", str(fifo)], "FIFO", site=site)
+    check(["export", str(run), "--out", str(link)], "symbolic link", site=site)
     assert stat.S_ISCHR(os.stat("/dev/null").st_mode) and stat.S_ISFIFO(os.lstat(fifo).st_mode)
     assert link.is_symlink() and not (tmp_path / "nowhere.csv").exists()
 
 
+@pytest.mark.hostile
 def test_csv_cells_a_spreadsheet_would_run_are_neutralised(synthetic_dir: Path, tmp_path: Path) -> None:
     run = copy_run(synthetic_dir, tmp_path / "run")
     res = run / "attacks" / "local" / "results.json"
@@ -257,7 +264,8 @@ def test_csv_cells_a_spreadsheet_would_run_are_neutralised(synthetic_dir: Path, 
         row["note"] = text
     res.write_text(json.dumps(rows))
     out = tmp_path / "r.csv"
-    assert cli(["export", str(run), "--out", str(out)]).exit_code == 0
+    check(["export", str(run), "--out", str(out)], site=make_site(run), status=0, errors=0,
+          why="formula-like cells are data, not a refusal: export writes them neutralised (outside the run)")
     raw = out.read_bytes()
     assert raw.count(b"\r\n") == len(_raw(run)) + 1  # RFC 4180 rows; the CR and LF inside cells are quoted
     got = pd.read_csv(out)["note"].tolist()[: len(hostile)]

@@ -3,6 +3,10 @@
 Rows come from real run directories: ``make_synthetic_run`` (tests/test_report.py: hand-made rows with known AUCs, a
 hostile method name on the SSH device) and ``attacked_run`` (tests/results_fixtures.py: the real attack stage, with
 ε lower bounds). Expected trips are computed from the results.json files directly, not through the gate's code.
+
+The hostile-input cases (marked ``hostile``) go through the shared check (``hostile_fixtures.check``): exit 2 (a
+refused rule or run; a tripped rule is the gate's documented 3), one ``error:`` line, no traceback, the run and a
+sentinel folder beside it byte-identical.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from hostile_fixtures import TreeState, cli, cli_refuses, copy_run
+from hostile_fixtures import Site, TreeState, check, cli, copy_run, make_site
 from test_report import DEVICE, FAST_ATTACKS, make_synthetic_run
 
 from compleak.results import result_rows
@@ -28,6 +32,12 @@ def synthetic_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root.mkdir()
     make_synthetic_run(root, n=150, variants=["original", "prune-0.6", "prune-0.8", "int8"])
     return root
+
+
+@pytest.fixture
+def gate_site(synthetic_run: Path, tmp_path: Path) -> Site:
+    """A private copy of the synthetic run and a sentinel folder beside it."""
+    return make_site(copy_run(synthetic_run, tmp_path / "run"), also=[tmp_path])
 
 
 def _json_rows(run: Path) -> list[tuple[str, dict]]:
@@ -97,12 +107,12 @@ def test_parse_valid(text: str, metric: str, level: float | None, op: str, thres
         ("NR:", "expected METRIC OP NUMBER after the scope"),
     ],
 )
-def test_parse_errors_name_the_problem_and_the_grammar(text: str, fragment: str) -> None:
-    with pytest.raises(HarnessError) as err:
+@pytest.mark.hostile
+def test_parse_errors_name_the_problem_and_the_grammar(text: str, fragment: str, tmp_path: Path) -> None:
+    line = check(lambda: parse_rule(text), fragment, GRAMMAR, site=make_site(tmp_path / "run")).line
+    assert line.startswith(f"error: --fail-on {text!r}") or text == ""
+    with pytest.raises(HarnessError):  # the type the CLI and the action's gate step catch
         parse_rule(text)
-    msg = str(err.value)
-    assert fragment in msg and GRAMMAR in msg and "\n" not in msg
-    assert msg.startswith(f"--fail-on {text!r}") or text == ""
 
 
 # --------------------------------------------------------------------------- scopes select exactly the right rows
@@ -164,27 +174,28 @@ def test_rows_that_cannot_resolve_a_low_fpr_are_counted_in_a_note(synthetic_run:
     assert any("1 of" in n and "cannot resolve tpr@0.01" in n for n in out.notes)
 
 
+@pytest.mark.hostile
 @pytest.mark.parametrize(("field", "value", "rule"), [("auc", float("nan"), "auc>0.6"), ("auc_ci", [], "auc_lo>0.99")])
-def test_gate_fails_closed_on_rows_with_a_missing_metric(synthetic_run: Path, tmp_path: Path, field: str,
-                                                         value: object, rule: str) -> None:
+def test_gate_fails_closed_on_rows_with_a_missing_metric(gate_site: Site, field: str, value: object,
+                                                         rule: str) -> None:
     """A row in scope whose metric is NaN or missing could be the one that trips: the gate refuses (exit 2)
     instead of passing on the others."""
-    run = copy_run(synthetic_run, tmp_path / "run")
+    run = gate_site.run
     res = run / "attacks" / "local" / "results.json"
     rows = json.loads(res.read_text())
     for row in rows:  # every row that would trip loses its metric
         if row["auc"] > 0.6:
             row[field] = value
     res.write_text(json.dumps(rows).replace("NaN", "NaN"))
-    with TreeState(run):
-        line = cli_refuses(["check", str(run), "--fail-on", rule], rule, "cannot judge", "compleak attack")
+    line = check(["check", str(run), "--fail-on", rule], rule, "cannot judge", "compleak attack", site=gate_site).line
     assert "rows in its scope have no" in line
 
 
 # --------------------------------------------------------------------------- compleak check
 
 
-def test_check_exit_statuses_and_the_offending_rows(synthetic_run: Path, tmp_path: Path) -> None:
+@pytest.mark.hostile
+def test_check_exit_statuses_and_the_offending_rows(synthetic_run: Path, gate_site: Site) -> None:
     with TreeState(synthetic_run):
         ok = cli(["check", str(synthetic_run), "--fail-on", "auc>0.99", "--fail-on", "NR:tpr@0.01>0.5"])
         assert ok.exit_code == 0, ok.output
@@ -196,13 +207,13 @@ def test_check_exit_statuses_and_the_offending_rows(synthetic_run: Path, tmp_pat
     assert "<script>alert" in bad.output  # the device's hostile method name, printed literally
 
     # markup in a run's strings is printed, not interpreted
-    run = copy_run(synthetic_run, tmp_path / "run")
+    run = gate_site.run
     res = run / "attacks" / "local" / "results.json"
     rows = json.loads(res.read_text())
     rows[0].update(method="[bold]evil[/]", auc=0.995)
     res.write_text(json.dumps(rows))
-    out = cli(["check", str(run), "--fail-on", "auc>0.99"])
-    assert out.exit_code == 3 and "[bold]evil[/]" in out.output, out.output
+    check(["check", str(run), "--fail-on", "auc>0.99"], "[bold]evil[/]", site=gate_site, status=EXIT_TRIPPED,
+          errors=0, why="the hostile name sits in a row that trips: the gate's documented exit 3 lists the row")
 
 
 def test_check_across_seeds(tmp_path: Path) -> None:
@@ -228,42 +239,45 @@ def test_check_across_seeds(tmp_path: Path) -> None:
         (["--fail-on", "auc>0.5", "--fail-on", "bogus"], ["'bogus'", "unknown metric"]),
     ],
 )
-def test_check_refuses_bad_input(synthetic_run: Path, tmp_path: Path, args: list[str], expect: list[str]) -> None:
-    with TreeState(synthetic_run, tmp_path):
-        cli_refuses(["check", str(synthetic_run), *args], *expect)
+@pytest.mark.hostile
+def test_check_refuses_bad_input(gate_site: Site, args: list[str], expect: list[str]) -> None:
+    check(["check", str(gate_site.run), *args], *expect, site=gate_site)
 
 
-def test_check_refuses_missing_or_broken_runs(synthetic_run: Path, tmp_path: Path) -> None:
-    with TreeState(tmp_path):
-        cli_refuses(["check", str(tmp_path / "nope"), "--fail-on", "auc>0.6"], "no such run directory")
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    (empty / "experiment.toml").write_text('[experiment]\nname = "x"\n')
-    with TreeState(tmp_path):
-        cli_refuses(["check", str(empty), "--fail-on", "auc>0.6"], "no attack results", "compleak attack")
-    run = copy_run(synthetic_run, tmp_path / "run")
-    (run / "attacks" / "local" / "results.json").write_text('[{"family": "NR", "method": 3')
-    with TreeState(tmp_path):
-        cli_refuses(["check", str(run), "--fail-on", "auc>0.6"], "results.json", "invalid JSON")
-    (run / "attacks" / "local" / "results.json").write_text('[{"family": "XX"}]')
-    with TreeState(tmp_path):
-        cli_refuses(["check", str(run), "--fail-on", "auc>0.6"], "results.json", "family")
+@pytest.mark.hostile
+@pytest.mark.parametrize("kind", ["missing", "empty", "invalid-json", "bad-family"])
+def test_check_refuses_missing_or_broken_runs(synthetic_run: Path, tmp_path: Path, kind: str) -> None:
+    expect = {"missing": ["no such run directory"], "empty": ["no attack results", "compleak attack"],
+              "invalid-json": ["results.json", "invalid JSON"], "bad-family": ["results.json", "family"]}[kind]
+    if kind == "missing":
+        run = tmp_path / "nope"
+    elif kind == "empty":
+        run = tmp_path / "empty"
+        run.mkdir()
+        (run / "experiment.toml").write_text('[experiment]\nname = "x"\n')
+    else:
+        run = copy_run(synthetic_run, tmp_path / "run")
+        bad = '[{"family": "NR", "method": 3' if kind == "invalid-json" else '[{"family": "XX"}]'
+        (run / "attacks" / "local" / "results.json").write_text(bad)
+    check(["check", str(run), "--fail-on", "auc>0.6"], *expect, site=make_site(run, also=[tmp_path]))
 
 
-def test_check_without_fail_on_is_a_usage_error(synthetic_run: Path) -> None:
-    res = cli(["check", str(synthetic_run)])
-    assert res.exit_code == 2 and "--fail-on" in res.output
+@pytest.mark.hostile
+def test_check_without_fail_on_is_a_usage_error(gate_site: Site) -> None:
+    check(["check", str(gate_site.run)], "--fail-on", site=gate_site, errors=0,
+          why="a usage error is the CLI framework's own 'Usage:' block (exit 2), not the tool's 'error:' line")
 
 
 # --------------------------------------------------------------------------- compleak audit --fail-on
 
 
+@pytest.mark.hostile
 def test_audit_refuses_a_malformed_rule_before_any_work(tmp_path: Path) -> None:
     tiny = Path(__file__).parent / "data" / "tiny.toml"
-    with TreeState(tmp_path):
-        cli_refuses(["audit", str(tiny), "--out", str(tmp_path / "run"), "--no-ray", "--fail-on", "auc>0.6",
-                     "--fail-on", "NR:auc_low>0.5"], "auc_low", "unknown metric")  # fmt: skip
-    assert not (tmp_path / "run").exists()
+    site = make_site(tmp_path / "run", also=[tmp_path])
+    check(["audit", str(tiny), "--out", str(site.run), "--no-ray", "--fail-on", "auc>0.6", "--fail-on",
+           "NR:auc_low>0.5"], "auc_low", "unknown metric", site=site)
+    assert not site.run.exists()
 
 
 @pytest.mark.slow

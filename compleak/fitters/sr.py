@@ -1,15 +1,28 @@
 """SR: the original and one compressed variant side by side (arXiv 2507.16872), per compressed variant.
 
-Rows ``sr1-*`` (sorted posteriors of both) and ``sr2-*`` (with the label) x LR / RF / MLP, when the group has its
-original. The best sr2 model of each variant (by validation AUC) goes to :attr:`FitContext.best_sr2` for MR's
-fusion; when only MR asks for it, the sr2 models are fitted without rows."""
+Rows ``sr1-*`` (the original's posterior sorted ascending, the compressed posterior permuted the same way) and
+``sr2-*`` (and the one-hot label permuted the same way) x LR / RF / MLP, when the group has its original.
+
+``sr1-lr``, ``sr1-rf``, ``sr2-lr``, ``sr2-rf`` are the paper's CompLeakSR1 / CompLeakSR2 and are fitted exactly as
+the authors' code does (:class:`~compleak.attacks.AuthorsAttack`: all shadow examples, members first, fixed
+hyper-parameters). The authors have no MLP: ``sr1-mlp`` / ``sr2-mlp`` are this project's variant, with model
+selection (:class:`~compleak.attacks.LearnedAttack`).
+
+MR's fusion reads, per compressed variant, the sr2 model with the best shadow-validation AUC among the
+model-selected LR / RF / MLP (:attr:`FitContext.best_sr2`). Those LR / RF models are fitted for MR only (when MR
+runs; no row of their own), so MR's inputs do not depend on the paper rows' procedure; when only MR asks for SR,
+the sr2 models are fitted without rows."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from compleak import signals as sig
-from compleak.fitters.base import FitContext, Fitter, SR2Choice, TargetFeatures, TargetView
+from compleak.attacks import AuthorsAttack, LearnedAttack
+from compleak.fitters.base import FitContext, Fitter, Scorer, SR2Choice, TargetFeatures, TargetView
+
+#: the paper's attack models (the authors' ``LR`` / ``RF``): these rows use the authors' procedure
+AUTHORS_MODELS: frozenset[str] = frozenset({"lr", "rf"})
 
 
 def _pair_features(original: str, v: str, with_label: bool) -> TargetFeatures:
@@ -21,8 +34,25 @@ def _pair_features(original: str, v: str, with_label: bool) -> TargetFeatures:
     return features
 
 
+def _authors_scorer(est: AuthorsAttack, features: TargetFeatures) -> Scorer:
+    def scorer(t: TargetView) -> tuple[np.ndarray, np.ndarray]:
+        X = features(t)
+        return est.score(X), est.decide(X)
+
+    return scorer
+
+
+def _mr_reads_best_sr2(ctx: FitContext) -> bool:
+    """Whether MR runs on this group and so reads :attr:`FitContext.best_sr2` (the table's MR fitter decides;
+    imported here, not at the top: ``mr.py`` imports this module)."""
+    from compleak.fitters import FITTERS
+
+    mr = FITTERS.get("MR")
+    return mr is not None and mr.wanted(ctx)
+
+
 class SRFitter(Fitter):
-    """SR rows of each compressed variant against the original; SR's best sr2 models for MR."""
+    """SR rows of each compressed variant against the original; the model-selected sr2 models for MR."""
 
     family = "SR"
 
@@ -33,6 +63,7 @@ class SRFitter(Fitter):
         if not ctx.has_original:
             return
         rows = ctx.wants(self.family)
+        for_mr = _mr_reads_best_sr2(ctx)
         original = ctx.original
         O_s = ctx.shadow_side(original)
         for v in ctx.compressed:
@@ -44,10 +75,27 @@ class SRFitter(Fitter):
                 tx = _pair_features(original, v, with_label)
                 for model in ("lr", "rf", "mlp"):
                     method = f"{feat}-{model}"
-                    if rows:
+                    est: LearnedAttack | None = None
+                    if model in AUTHORS_MODELS:
+                        if rows:
+                            self._authors_row(ctx, method, v, model, Xs, S.y, tx)
+                        if feat == "sr2" and for_mr:  # MR's candidate: the model-selected fit, no row
+                            est = ctx.fit_learned(f"{self.family} {method} {v} (model-selected, for MR)", model, Xs,
+                                                  S.y)
+                    elif rows:
                         est = ctx.learned(self.family, method, v, model, Xs, S.y, tx, original=original)
-                    else:  # for MR only
+                    elif feat == "sr2":  # for MR only
                         est = ctx.fit_learned(f"{self.family} {method} {v}", model, Xs, S.y)
-                    best = ctx.best_sr2.get(v)
-                    if feat == "sr2" and (best is None or est.val_auc_ > best.model.val_auc_):
-                        ctx.best_sr2[v] = SR2Choice(est, Xs, tx)
+                    if feat == "sr2" and for_mr and est is not None:
+                        best = ctx.best_sr2.get(v)
+                        if best is None or est.val_auc_ > best.model.val_auc_:
+                            ctx.best_sr2[v] = SR2Choice(est, Xs, tx)
+
+    def _authors_row(self, ctx: FitContext, method: str, v: str, model: str, Xs: np.ndarray, ys: np.ndarray,
+                     tx: TargetFeatures) -> None:
+        """The paper's row ``method`` (CompLeakSR1 / SR2 with the authors' LR / RF) of variant ``v``."""
+        ctx.note(f"{self.family} {method} {v}")
+        est = AuthorsAttack(model).fit(Xs, ys)
+        ctx.add(self.family, method, v, _authors_scorer(est, tx), est.threshold_, selected=est.selected_,
+                n_shadow_examples=len(ys), threshold_source="the model's predict (p > 0.5), as the authors",
+                procedure="CompLeak authors (all shadow examples, no selection)", original=ctx.original)

@@ -7,5 +7,7 @@
   :mod:`~harness.build.torch_compress` (pruning / clustering / PT2E), :mod:`~harness.build.torch_export`
   (``.pte``/``.ptl``/``.onnx``)
 - :mod:`harness.build.artifacts`: ``BuiltArtifact``, artifact ids, the verified build caches both builders keep
+- :mod:`harness.build.runtime`: what a unit's bytes depend on besides its inputs (``[build]`` threads, op
+  determinism, seeds), applied the same wherever the unit runs, and the ``build`` record of every artifact
 - :mod:`harness.build.threat`: ``RUN/threat_model.json`` (written by build and by import)
 """

@@ -23,7 +23,9 @@ class BuiltArtifact:
 
     variant: label such as ``prune-0.8`` or ``prune-0.8+int8``; format: tflite | pte | ptl | onnx;
     compression: what was applied ({"steps": [...], "sparsity": 0.8, "clusters": 8, "quantization": "int8", ...});
-    toolchain: library versions used; output_kind: ``logits`` or ``probs``.
+    toolchain: library versions used; output_kind: ``logits`` or ``probs``; settings: what the bytes depended on
+    besides the inputs, as applied in the unit (``[build]`` threads and op determinism, the training device:
+    :func:`harness.build.runtime.settings_record`), recorded as the manifest record's ``build``.
     """
 
     variant: str
@@ -32,6 +34,7 @@ class BuiltArtifact:
     compression: dict[str, Any] = field(default_factory=dict)
     toolchain: dict[str, Any] = field(default_factory=dict)
     output_kind: str = "logits"
+    settings: dict[str, Any] = field(default_factory=dict)
 
 
 def artifact_id(framework: str, tag: str, variant: str, fmt: str) -> str:

@@ -110,9 +110,9 @@ def build_key(exp: Experiment, item: PlannedArtifact, data_digest: str, splits_d
     """Content hash of everything that determines one artifact file (not its variant list neighbours).
 
     Fine-tuning settings count only for variants that fine-tune (prune, cluster, QAT), the calibration size only for
-    static int8, so changing them rebuilds exactly the artifacts they affect. ``splits_digest`` is the digest of the
-    owner's own splits (``_owner_digest``: its members, hold-out and non-members), so adding reference models or
-    population ids rebuilds no existing owner.
+    static int8, so changing them rebuilds exactly the artifacts they affect; ``[build]`` (threads, op determinism)
+    counts for every artifact. ``splits_digest`` is the digest of the owner's own splits (``_owner_digest``: its
+    members, hold-out and non-members), so adding reference models or population ids rebuilds no existing owner.
     """
     c = exp.compress
     steps = parse_variant(item.variant)
@@ -135,6 +135,7 @@ def build_key(exp: Experiment, item: PlannedArtifact, data_digest: str, splits_d
         exp.model.model_dump(mode="json"),
         exp.train.model_dump(mode="json"),
         compress,
+        exp.build.model_dump(mode="json"),  # threads, op determinism: they shape the bytes too
     )
 
 
@@ -345,6 +346,7 @@ def _record(
         toolchain=_toolchain(built.toolchain, desc, path, p.format),
         build_key=key,
         training=training,
+        build=dict(built.settings),
     )
 
 
@@ -362,9 +364,20 @@ def build_owner(
     Runs in the driver (serial) or on a Ray worker: it writes only this owner's artifact files and cache entries
     (atomically) and returns the records; the driver alone writes manifest.json. ``dataset`` is the loaded dataset
     when the caller has it in the same process (else it is loaded here, from ``data_dir`` on a shared file system).
+    Wherever it runs, it runs with the config's ``[build]`` settings (:mod:`harness.build.runtime`), so its bytes
+    do not depend on the executor.
     """
-    run = RunDir(run_root)
-    say = hook or (lambda _msg: None)
+    from harness.build.runtime import unit_runtime
+
+    with unit_runtime(exp.build, exp.owner_seed(job.role, job.shadow)):
+        return _build_owner(exp, RunDir(run_root), data_dir, splits, job, dataset, hook or (lambda _msg: None))
+
+
+def _build_owner(
+    exp: Experiment, run: RunDir, data_dir: str | None, splits: Splits, job: OwnerJob, dataset: Dataset | None,
+    say: Callable[[str], None],
+) -> OwnerResult:  # fmt: skip
+    """:func:`build_owner` inside the unit's runtime settings."""
     _remove_stale_temps(run, job)
     owner, evals = _owner_inputs(exp, data_dir, splits, job, dataset)
     training = training_record(owner)
@@ -430,7 +443,8 @@ class BuildContext:
 def _units(
     ctx: BuildContext, jobs: dict[tuple[str, str, int | None], list[PlannedArtifact]], hook: Callable[[str], None]
 ) -> list[Unit]:
-    """One unit per (framework, owner): :func:`build_owner` of its artifacts."""
+    """One unit per (framework, owner): :func:`build_owner` of its artifacts, asking for ``[build] threads`` CPUs
+    (the threads it will run with, wherever it runs)."""
     exp = ctx.exp
     # absolute paths: a worker's working directory is not the driver's (a cluster node)
     data_dir = ctx.data_dir or exp.data.data_dir
@@ -441,7 +455,7 @@ def _units(
         job = OwnerJob(fw, role, shadow, items, {p.id: ctx.keys[p.id] for p in items})
         units.append(
             Unit(f"{fw}:{job.tag}", build_owner, (exp, str(ctx.run.root.resolve()), data_arg, ctx.splits, job),
-                 num_cpus=1.0, num_gpus=gpus, local={"dataset": ctx.ds, "hook": hook})
+                 num_cpus=float(exp.build.threads), num_gpus=gpus, local={"dataset": ctx.ds, "hook": hook})
         )  # fmt: skip
     return units
 

@@ -38,7 +38,7 @@ except ImportError:  # TF <= 2.15 (e.g. toolchain-tf:2.14.0): tf.keras is Keras 
     keras = tf.keras
 
 from harness.build import artifacts as art  # noqa: E402
-from harness.config import Experiment, TrainSection, parse_variant  # noqa: E402
+from harness.config import Experiment, parse_variant  # noqa: E402
 from harness.data import OwnerData  # noqa: E402
 from harness.errors import HarnessError  # noqa: E402
 from rundir import atomic_path, atomic_write_bytes  # noqa: E402
@@ -163,17 +163,17 @@ def build_model(arch: str, input_shape: tuple[int, int, int], n_classes: int, we
 # --------------------------------------------------------------------------- runtime settings
 
 
-def configure_runtime(cfg: TrainSection) -> None:
-    """TF threads, device and determinism for training (``train.threads`` / ``train.device``; docs/scale.md).
+def configure_runtime(exp: Experiment, say: Progress | None = None) -> dict[str, Any]:
+    """TF threads, device and determinism of a build unit (``[build] threads`` / ``deterministic``,
+    ``train.device``; docs/scale.md); returns the unit's ``build`` record (:mod:`harness.build.runtime`).
 
-    Threads: ``train.threads``, else the unit's CPU allocation (Ray) or this machine's cores. Device: TF uses its
-    GPU when one is visible; ``cpu`` hides GPUs, ``cuda`` requires one. Op determinism is always on (with the
-    per-owner seeds, the same config gives the same model). TF accepts thread and device settings only before it
-    runs its first op in a process; later calls keep the first settings (a Ray worker runs units of one config).
+    Threads: ``[build] threads`` for TF's intra- and inter-op pools. Device: TF uses its GPU when one is visible;
+    ``cpu`` hides GPUs, ``cuda`` requires one. Op determinism as configured (with the per-owner seeds, the same
+    config gives the same model). TF accepts thread and device settings only before it runs its first op in a
+    process; later calls keep the first settings, and when those differ from the config (TF used earlier in the
+    same process with others) the record says what was in effect and ``say`` gets a notice.
     """
-    from harness.execution import unit_cpus
-
-    threads = int(cfg.threads) if cfg.threads else unit_cpus()
+    cfg, threads = exp.train, int(exp.build.threads)
     try:
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(threads)
@@ -189,7 +189,20 @@ def configure_runtime(cfg: TrainSection) -> None:
             'train.device = "cuda" but TensorFlow sees no GPU (CPU-only TF build, or no GPU on this worker); '
             'install tensorflow[and-cuda] or set train.device = "auto"'
         )
-    tf.config.experimental.enable_op_determinism()
+    from tensorflow.python.framework import config as tf_config
+
+    if exp.build.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    else:
+        tf_config.disable_op_determinism()
+    in_effect = tf.config.threading.get_intra_op_parallelism_threads()
+    if in_effect != threads and say is not None:
+        say(f"{art.NOTICE} TensorFlow was initialised in this process with {in_effect or 'default'} threads before "
+            f"this unit asked for {threads}; its artifacts may differ from a fresh process's (run it alone)")
+    device = "gpu" if cfg.device != "cpu" and tf.config.list_logical_devices("GPU") else "cpu"
+    from harness.build.runtime import settings_record
+
+    return settings_record(in_effect, tf_config.is_op_determinism_enabled(), device)
 
 
 # --------------------------------------------------------------------------- training
@@ -267,6 +280,7 @@ def original_key(exp: Experiment, owner: OwnerData) -> str:
         "tf-original",
         exp.model.model_dump(mode="json"),
         exp.train.model_dump(mode="json"),
+        exp.build.model_dump(mode="json"),
         owner.seed,
         owner.n_classes,
         owner.x_train,
@@ -597,7 +611,7 @@ def build_variants(
     """
     if formats is not None and "tflite" not in formats:
         return []
-    configure_runtime(exp.train)
+    settings = configure_runtime(exp, progress)
     # fresh Keras name counters: layer and tensor names (kept in the .tflite) must not depend on what this process
     # built before (serial build vs a Ray worker)
     keras.backend.clear_session()
@@ -619,6 +633,7 @@ def build_variants(
                 compression=_compression(exp, owner, variant, str(source.relative_to(out_dir))),
                 toolchain=toolchain(),
                 output_kind="logits",
+                settings=dict(settings),
             )
         )
     return built

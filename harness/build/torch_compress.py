@@ -51,25 +51,30 @@ class ClusteredWeight(nn.Module):
         return self.centroids[self.assignment]
 
 
-def apply_clustering(model: nn.Module, clusters: int, seed: int) -> None:
+def apply_clustering(model: nn.Module, clusters: int, seed: int, threads: int | None = None) -> None:
     """Per-layer k-means weight sharing (scikit-learn KMeans, k-means++ init) on every Conv2d/Linear weight.
 
     Each weight tensor gets at most ``clusters`` distinct values; the centroids become the only trainable part
     of that weight (the assignment is fixed). Call :func:`make_clustering_permanent` after fine-tuning.
+    k-means runs on ``threads`` OpenMP threads (default: torch's intra-op threads, the unit's ``[build] threads``):
+    its sums, so its centroids, depend on the count.
     """
     from sklearn.cluster import KMeans
 
+    from harness.build.runtime import cpu_pool_limits
+
     rng = np.random.default_rng(seed)
-    for _, m in prunable_layers(model):
-        w = m.weight.detach().cpu().numpy().astype(np.float64).reshape(-1, 1)
-        k = min(int(clusters), len(np.unique(w)))
-        fit_on = w if len(w) <= _KMEANS_MAX_POINTS else w[rng.choice(len(w), _KMEANS_MAX_POINTS, replace=False)]
-        km = KMeans(n_clusters=k, init="k-means++", n_init=1, random_state=seed).fit(fit_on)
-        assignment = km.predict(w).reshape(m.weight.shape)
-        parametrize.register_parametrization(
-            m, "weight", ClusteredWeight(km.cluster_centers_.ravel(), assignment), unsafe=True
-        )
-        m.parametrizations.weight.original.requires_grad_(False)
+    with cpu_pool_limits(threads or torch.get_num_threads()):  # after the import: scikit-learn's own OpenMP
+        for _, m in prunable_layers(model):
+            w = m.weight.detach().cpu().numpy().astype(np.float64).reshape(-1, 1)
+            k = min(int(clusters), len(np.unique(w)))
+            fit_on = w if len(w) <= _KMEANS_MAX_POINTS else w[rng.choice(len(w), _KMEANS_MAX_POINTS, replace=False)]
+            km = KMeans(n_clusters=k, init="k-means++", n_init=1, random_state=seed).fit(fit_on)
+            assignment = km.predict(w).reshape(m.weight.shape)
+            parametrize.register_parametrization(
+                m, "weight", ClusteredWeight(km.cluster_centers_.ravel(), assignment), unsafe=True
+            )
+            m.parametrizations.weight.original.requires_grad_(False)
 
 
 def make_clustering_permanent(model: nn.Module) -> None:

@@ -9,9 +9,12 @@ dimension is dynamic (``.pte``: 1..PTE_MAX_BATCH).
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -107,12 +110,83 @@ def export_pte_dynamic_int8(model: nn.Module, example: torch.Tensor, path: Path)
     _lower_pte(pt2e_int8(model, example, (_batch_dim(),)), example, path)
 
 
+@contextlib.contextmanager
+def _fresh_compilation_unit() -> Iterator[torch._C.CompilationUnit]:
+    """Trace into a compilation unit of its own: TorchScript names the class of every traced module in the
+    process-wide unit and mangles a name already there (``conv/___torch_mangle_57``), so without this the names
+    in a ``.ptl`` -- and its bytes -- would depend on what the process traced before (a serial build's second
+    owner, a reused Ray worker)."""
+    import torch.jit._state as jit_state
+
+    previous = jit_state._python_cu
+    jit_state._python_cu = unit = torch._C.CompilationUnit()
+    try:
+        yield unit
+    finally:
+        jit_state._python_cu = previous
+
+
+#: records of a TorchScript archive that a ``.ptl`` does not keep: the source ranges of the traced code (the
+#: absolute paths of this checkout's and torch's Python files; optional for ``torch.jit.load``, never read by the
+#: lite interpreter). The archive's serialization id is not copied either: the writer computes its own from the
+#: records it writes.
+_PTL_DROPPED = (".debug_pkl",)
+_PTL_SERIALIZATION_ID = ".data/serialization_id"
+
+
+def portable_ptl(data: bytes) -> bytes:
+    """The lite-interpreter archive ``data`` rewritten by torch's own archive writer (64-byte aligned records)
+    under the fixed root folder ``archive/``, without the records that name where it was built
+    (:data:`_PTL_DROPPED`): the same model gives the same bytes in any folder, process and checkout."""
+    reader = torch._C.PyTorchFileReader(io.BytesIO(data))
+    out = io.BytesIO()
+    writer = torch._C.PyTorchFileWriter(out)
+    for name in reader.get_all_records():
+        if name.endswith(_PTL_DROPPED) or name == _PTL_SERIALIZATION_ID:
+            continue
+        record = reader.get_record(name)
+        writer.write_record(name, record, len(record))
+    writer.write_end_of_file()
+    return out.getvalue()
+
+
 def export_ptl(model: nn.Module, example: torch.Tensor, path: Path, io_spec: dict[str, Any]) -> None:
-    """Traced TorchScript saved for the lite interpreter, with ``compleak.json`` (I/O spec) as an extra file."""
-    with warnings_to_log("TorchScript .ptl export"):
-        traced = torch.jit.trace(model.eval(), example)
-        with atomic_path(path, keep_suffix=True) as tmp:
-            traced._save_for_lite_interpreter(str(tmp), _extra_files={"compleak.json": json.dumps(io_spec)})
+    """Traced TorchScript saved for the lite interpreter, with ``compleak.json`` (I/O spec) as an extra file;
+    traced in a compilation unit of its own and written through :func:`portable_ptl` (atomically), so its bytes
+    depend on the model only."""
+    with warnings_to_log("TorchScript .ptl export"), _fresh_compilation_unit() as unit:
+        traced = torch.jit.trace(model.eval(), example, _compilation_unit=unit)
+        data = traced._save_to_buffer_for_lite_interpreter(_extra_files={"compleak.json": json.dumps(io_spec)})
+    atomic_write_bytes(path, portable_ptl(data))
+
+
+#: ONNX node metadata the torch exporter fills with the Python call stack (absolute source paths and line numbers)
+_ONNX_STACK_TRACE = "stack_trace"
+
+
+def strip_source_locations(proto: Any) -> Any:
+    """Remove from every node of ``proto`` (its graph, nested graphs and functions) the metadata and doc strings
+    that hold the exporting code's call stack (``pkg.torch.onnx.stack_trace``: absolute paths of this checkout and
+    of torch), so the file does not depend on where it was built. Returns ``proto``, changed in place."""
+
+    def graphs(graph: Any) -> Iterator[Any]:
+        yield graph
+        for node in graph.node:
+            for attr in node.attribute:
+                if attr.HasField("g"):
+                    yield from graphs(attr.g)
+                for g in attr.graphs:
+                    yield from graphs(g)
+
+    nodes = [n for g in graphs(proto.graph) for n in g.node] + [n for f in proto.functions for n in f.node]
+    for node in nodes:
+        keep = [(p.key, p.value) for p in node.metadata_props if not p.key.endswith(_ONNX_STACK_TRACE)]
+        if len(keep) != len(node.metadata_props):
+            del node.metadata_props[:]
+            for key, value in keep:
+                node.metadata_props.add(key=key, value=value)
+        node.doc_string = ""
+    return proto
 
 
 def export_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> None:
@@ -138,7 +212,7 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> None:
             optimize=not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()),
             verbose=False,
         )
-    proto = prog.model_proto
+    proto = strip_source_locations(prog.model_proto)
     onnx.helper.set_model_props(proto, _ONNX_PROPS)
     onnx.checker.check_model(proto)
     atomic_write_bytes(path, proto.SerializeToString())
@@ -152,7 +226,7 @@ def quantize_onnx_dynamic(fp32_path: Path, path: Path) -> list[str]:
 
     with atomic_path(path, keep_suffix=True) as tmp:
         quantize_dynamic(str(fp32_path), str(tmp), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
-        proto = onnx.load(str(tmp))
+        proto = strip_source_locations(onnx.load(str(tmp)))
         onnx.helper.set_model_props(proto, _ONNX_PROPS)
         onnx.save(proto, str(tmp))
     return sorted(i.name for i in proto.graph.initializer if i.name.endswith("_quantized"))

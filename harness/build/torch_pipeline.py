@@ -58,7 +58,7 @@ from harness.build.torch_compress import (
     weight_sparsity,
 )
 from harness.build.torch_export import PTE_MAX_BATCH, ExportInputs, plan_formats, toolchain_versions, write_format
-from harness.build.torch_train import torch_settings, train_model, train_threads
+from harness.build.torch_train import settings_in_effect, torch_settings, train_model, train_threads
 from harness.build.torch_zoo import build_model
 from harness.config import Experiment, parse_variant
 from harness.data import OwnerData
@@ -178,7 +178,7 @@ class _Builder:
         self.exp, self.owner, self.out_dir, self.tag, self.say = exp, owner, Path(out_dir), tag, say
         self.input_shape = _check_owner(owner)
         self.base_key = exp.section_hash(
-            "model", "train", extra={"data": _data_digest(owner), "torch": torch.__version__}
+            "model", "train", "build", extra={"data": _data_digest(owner), "torch": torch.__version__}
         )
         self._models: dict[tuple[str, ...], tuple[nn.Module, dict[str, Any]]] = {}
 
@@ -227,7 +227,7 @@ class _Builder:
         else:
             k = int(step.split("-", 1)[1])
             self.say(f"{stage}: k-means weight sharing (K={k}), fine-tuning centroids {cc.finetune_epochs} epochs")
-            apply_clustering(model, k, seed)
+            apply_clustering(model, k, seed, train_threads(self.exp))
         res = None
         if cc.finetune_epochs:
             res = train_model(model, self.owner, self.exp.train, epochs=cc.finetune_epochs, lr=cc.finetune_lr,
@@ -267,7 +267,7 @@ def trained_model(exp: Experiment, owner: OwnerData, out_dir: Path, tag: str, va
     steps are not applied), in eval mode, taken from the cache that :func:`build_variants` fills (trained and
     cached if absent). Input float32 NCHW [N, C, H, W], output logits [N, n_classes]."""
     steps = tuple(s for s in parse_variant(variant) if s.startswith(_FP32_STEPS))
-    with torch_settings(train_threads(exp.train)):
+    with torch_settings(train_threads(exp), exp.build.deterministic):
         return _Builder(exp, owner, Path(out_dir), tag, lambda m: None).fp32(steps)[0]
 
 
@@ -352,7 +352,8 @@ def build_variants(
     toolchain = toolchain_versions()
     built: list[art.BuiltArtifact] = []
     try:
-        with torch_settings(train_threads(exp.train)):
+        with torch_settings(train_threads(exp), exp.build.deterministic):
+            settings = settings_in_effect(exp)
             b = _Builder(exp, owner, out_dir, tag, rep.say)
             inputs = ExportInputs.of(exp, owner, tag, b.input_shape, out_dir / CACHE_DIR)
             for v, steps, fmts in plans:
@@ -366,7 +367,7 @@ def build_variants(
                     path = out_dir / art.artifact_id(FRAMEWORK, tag, v, f)
                     rep.say(f"exporting {path.name}")
                     compression = {**comp, **write_format(model, v, f, path, inputs)}
-                    built.append(art.BuiltArtifact(v, f, path, compression, dict(toolchain), "logits"))
+                    built.append(art.BuiltArtifact(v, f, path, compression, dict(toolchain), "logits", dict(settings)))
     except HarnessError:
         raise
     except (RuntimeError, ValueError) as exc:

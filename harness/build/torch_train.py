@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from harness.config import TrainSection
+from harness.config import Experiment, TrainSection
 from harness.data import OwnerData
 from harness.errors import HarnessError
 
@@ -42,31 +42,40 @@ def train_device(cfg: TrainSection) -> torch.device:
     return torch.device("cpu")
 
 
-def train_threads(cfg: TrainSection) -> int:
-    """Intra-op threads: ``train.threads``, else the unit's CPU allocation (Ray) or this machine's cores."""
-    from harness.execution import unit_cpus
-
-    return int(cfg.threads) if cfg.threads else unit_cpus()
+def train_threads(exp: Experiment) -> int:
+    """CPU threads of a torch build unit: ``[build] threads`` (the same wherever the unit runs; docs/scale.md)."""
+    return int(exp.build.threads)
 
 
 @contextlib.contextmanager
-def torch_settings(threads: int) -> Iterator[None]:
-    """Run with ``threads`` intra-op threads and deterministic algorithms (CPU and CUDA); restore the caller's
-    settings afterwards."""
+def torch_settings(threads: int, deterministic: bool = True) -> Iterator[None]:
+    """Run with ``threads`` intra-op (and, where torch still allows it, inter-op) threads and, when
+    ``deterministic``, deterministic algorithms (CPU and CUDA); restore the caller's settings afterwards."""
     old_threads = torch.get_num_threads()
     old_det = torch.are_deterministic_algorithms_enabled()
     old_warn = torch.is_deterministic_algorithms_warn_only_enabled()
     old_cudnn = (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS (read at CUDA start-up)
     torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = False, True
+    with contextlib.suppress(RuntimeError):  # settable once per process, before any inter-op work; eager ops
+        torch.set_num_interop_threads(threads)  # (all the build runs) do not use that pool
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = False, deterministic
     try:
         yield
     finally:
         torch.set_num_threads(old_threads)
         torch.use_deterministic_algorithms(old_det, warn_only=old_warn)
         torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = old_cudnn
+
+
+def settings_in_effect(exp: Experiment) -> dict[str, Any]:
+    """The ``build`` record of a torch artifact (:func:`harness.build.runtime.settings_record`), read inside
+    :func:`torch_settings`."""
+    from harness.build.runtime import settings_record
+
+    return settings_record(torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
+                           train_device(exp.train).type)
 
 
 @contextlib.contextmanager

@@ -247,7 +247,7 @@ class RayExecutor:
 
     def _options(self, unit: Unit) -> dict[str, Any]:
         """Ray scheduling options of ``unit`` (CPUs, GPUs, custom resources)."""
-        opts: dict[str, Any] = {"num_cpus": unit.num_cpus, "num_gpus": self._gpus(unit)}
+        opts: dict[str, Any] = {"num_cpus": self._cpus(unit), "num_gpus": self._gpus(unit)}
         if unit.resources:
             opts["resources"] = dict(unit.resources)
         return opts
@@ -263,6 +263,16 @@ class RayExecutor:
         """GPUs in the cluster (0 on this machine when it has none)."""
         self.start()
         return float(self._ray.cluster_resources().get("GPU", 0.0))
+
+    def _cpus(self, unit: Unit) -> float:
+        """CPUs to ask for: the unit's ``num_cpus``, but at most the largest node's (a unit asking for more could
+        never be scheduled). What the unit computes does not change: its thread count comes from its own
+        arguments (a build unit's ``[build] threads``), not from this allocation."""
+        if unit.num_cpus <= 1:
+            return unit.num_cpus
+        most = max((float(n.get("Resources", {}).get("CPU", 0.0)) for n in self._ray.nodes() if n.get("Alive")),
+                   default=0.0)  # fmt: skip
+        return min(unit.num_cpus, most) if most >= 1 else unit.num_cpus
 
     def _gpus(self, unit: Unit) -> float:
         if unit.num_gpus == "auto":
@@ -287,8 +297,9 @@ class RayExecutor:
             if actor is None:
                 actor = self._actors[unit.key] = self._actor(unit)
             return actor.call.remote(unit.fn, unit.args, unit.kwargs), actor
-        call = self._remote_call.options(**self._options(unit), max_retries=units.MAX_RETRIES, retry_exceptions=False)
-        ref = call.remote(unit.fn, unit.args, unit.kwargs, unit.num_cpus)
+        opts = self._options(unit)
+        call = self._remote_call.options(**opts, max_retries=units.MAX_RETRIES, retry_exceptions=False)
+        ref = call.remote(unit.fn, unit.args, unit.kwargs, opts["num_cpus"])
         return ref, None
 
     def _kill_actor(self, key: str) -> None:

@@ -27,12 +27,16 @@ class Unit:
     """One unit of work of a stage.
 
     ``fn`` must be a module-level function (it is pickled by reference and imported on the worker); ``args`` and
-    ``kwargs`` must be picklable. ``num_cpus``/``num_gpus`` are what one run needs; ``num_gpus="auto"`` asks for one
-    GPU when the cluster has any. ``resources`` are Ray custom resources the unit must run where they exist (a
-    phone farm's USB hub host: ``{"hub-a": 1}``). ``actor`` runs the unit in its own Ray actor (a long-lived
-    process that keeps a device connection) instead of a task; ``warm`` (actors only) is a module-level function
-    without arguments that :meth:`Executor.prestart` runs in the new actor ahead of the unit (imports, say), so the
-    actor's start-up overlaps other work. Actor units with the same ``key`` share one actor.
+    ``kwargs`` must be picklable. ``num_cpus``/``num_gpus`` are what one run needs (Ray asks for at most the largest
+    node's CPUs); ``num_gpus="auto"`` asks for one GPU when the cluster has any. They decide where and beside what
+    the unit runs, never what it computes: whatever a unit's result depends on (a build unit's threads, op
+    determinism, seeds) travels in its arguments and is applied by the unit itself, the same serially, on an
+    embedded Ray and on a cluster worker (docs/scale.md, "Results independent of where they ran"). ``resources``
+    are Ray custom resources the unit must run where they exist (a phone farm's USB hub host: ``{"hub-a": 1}``).
+    ``actor`` runs the unit in its own Ray actor (a long-lived process that keeps a device connection) instead of a
+    task; ``warm`` (actors only) is a module-level function without arguments that :meth:`Executor.prestart` runs
+    in the new actor ahead of the unit (imports, say), so the actor's start-up overlaps other work. Actor units
+    with the same ``key`` share one actor.
     """
 
     key: str
