@@ -60,10 +60,8 @@ def features(p: np.ndarray, labels: np.ndarray, with_label: bool) -> np.ndarray:
     return np.concatenate([p, np.eye(p.shape[1])[labels]], axis=1)
 
 
-def authors_scores(Xs_in: np.ndarray, Xs_out: np.ndarray, Xt: np.ndarray, model: str) -> np.ndarray:
-    """The authors' procedure: train on every shadow member then every shadow non-member, score the target."""
-    X = np.concatenate([Xs_in, Xs_out])
-    y = np.r_[np.ones(len(Xs_in)), np.zeros(len(Xs_out))].astype(int)
+def authors_fit_score(X: np.ndarray, y: np.ndarray, Xt: np.ndarray, model: str) -> np.ndarray:
+    """The authors' LR / RF on their shadow table (``X`` [n, d], ``y`` [n]), scoring the target ``Xt`` [m, d]."""
     if model == "lr":
         scaler = StandardScaler().fit(X)
         lr = LogisticRegression(random_state=0, solver="lbfgs", max_iter=400).fit(scaler.transform(X), y)
@@ -72,7 +70,15 @@ def authors_scores(Xs_in: np.ndarray, Xs_out: np.ndarray, Xt: np.ndarray, model:
     return rf.predict_proba(Xt)[:, 1]
 
 
-def _fmt(y: np.ndarray, s: np.ndarray) -> str:
+def authors_scores(Xs_in: np.ndarray, Xs_out: np.ndarray, Xt: np.ndarray, model: str) -> np.ndarray:
+    """The authors' procedure: train on every shadow member then every shadow non-member, score the target."""
+    X = np.concatenate([Xs_in, Xs_out])
+    y = np.r_[np.ones(len(Xs_in)), np.zeros(len(Xs_out))].astype(int)
+    return authors_fit_score(X, y, Xt, model)
+
+
+def fmt_auc(y: np.ndarray, s: np.ndarray) -> str:
+    """``AUC [lo, hi]`` with the 95 % bootstrap CI (BOOTSTRAP resamples, seed 0)."""
     lo, hi = bootstrap_auc_ci(y, s, BOOTSTRAP, 0)
     return f"{roc_auc(y, s):.3f} [{lo:.3f}, {hi:.3f}]"
 
@@ -103,7 +109,7 @@ def main() -> None:
             mine = scores[row.model_extra["score_key"]]
             ys = np.r_[np.ones(len(Xin)), np.zeros(len(Xout))].astype(int)
             before = LearnedAttack(model, seed=0).fit(np.concatenate([Xin, Xout]), ys).score(Xt)
-            print(f"{v:9} {method:19} {_fmt(y_t, before):25} {_fmt(y_t, mine):25} {_fmt(y_t, ref):25} "
+            print(f"{v:9} {method:19} {fmt_auc(y_t, before):25} {fmt_auc(y_t, mine):25} {fmt_auc(y_t, ref):25} "
                   f"{np.max(np.abs(mine - ref)):.1e}")
     print("\nwhy posterior-lr moves: AUC of the standardised LR by C and training part (shadow_split's 70 % fit "
           "part, or all shadow examples), and the largest |coefficient| when trained on all")

@@ -31,15 +31,13 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from sklearn.ensemble import RandomForestClassifier
-from sklearn.linear_model import LogisticRegression
-from sklearn.preprocessing import StandardScaler
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from nr_fidelity import authors_fit_score, fmt_auc  # noqa: E402 (beside this script)
+
 from compleak.attacks import LearnedAttack
 from compleak.engine import run_attacks
-from compleak.metrics import bootstrap_auc_ci, roc_auc
 from compleak.signals import log_posterior
 from compleak.synthetic import VariantSpec, make_splits, synthetic_outputs
 
@@ -77,21 +75,6 @@ def features(orig: np.ndarray, comp: np.ndarray, labels: np.ndarray, with_label:
     return np.array(out)
 
 
-def authors_scores(X: np.ndarray, y: np.ndarray, Xt: np.ndarray, model: str) -> np.ndarray:
-    """The authors' procedure on their shadow table (``X`` [n, d], members first), scoring the target ``Xt``."""
-    if model == "lr":
-        scaler = StandardScaler().fit(X)
-        lr = LogisticRegression(random_state=0, solver="lbfgs", max_iter=400).fit(scaler.transform(X), y)
-        return lr.predict_proba(scaler.transform(Xt))[:, 1]
-    rf = RandomForestClassifier(random_state=0, n_estimators=500, min_samples_leaf=30).fit(X, y)
-    return rf.predict_proba(Xt)[:, 1]
-
-
-def _fmt(y: np.ndarray, s: np.ndarray) -> str:
-    lo, hi = bootstrap_auc_ci(y, s, BOOTSTRAP, 0)
-    return f"{roc_auc(y, s):.3f} [{lo:.3f}, {hi:.3f}]"
-
-
 def main() -> None:
     target, shadow = synthetic_outputs(SPLITS, VARIANTS, n_classes=N_CLASSES, seed=SEED)
     rows, scores = run_attacks(SPLITS, target, shadow, families=["SR", "MR"], baselines=[], bootstrap=BOOTSTRAP,
@@ -126,17 +109,17 @@ def main() -> None:
                 selected.setdefault(v, {})[model] = before
             if model == "mlp":  # unchanged: this project's variant
                 same = np.array_equal(mine, before.score(Xht))
-                print(f"{v:8} {method:7} {_fmt(y_t, mine):25} (unchanged, LearnedAttack: "
+                print(f"{v:8} {method:7} {fmt_auc(y_t, mine):25} (unchanged, LearnedAttack: "
                       f"{'identical' if same else 'DIFFERS'})")
                 continue
             X, Xt = tables["authors"][with_label]
-            ref = authors_scores(X, y_s, Xt, model)
-            print(f"{v:8} {method:7} {_fmt(y_t, before.score(Xht)):25} {_fmt(y_t, mine):25} {_fmt(y_t, ref):25} "
-                  f"{np.max(np.abs(mine - ref)):.1e}")
+            ref = authors_fit_score(X, y_s, Xt, model)
+            aucs = " ".join(f"{fmt_auc(y_t, s):25}" for s in (before.score(Xht), mine, ref))
+            print(f"{v:8} {method:7} {aucs} {np.max(np.abs(mine - ref)):.1e}")
     mr = by[("mr-fusion", ",".join(COMPRESSED))]
     chosen = {v: max(fits, key=lambda m: fits[m].val_auc_) for v, fits in selected.items()}
     ok = all(mr.model_extra["selected"]["sr2_models"][v]["model"] == m for v, m in chosen.items())
-    print(f"mr-fusion {_fmt(y_t, scores[mr.model_extra['score_key']])} from the model-selected sr2 models {chosen} "
+    print(f"mr-fusion {fmt_auc(y_t, scores[mr.model_extra['score_key']])} from the model-selected sr2 models {chosen} "
           f"({'as selected' if ok else 'NOT the selected models'})")
 
 

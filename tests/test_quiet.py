@@ -15,6 +15,7 @@ import warnings
 from pathlib import Path
 
 import pytest
+from build_fixtures import digits_toml
 from rich.console import Console
 
 from harness.cli.quiet import quiet, run_log_path
@@ -28,36 +29,7 @@ NOISE = re.compile(
     re.IGNORECASE | re.MULTILINE,
 )
 
-MICRO = """
-[experiment]
-name = "micro"
-seed = 3
-
-[data]
-dataset = "digits"
-
-[splits]
-target_in = 100
-target_out = 100
-shadow_in = 100
-shadow_out = 100
-n_shadows = 1
-
-[model]
-arch = "cnn-small"
-
-[train]
-epochs = 1
-batch_size = 32
-
-[compress]
-tf = ["original"]
-torch = ["original"]
-
-[export]
-frameworks = ["tf", "torch"]
-torch_formats = ["pte"]
-"""
+MICRO = digits_toml("micro", seed=3, n=100, epochs=1, tf=("original",), torch=("original",), formats=("pte",))
 
 
 def _run(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess[str]:

@@ -16,7 +16,7 @@ from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 
-from compleak.attacks import LearnedAttack
+from compleak.attacks import AuthorsAttack, LearnedAttack
 from compleak.fitters.inputs import Classes, ShadowSide, Signals, covers, source_name
 from rundir import ContractError, OutputBatch, Splits
 from rundir.vocabulary import BASELINES, FAMILIES
@@ -106,6 +106,16 @@ class TargetView:
 Scorer = Callable[[TargetView], tuple[np.ndarray, np.ndarray | None]]
 #: the features a learned attack reads from a target, float64 [n, d]
 TargetFeatures = Callable[[TargetView], np.ndarray]
+
+
+def authors_scorer(est: AuthorsAttack, features: TargetFeatures) -> Scorer:
+    """Scores and decisions of a fitted :class:`~compleak.attacks.AuthorsAttack` (the paper's NR and SR rows) on the
+    target's features: (membership probability float64 [n], the model's own decision bool [n])."""
+    def scorer(t: TargetView) -> tuple[np.ndarray, np.ndarray]:
+        X = features(t)
+        return est.score(X), est.decide(X)
+
+    return scorer
 
 
 @dataclass

@@ -19,7 +19,7 @@ import numpy as np
 from compleak import samia as sam
 from compleak import signals as sig
 from compleak.attacks import AuthorsAttack, LearnedAttack, ThresholdAttack
-from compleak.fitters.base import FitContext, Fitter, Scorer, TargetFeatures, TargetView
+from compleak.fitters.base import FitContext, Fitter, Scorer, TargetFeatures, TargetView, authors_scorer
 from compleak.fitters.inputs import ShadowSide, Signals, source_name
 from rundir import ContractError
 
@@ -44,14 +44,6 @@ def _target_features(v: str, build: Callable[[np.ndarray, np.ndarray], np.ndarra
         return build(t.side(v).p, t.side(v).labels)
 
     return features
-
-
-def _authors_scorer(est: AuthorsAttack, features: TargetFeatures) -> Scorer:
-    def scorer(t: TargetView) -> tuple[np.ndarray, np.ndarray]:
-        X = features(t)
-        return est.score(X), est.decide(X)
-
-    return scorer
 
 
 def _threshold_scorer(v: str, th: ThresholdAttack, signal: Callable[[Signals], np.ndarray]) -> Scorer:
@@ -79,7 +71,7 @@ class NRFitter(Fitter):
                     continue
                 ctx.note(f"{self.family} {method} {v}")
                 est = AuthorsAttack(model).fit(Xs, S.y)
-                ctx.add(self.family, method, v, _authors_scorer(est, tx), est.threshold_, selected=est.selected_,
+                ctx.add(self.family, method, v, authors_scorer(est, tx), est.threshold_, selected=est.selected_,
                         n_shadow_examples=len(S.y), threshold_source="the model's predict (p > 0.5), as the authors",
                         procedure="CompLeak authors (all shadow examples, no selection)")
         for name, fn in THRESHOLDS:

@@ -19,7 +19,7 @@ import numpy as np
 
 from compleak import signals as sig
 from compleak.attacks import AuthorsAttack, LearnedAttack
-from compleak.fitters.base import FitContext, Fitter, Scorer, SR2Choice, TargetFeatures, TargetView
+from compleak.fitters.base import FitContext, Fitter, SR2Choice, TargetFeatures, TargetView, authors_scorer
 
 #: the paper's attack models (the authors' ``LR`` / ``RF``): these rows use the authors' procedure
 AUTHORS_MODELS: frozenset[str] = frozenset({"lr", "rf"})
@@ -32,14 +32,6 @@ def _pair_features(original: str, v: str, with_label: bool) -> TargetFeatures:
         return sig.sorted_features(t.side(original).p, [T.p], T.labels if with_label else None)
 
     return features
-
-
-def _authors_scorer(est: AuthorsAttack, features: TargetFeatures) -> Scorer:
-    def scorer(t: TargetView) -> tuple[np.ndarray, np.ndarray]:
-        X = features(t)
-        return est.score(X), est.decide(X)
-
-    return scorer
 
 
 def _mr_reads_best_sr2(ctx: FitContext) -> bool:
@@ -96,6 +88,6 @@ class SRFitter(Fitter):
         """The paper's row ``method`` (CompLeakSR1 / SR2 with the authors' LR / RF) of variant ``v``."""
         ctx.note(f"{self.family} {method} {v}")
         est = AuthorsAttack(model).fit(Xs, ys)
-        ctx.add(self.family, method, v, _authors_scorer(est, tx), est.threshold_, selected=est.selected_,
+        ctx.add(self.family, method, v, authors_scorer(est, tx), est.threshold_, selected=est.selected_,
                 n_shadow_examples=len(ys), threshold_source="the model's predict (p > 0.5), as the authors",
                 procedure="CompLeak authors (all shadow examples, no selection)", original=ctx.original)
