@@ -119,8 +119,8 @@ def print_config(c: dict) -> None:
     rep = f"{c['repeats']} repetition(s), each in its own process"
     if not c["quotable"]:
         rep += "  -- NOT A QUOTABLE FIGURE (fewer than 3 repetitions)"
-    print(f"n = {c['n']} + {c['n']}, K = {c['K']}, C = {c['C']}, original + {c['variants']} variants, {c['rows']} rows; "
-          f"median [min, max] of {rep}")  # fmt: skip
+    what = f"n = {c['n']} + {c['n']}, K = {c['K']}, C = {c['C']}, original + {c['variants']} variants"
+    print(f"{what}, {c['rows']} rows; median [min, max] of {rep}")
     for key, label in MEASURES:
         print(f"  {label:<44} {fmt(c[key], 3 if key.endswith('gib') else 1):>26}   each: "
               + " ".join(f"{v:g}" for v in c[key]["each"]))

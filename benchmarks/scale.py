@@ -23,7 +23,7 @@ the load average (the 1-minute value before and after each repetition), the date
 ``--show FILE`` prints the figures of such a file again (docs quote them from benchmarks/results/).
 Every build is a fresh ``compleak build`` process (imports and model training included), timed by wall clock.
 
-    .venv/bin/python benchmarks/scale.py --run runs/findings-demo --devices 4 --repeats 3 --json benchmarks/results/farm.json
+    .venv/bin/python benchmarks/scale.py --farm-only --run runs/demo --devices 4 --json farm.json
     .venv/bin/python benchmarks/scale.py [--k 8] [--workers 1,2] [--devices 4] [--delay-ms 50] [--repeats 3]
     .venv/bin/python benchmarks/scale.py --smoke     # digits, K = 2, two torch variants: checks the script only
     .venv/bin/python benchmarks/scale.py --config experiments/fashion-findings.toml --k 4 --workers 2 --skip-farm
