@@ -336,6 +336,40 @@ def test_parallel_collection_on_three_ssh_devices_equals_sequential(
                     assert np.array_equal(za[k], zb[k]), (name, f, k)
 
 
+_JOIN_AFTER_IMPORT = """
+import os, sys
+import ray  # imported (and its authentication settings read) before the environment below is set
+from harness.errors import HarnessError
+from harness.execution.ray_executor import join_cluster
+os.environ["RAY_AUTH_MODE"] = "token"
+if sys.argv[2] == "wrong":
+    os.environ["RAY_AUTH_TOKEN"] = "0" * 64
+try:
+    join_cluster(ray, sys.argv[1], timeout_s=90)
+except HarnessError as exc:
+    print("REFUSED", exc)
+else:
+    print("JOINED", sorted(n["Alive"] for n in ray.nodes()))
+    ray.shutdown()
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("token", ["right", "wrong"])
+def test_join_reads_the_authentication_environment_of_now(ray_cluster: RayCluster, token: str) -> None:
+    """A driver that imported Ray before setting RAY_AUTH_* (a notebook, a test process that ran an embedded Ray
+    first) joins with the token of now; a wrong token is one line naming the fix, not Ray's "Failed to connect"."""
+    env = {k: v for k, v in ray_env().items() if k != "RAY_AUTH_MODE"}
+    out = subprocess.run([sys.executable, "-c", _JOIN_AFTER_IMPORT, ray_cluster.address, token], capture_output=True,
+                         text=True, timeout=180, env=env, cwd=Path(__file__).resolve().parents[1])
+    assert "Traceback" not in out.stdout + out.stderr, out.stderr[-3000:]
+    if token == "right":
+        assert out.stdout.startswith("JOINED [True, True]"), out.stdout + out.stderr[-3000:]
+    else:
+        assert out.stdout.startswith("REFUSED cannot join the Ray cluster"), out.stdout + out.stderr[-3000:]
+        assert "refused this driver's authentication token" in out.stdout and "RAY_AUTH_TOKEN" in out.stdout
+
+
 def test_options_and_resource_suffix_are_checked() -> None:
     from harness.collect.fanout import split_resource
     from harness.errors import HarnessError

@@ -25,7 +25,7 @@ from typing import Any
 
 from harness.errors import HarnessError
 from harness.execution import units
-from harness.execution.ray_guard import EmbeddedRayGuard, check_auth_environment, copy_logs
+from harness.execution.ray_guard import EmbeddedRayGuard, check_auth_environment, copy_logs, refresh_ray_config
 from harness.execution.serial import WHERE
 from harness.execution.units import NO_EVENTS, ExecEvents, ExecOptions, Executor, Unit, unit_cpus
 from rundir import RunDir
@@ -85,6 +85,7 @@ def join_cluster(ray: Any, address: str, timeout_s: float | None = None) -> None
     join runs on a daemon thread while this one waits)."""
     timeout_s = join_timeout() if timeout_s is None else timeout_s
     check_reachable(address, min(10.0, timeout_s))
+    refresh_ray_config()  # a Ray imported earlier in this process read RAY_AUTH_* then: read them now
     outcome: dict[str, BaseException] = {}
 
     def init() -> None:
@@ -102,8 +103,20 @@ def join_cluster(ray: Any, address: str, timeout_s: float | None = None) -> None
             raise _join_failed(address, f"no Ray head answered within {timeout_s:g} s (COMPLEAK_RAY_JOIN_TIMEOUT)")
     exc = outcome.get("error")
     if exc is not None:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise _join_failed(address, first[:300])
+        raise _join_failed(address, _why(exc))
+
+
+def _why(exc: BaseException) -> str:
+    """One line for a failed ``ray.init``: a refused token is named with its fix (Ray hides it in the cause chain
+    behind "Failed to connect"); anything else is the error's first line."""
+    chain, seen = exc, 0
+    while chain is not None and seen < 8:
+        if "InvalidAuthToken" in str(chain) or "Unauthenticated" in str(chain):
+            return ("the cluster refused this driver's authentication token (set RAY_AUTH_MODE=token and "
+                    "RAY_AUTH_TOKEN, or RAY_AUTH_TOKEN_PATH, to the token `ray get-auth-token` prints on the head)")
+        chain, seen = chain.__cause__ or chain.__context__, seen + 1
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return first[:300]
 
 
 class _UnitActor:

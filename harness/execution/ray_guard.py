@@ -89,7 +89,7 @@ class EmbeddedRayGuard:
             close_fds=True,
         )
         self._cluster_constant = _set_cluster_constant(False)
-        _refresh_ray_config()
+        refresh_ray_config()
 
     def _set_env(self, values: dict[str, str | None]) -> None:
         for key, value in values.items():
@@ -122,7 +122,7 @@ class EmbeddedRayGuard:
             _set_cluster_constant(self._cluster_constant)
             self._cluster_constant = None
         if self._saved_env:
-            _refresh_ray_config()
+            refresh_ray_config()
         self._saved_env = {}
 
 
@@ -137,7 +137,7 @@ def _set_cluster_constant(value: bool) -> bool | None:
     return old
 
 
-def _refresh_ray_config() -> None:
+def refresh_ray_config() -> None:
     """When Ray is imported already, it has read its authentication settings and cached its token: make it read
     the environment again (what Ray itself does when it turns token authentication on: ``Config.initialize`` and
     the token loader's ``reset_cache``), so the driver and the processes it starts agree."""
