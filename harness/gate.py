@@ -6,7 +6,9 @@ An expression is ``[SCOPE:]METRIC OP NUMBER``:
 - ``METRIC``: ``auc``, ``auc_lo`` / ``auc_hi`` (the ends of the 95% bootstrap CI), ``bacc`` (balanced accuracy),
   ``eps`` (the empirical ε lower bound) or ``tpr@FPR`` (TPR at a false-positive rate the attack stage measured,
   e.g. ``tpr@0.001``);
-- ``OP``: ``>``, ``>=``, ``<``, ``<=``; ``NUMBER``: a plain decimal (``0.6``, ``1e-3``; no ``%``);
+- ``OP``: ``>``, ``>=``, ``<``, ``<=``; ``NUMBER``: a decimal (``0.6``, ``1e-3``) or a percentage (``5%`` is 0.05;
+  also for the FPR: ``tpr@1%``). A threshold outside its metric's range (:data:`RANGES`: ``auc>60`` meaning 60 %)
+  or one no value can cross (``auc>1``) is refused: such a rule could never trip;
 - ``SCOPE`` (optional; default: every row of every device, variant and family): selectors joined by ``,`` that
   must all hold: a family (``NR``, ``SR``, ``MR``, ``baseline``) or ``KEY=PATTERN`` with KEY one of ``family``,
   ``method``, ``variant``, ``device``, ``framework``, ``format``, ``artifact``, ``seed`` and PATTERN a value with
@@ -44,6 +46,11 @@ METRICS = ("auc", "auc_lo", "auc_hi", "bacc", "eps", "tpr@FPR")
 _ALIASES = {"balanced_accuracy": "bacc", "eps_lower_bound": "eps"}
 OPS: dict[str, Callable[[float, float], bool]] = {
     ">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt,
+}  # fmt: skip
+#: the values each metric can take (eps: the empirical ε lower bound, unbounded above)
+RANGES: dict[str, tuple[float, float]] = {
+    "auc": (0.0, 1.0), "auc_lo": (0.0, 1.0), "auc_hi": (0.0, 1.0), "bacc": (0.0, 1.0), "tpr": (0.0, 1.0),
+    "eps": (0.0, math.inf),
 }  # fmt: skip
 GRAMMAR = "[SCOPE:]METRIC OP NUMBER, e.g. 'auc>0.6', 'tpr@0.01>=0.05' or 'NR,device=local:auc_lo>0.55' (docs/ci.md)"
 _COND = re.compile(r"^\s*([A-Za-z_]+)(?:@([^<>=\s]*))?\s*(>=|<=|>|<|==|=|!=)?\s*(.*?)\s*$")
@@ -163,11 +170,8 @@ def parse_rule(text: str) -> Rule:
     if name == "tpr":
         if not level_text:
             raise _bad(text, "tpr needs its false-positive rate: tpr@0.001 or tpr@0.01")
-        if level_text.endswith("%"):
-            raise _bad(text, f"write the false-positive rate as a fraction: tpr@{_fraction(level_text.rstrip('%'))}, "
-                             f"not tpr@{level_text}")
         try:
-            level = float(level_text)
+            level = _number(level_text)
         except ValueError:
             raise _bad(text, f"{level_text!r} after 'tpr@' is not a false-positive rate such as 0.001") from None
         if not 0.0 < level <= 1.0:
@@ -178,23 +182,35 @@ def parse_rule(text: str) -> Rule:
         raise _bad(text, f"no comparison after {m.group(1)!r}; use one of > >= < <=")
     if op not in OPS:
         raise _bad(text, f"comparison {op!r} is not supported; use one of > >= < <=")
-    if num.endswith("%"):
-        raise _bad(text, f"write the threshold as a fraction ({num.rstrip('%')}% is "
-                         f"{_fraction(num.rstrip('%'))}), not a percentage")
     try:
-        threshold = float(num)
+        threshold = _number(num)
     except ValueError:
         raise _bad(text, f"threshold {num!r} is not a number") from None
     if not math.isfinite(threshold):
         raise _bad(text, f"threshold {num!r} is not a finite number")
+    _check_range(text, name, level, op, threshold, num)
     return Rule(text.strip(), scope, name, level, op, threshold)
 
 
-def _fraction(pct: str) -> str:
-    try:
-        return f"{float(pct) / 100:g}"
-    except ValueError:
-        return "a fraction"
+def _number(text: str) -> float:
+    """``0.05``, ``5e-2`` or ``5%`` -> 0.05 (raises ValueError)."""
+    text = text.strip()
+    return float(text[:-1]) / 100 if text.endswith("%") else float(text)
+
+
+def _check_range(text: str, name: str, level: float | None, op: str, threshold: float, typed: str) -> None:
+    """Refuse a threshold outside the metric's range, or one no value in the range can cross (the rule could never
+    trip, so the gate would pass by mistake)."""
+    lo, hi = RANGES[name]
+    metric = f"tpr@{level:g}" if name == "tpr" else name
+    span = f"[{lo:g}, {hi:g}]" if math.isfinite(hi) else f"at least {lo:g}"
+    if not lo <= threshold <= hi:
+        hint = f" (for {threshold:g}% write {threshold / 100:g} or {typed.strip()}%)" if 1 < threshold <= 100 and \
+            not typed.strip().endswith("%") and hi == 1.0 else ""  # fmt: skip
+        raise _bad(text, f"{metric} lies in {span}; the threshold {typed.strip()} is outside it{hint}")
+    never = (op == ">" and threshold >= hi) or (op == "<" and threshold <= lo)
+    if never:
+        raise _bad(text, f"no {metric} is {op} {threshold:g} ({metric} lies in {span}), so this rule could never trip")
 
 
 def parse_rules(texts: Sequence[str]) -> list[Rule]:
@@ -219,6 +235,8 @@ class GateOutcome:
     n_rows: int
     trips: list[Trip] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: rule text -> the rows it judged (in its scope, with a resolvable value)
+    judged: dict[str, int] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
@@ -277,6 +295,7 @@ def evaluate_gate(results: list[RunResult], rules: Sequence[Rule]) -> GateOutcom
             what = "the ε lower bound" if rule.metric == "eps" else rule.metric_name
             raise HarnessError(f"--fail-on {rule.text!r}: no row in its scope has {what}; rerun 'compleak attack RUN' "
                                "with this version to add it, or gate another metric")  # fmt: skip
+        out.judged[rule.text] = judged
         if unresolved:
             out.notes.append(f"{rule.text}: {unresolved} of {len(scoped)} rows cannot resolve {rule.metric_name} "
                              f"({need}) and were not judged")  # fmt: skip
@@ -340,8 +359,11 @@ def print_outcome(outcome: GateOutcome, console: Console) -> None:
     """Print the gate's verdict: the tripped rows as a table, or one line saying every rule held; notes after."""
     n = len(outcome.rules)
     if outcome.passed:
-        console.print(f"[green]gate passed[/]: {n} rule{'s' if n != 1 else ''} held on {outcome.n_rows} result rows",
-                      highlight=False)  # fmt: skip
+        console.print(f"[green]gate passed[/]: {n} rule{'s' if n != 1 else ''} held", highlight=False)
+        for rule in outcome.rules:
+            k = outcome.judged.get(rule.text, 0)
+            console.print(f"  {esc(rule.text)}: on {k} of {outcome.n_rows} result rows"
+                          + (" (its scope)" if rule.scope else ""), highlight=False, markup=True)
     else:
         rows = {id(t.result) for t in outcome.trips}
         rules = {t.rule.text for t in outcome.trips}

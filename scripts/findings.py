@@ -1,4 +1,5 @@
-"""docs/findings.md from committed results: every table of it is rendered by this script from docs/findings/.
+"""docs/findings.md from committed results: every table of it is rendered by this script from docs/findings/; the
+benchmark figures of docs/scale.md and docs/attacks.md from benchmarks/results/.
 
     .venv/bin/python scripts/findings.py save RUN --study NAME   # keep RUN's compact results in docs/findings/NAME/
     .venv/bin/python scripts/findings.py                         # rewrite every generated table in docs/findings.md
@@ -13,13 +14,18 @@ reference artifacts (``artifacts.json``: id, role, variant, framework, format, h
 In docs/findings.md a generated table sits between ``<!-- table: STUDY/KIND -->`` and ``<!-- end table -->``;
 the text outside those markers is written by hand and quotes only figures that are in a table
 (``tests/test_findings.py`` checks both). KIND is one of :data:`TABLES`.
+
+``<!-- table: bench/NAME -->`` (in any of :data:`DOCS`) is the block a benchmark's ``--show`` prints for
+``benchmarks/results/NAME.json``; :data:`BENCHMARKS` names the script of each.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
 import gzip
+import importlib
 import io
 import json
 import re
@@ -32,6 +38,11 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 FINDINGS = ROOT / "docs" / "findings"
 DOC = ROOT / "docs" / "findings.md"
+#: every page with generated blocks
+DOCS = (DOC, ROOT / "docs" / "scale.md", ROOT / "docs" / "attacks.md")
+BENCH = ROOT / "benchmarks" / "results"
+#: benchmarks/results/NAME.json -> the benchmark script whose ``print_result`` renders it
+BENCHMARKS = {"farm": "scale", "attacks": "attacks"}
 MARK = re.compile(r"(<!-- table: (?P<key>[\w.-]+/[\w-]+) -->\n)(?P<body>.*?)(<!-- end table -->)", re.S)
 DROP = ("roc", "per_class")  # large and not quoted: the committed rows keep everything else
 #: the methods of the fixed-method table, in this order: the paper's rows first, then the strongest baselines
@@ -271,12 +282,34 @@ TABLES: dict[str, Callable[[Study], str]] = {
 
 # ---------------------------------------------------------------------------------------------------------- render
 
+def bench_block(name: str) -> str:
+    """What ``benchmarks/<script>.py --show benchmarks/results/NAME.json`` prints, as a fenced text block."""
+    if name not in BENCHMARKS:
+        raise SystemExit(f"unknown benchmark block {name!r} (known: {', '.join(BENCHMARKS)})")
+    result = BENCH / f"{name}.json"
+    if not result.is_file():
+        raise SystemExit(f"no committed benchmark results {result.relative_to(ROOT)}")
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        module = importlib.import_module(BENCHMARKS[name])
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        module.print_result(json.loads(result.read_text()))
+    return f"```text\n$ .venv/bin/python benchmarks/{BENCHMARKS[name]}.py --show {result.relative_to(ROOT)}\n" \
+           f"{out.getvalue()}```\n"  # fmt: skip
+
+
 def render(doc: str) -> str:
-    """``doc`` with every generated table rewritten from docs/findings/."""
+    """``doc`` with every generated table rewritten from docs/findings/ and every benchmark block from
+    benchmarks/results/."""
     studies: dict[str, Study] = {}
 
     def one(m: re.Match[str]) -> str:
         name, kind = m.group("key").split("/")
+        if name == "bench":
+            return m.group(1) + bench_block(kind) + m.group(4)
         if kind not in TABLES:
             raise SystemExit(f"docs/findings.md: unknown table kind {kind!r} (known: {', '.join(TABLES)})")
         if name not in studies:
@@ -302,19 +335,20 @@ def main(argv: list[str] | None = None) -> int:
         meta = dict(kv.split("=", 1) for kv in args.meta)
         print(save(args.run, args.study, meta))
         return 0
-    doc = DOC.read_text()
-    new = render(doc)
-    if args.check:
+    differs = 0
+    for page in DOCS:
+        doc = page.read_text()
+        new = render(doc)
+        if args.check:
+            if new != doc:
+                sys.stdout.writelines(difflib.unified_diff(doc.splitlines(True), new.splitlines(True),
+                                                           str(page.relative_to(ROOT)), "rendered"))
+                differs += 1
+            continue
         if new != doc:
-            sys.stdout.writelines(difflib.unified_diff(doc.splitlines(True), new.splitlines(True),
-                                                       "docs/findings.md", "rendered"))
-            return 1
-        return 0
-    if new != doc:
-        DOC.write_text(new)
-    print(f"{DOC.relative_to(ROOT)}: {len(MARK.findall(new))} tables from {FINDINGS.relative_to(ROOT)}/")
-    return 0
-
+            page.write_text(new)
+        print(f"{page.relative_to(ROOT)}: {len(MARK.findall(new))} generated blocks")
+    return 1 if differs else 0
 
 if __name__ == "__main__":
     sys.exit(main())

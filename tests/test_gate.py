@@ -72,6 +72,9 @@ def _expected(run: Path, pred) -> list[tuple[str, str, str, str]]:
         ("device=ssh://pi@board:22:auc_hi<0.9", "auc_hi", None, "<", 0.9, [("device", "ssh://pi@board:22")]),
         ("balanced_accuracy<=0.5", "bacc", None, "<=", 0.5, []),
         ("  eps > 1e-1 ", "eps", None, ">", 0.1, []),
+        ("auc>60%", "auc", None, ">", 0.6, []),
+        ("tpr@1%>5%", "tpr", 0.01, ">", 0.05, []),
+        ("eps>=2.5", "eps", None, ">=", 2.5, []),
         ("baseline,method=rmia*:tpr@0.01 >= 0.05", "tpr", 0.01, ">=", 0.05, [("family", "baseline"),
                                                                              ("method", "rmia*")]),
     ],
@@ -90,11 +93,15 @@ def test_parse_valid(text: str, metric: str, level: float | None, op: str, thres
         ("auc", "no comparison"),
         ("auc=0.6", "comparison '=' is not supported"),
         ("auc>x", "threshold 'x' is not a number"),
-        ("auc>60%", "(60% is 0.6)"),
+        ("auc>60", "auc lies in [0, 1]; the threshold 60 is outside it (for 60% write 0.6 or 60%)"),
+        ("tpr@0.01>5", "tpr@0.01 lies in [0, 1]; the threshold 5 is outside it (for 5% write 0.05 or 5%)"),
+        ("auc>150%", "the threshold 150% is outside it"),
+        ("eps>-1", "eps lies in at least 0"),
+        ("auc>1", "no auc is > 1 (auc lies in [0, 1]), so this rule could never trip"),
+        ("bacc<0", "could never trip"),
         ("auc>nan", "not a finite number"),
         ("tpr>0.1", "tpr needs its false-positive rate"),
         ("tpr0.01>0.1", "tpr needs its false-positive rate"),
-        ("tpr@1%>0.1", "tpr@0.01, not tpr@1%"),
         ("tpr@2>0.1", "must be in (0, 1]"),
         ("tpr@abc>0.1", "not a false-positive rate"),
         ("auc@0.1>0.5", "only tpr takes '@FPR'"),
@@ -199,7 +206,11 @@ def test_check_exit_statuses_and_the_offending_rows(synthetic_run: Path, gate_si
     with TreeState(synthetic_run):
         ok = cli(["check", str(synthetic_run), "--fail-on", "auc>0.99", "--fail-on", "NR:tpr@0.01>0.5"])
         assert ok.exit_code == 0, ok.output
-        assert "gate passed: 2 rules held on" in ok.output
+        assert "gate passed: 2 rules held" in ok.output
+        n = len(_json_rows(synthetic_run))
+        assert f"auc>0.99: on {n} of {n} result rows\n" in ok.output
+        n_nr = sum(1 for _, r in _json_rows(synthetic_run) if r["family"] == "NR")
+        assert 0 < n_nr < n and f"NR:tpr@0.01>0.5: on {n_nr} of {n} result rows (its scope)" in ok.output
         bad = cli(["check", str(synthetic_run), "--fail-on", "MR:auc>0.8", "--fail-on", "auc>0.99"])
     assert bad.exit_code == EXIT_TRIPPED == 3, bad.output
     assert "gate failed: 2 result rows over 1 of 2 rules (exit status 3)" in bad.output
@@ -288,7 +299,7 @@ def test_audit_fail_on_exits_3_after_the_report(tiny_run: Path, tmp_path: Path) 
     tiny.write_text((Path(__file__).parent / "data" / "tiny.toml").read_text() + FAST_ATTACKS)
     run = copy_run(tiny_run, tmp_path / "run")
     shutil.rmtree(run / "report", ignore_errors=True)
-    res = cli(["audit", str(tiny), "--out", str(run), "--no-ray", "--fail-on", "auc>0.0", "--fail-on", "MR:auc>2"])
+    res = cli(["audit", str(tiny), "--out", str(run), "--no-ray", "--fail-on", "auc>0.0", "--fail-on", "MR:auc_lo>0.9999"])
     assert res.exit_code == 3, res.output
     assert (run / "report" / "index.html").is_file() and (run / "report" / "summary.json").is_file()
     n = len(_json_rows(run))
@@ -296,4 +307,4 @@ def test_audit_fail_on_exits_3_after_the_report(tiny_run: Path, tmp_path: Path) 
     assert res.output.index("report:") < res.output.index("gate failed")
     again = cli(["audit", str(tiny), "--out", str(run), "--no-ray", "--fail-on", "auc>0.999"])
     assert again.exit_code == 0, again.output
-    assert "gate passed: 1 rule held on" in again.output
+    assert "gate passed: 1 rule held" in again.output and f"auc>0.999: on {n} of {n} result rows" in again.output
