@@ -22,35 +22,18 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
 from devices.spec import DeviceSpec
+from harness.attack.resume import up_to_date
 from harness.collect.fanout import AuditDevice, audit_devices, collect_devices, prestart_collect_actors
 from harness.config import Experiment, load_experiment
 from harness.errors import HarnessError, esc
 from harness.execution import ExecOptions, Executor, make_executor
-from rundir import RunDir, atomic_write_bytes, load_results
+from rundir import RunDir, atomic_write_bytes
 from rundir.vocabulary import families_problem
 
 #: Relative cost of each stage, used for the progress bar and its time-remaining estimate (measured on the
 #: Fashion-MNIST default on 2 cores: the build dominates, attacks come second).
 STAGE_WEIGHT = {"build": 60.0, "collect": 8.0, "attack": 12.0, "compare": 1.0, "report": 2.0}
 DEMO_CONFIG = "fashion-default.toml"
-
-
-def attack_is_current(run: Path, device_id: str, families: list[str]) -> bool:
-    """True when ``attacks/<device>/results.json`` is newer than the manifest, the run's experiment.toml and every
-    output of the device and of the host (the stage may take shadows from the host), and already holds every
-    requested family: then the attack stage has nothing to redo."""
-    rd = RunDir(run)
-    res = rd.results(device_id)
-    if not res.is_file() or not rd.manifest.is_file():
-        return False
-    inputs = [rd.manifest, *rd.outputs_dir(device_id).glob("*.npz"), *rd.outputs_dir("local").glob("*.npz")]
-    if rd.experiment.is_file():  # the [attack] settings live there
-        inputs.append(rd.experiment)
-    newest = max(p.stat().st_mtime_ns for p in inputs)
-    if res.stat().st_mtime_ns < newest:
-        return False
-    have = {r.family for r in load_results(res)}
-    return set(families) <= have
 
 
 class _Stages:
@@ -179,9 +162,9 @@ class _Audit:
         fits = FitCache()  # attack groups fitted once, reused by every device's attack stage and by compare
         for d in self.devices:
             st.run(f"{r.label}attack {d.uri}", STAGE_WEIGHT["attack"],
-                   lambda d=d: attack_run(run, device=d.device_id, families=self.families, console=console, fits=fits,
-                                          executor=ex),
-                   skip=attack_is_current(run, d.device_id, self.families))  # fmt: skip
+                   lambda d=d: attack_run(run, device=d.device_id, families=stage.families, console=console,
+                                          fits=fits, executor=ex),
+                   skip=up_to_date(RunDir(run), d.device_id, self.families))  # fmt: skip
         st.run(f"{r.label}compare", STAGE_WEIGHT["compare"], lambda: compare_run(run, console=console, fits=fits))
         return Path(st.run(f"{r.label}report", STAGE_WEIGHT["report"],  # type: ignore[arg-type]
                            lambda: write_report(run, console=console)))

@@ -11,7 +11,6 @@ Everything for one device goes to ``RUN/compare/<device>.json`` (atomic); defini
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,7 +25,7 @@ from harness.errors import HarnessError, esc
 from harness.progress import stage_progress
 from rundir import load_json
 from rundir.errors import ContractError
-from rundir.files import atomic_write_json
+from rundir.files import atomic_write_json, inputs_fingerprint
 from rundir.layout import RunDir
 from rundir.manifest import ArtifactRecord, Manifest
 from rundir.names import device_dirname
@@ -184,15 +183,6 @@ def host_shadow_attack(
     return rows
 
 
-def _fingerprint(paths: list[Path]) -> str:
-    """Cheap identity of the inputs (name, size, mtime), so a finished comparison is not redone."""
-    h = hashlib.sha256()
-    for p in sorted(paths):
-        st = p.stat()
-        h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}\n".encode())
-    return h.hexdigest()
-
-
 def _common_artifacts(rd: RunDir, device_id: str) -> tuple[Manifest, list[ArtifactRecord], str]:
     """(manifest, the artifacts collected on both the host and ``device_id``, fingerprint of every input of the
     comparison: outputs, results, manifest, experiment.toml). One-line errors when a side has no outputs."""
@@ -211,7 +201,7 @@ def _common_artifacts(rd: RunDir, device_id: str) -> tuple[Manifest, list[Artifa
     ]
     inputs = sorted(host_dir.glob("*.npz")) + [rd.output_npz(device_id, a.id) for a in common]
     inputs += [p for p in (rd.results(HOST), rd.results(device_id), rd.manifest, rd.experiment) if p.is_file()]
-    return manifest, common, _fingerprint(inputs)
+    return manifest, common, inputs_fingerprint(inputs, rd.root)
 
 
 def _up_to_date(out: Path, fingerprint: str) -> bool:

@@ -28,6 +28,18 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def inputs_fingerprint(paths: list[Path], root: Path) -> str:
+    """Cheap identity of a stage's input files below ``root`` (path relative to it, size, mtime in ns; sha256 hex),
+    so finished work whose inputs did not change is not redone, also in a copy of the run (``cp -a``, ``copytree``
+    keep modification times). A missing file counts as such."""
+    h = hashlib.sha256()
+    for p in sorted(paths):
+        st = p.stat() if p.is_file() else None
+        name = p.relative_to(root) if p.is_relative_to(root) else p
+        h.update(f"{name}|{st.st_size if st else -1}|{st.st_mtime_ns if st else -1}\n".encode())
+    return h.hexdigest()
+
+
 @contextmanager
 def atomic_path(path: Path | str, mode: int | None = None, *, keep_suffix: bool = False) -> Iterator[Path]:
     """Yield a temp path in ``path``'s folder (hidden name, same file system); on normal exit fsync it and

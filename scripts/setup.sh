@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up compleak-harness on a fresh Debian machine (Python 3.11): system packages and a .venv with every extra.
 #   bash scripts/setup.sh          what `compleak demo` needs (Fashion-MNIST from Debian, TF, torch, ExecuTorch)
-#   bash scripts/setup.sh --test   also what the test suite needs (OpenSSH server, adb, podman, qemu, chromium)
+#   bash scripts/setup.sh --test   also what the test suite needs (OpenSSH server, adb, podman, qemu, chromium,
+#                                  mksh and busybox-static for the phone-shaped devices)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,7 +16,10 @@ pkgs=(dataset-fashion-mnist python3-venv)
 if [ "$want_test" = 1 ]; then
   pkgs+=(openssh-server openssh-client adb podman runc qemu-user-static binfmt-support debootstrap iproute2
          chromium fonts-dejavu-core
-         cmake g++ g++-aarch64-linux-gnu ninja-build nlohmann-json3-dev)  # `compleak runners build` (native runner)
+         cmake g++ g++-aarch64-linux-gnu ninja-build nlohmann-json3-dev  # `compleak runners build` (native runner)
+         mksh busybox-static util-linux)  # phone-shaped devices (`compleak devices up phone-x86_64`): their .debs
+  # (phone-arm64 fetches the arm64 .debs itself: `compleak devices up` runs `dpkg --add-architecture arm64` and
+  # `apt-get update` when they are missing)
 fi
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done

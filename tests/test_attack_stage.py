@@ -71,6 +71,7 @@ def base_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def run(base_run: Path, tmp_path: Path) -> Path:
     dst = tmp_path / "run"
     shutil.copytree(base_run, dst)
+    shutil.rmtree(dst / "attacks", ignore_errors=True)  # a run never attacked (the first test attacks base_run)
     return dst
 
 
@@ -261,3 +262,58 @@ def test_samia_from_perturbed_outputs_and_a_corrupt_perturbed_file(run: Path) ->
     bad.write_bytes(b"not a zip file")
     msg = _cli_error(run, "--families", "NR")
     assert str(bad) in msg and "re-collect" in msg
+
+
+# --------------------------------------------------------------------------- results are never lost (issue 22)
+
+
+def _rows_by_key(run: Path) -> dict[str, dict]:
+    return {r["score_key"]: r for r in json.loads(RunDir(run).results("local").read_text())}
+
+
+def test_unchanged_inputs_skip_and_a_subset_merges(run: Path) -> None:
+    attack_run(run, families=None, console=_quiet())
+    rd = RunDir(run)
+    before, stamp = _rows_by_key(run), rd.results("local").stat().st_mtime_ns
+    assert {r["family"] for r in before.values()} == {"NR", "SR", "MR", "baseline"}
+    again = CliRunner().invoke(app, ["attack", str(run), "--families", "NR"])
+    assert again.exit_code == 0, again.output
+    assert "attack local: up to date" in again.output and "--force recomputes" in again.output
+    assert rd.results("local").stat().st_mtime_ns == stamp  # nothing rewritten
+    forced = CliRunner().invoke(app, ["attack", str(run), "--families", "NR", "--force"])
+    assert forced.exit_code == 0, forced.output
+    assert "rows of MR, SR kept" in " ".join(forced.output.split())
+    after = _rows_by_key(run)
+    assert after.keys() == before.keys()  # NR and the baselines recomputed, SR and MR kept: no row lost
+    for key, row in before.items():
+        assert after[key]["auc"] == row["auc"], key
+    scores = load_scores(scores_path(rd, "local"))
+    assert set(after) <= set(scores)
+    assert json.loads((rd.attacks_dir("local") / "state.json").read_text())["families"] == ["NR", "SR", "MR"]
+
+
+def test_a_subset_over_rows_of_other_inputs_is_refused_and_changes_nothing(run: Path) -> None:
+    attack_run(run, families=None, console=_quiet())
+    rd = RunDir(run)
+    files = {p: p.read_bytes() for p in rd.attacks_dir("local").iterdir()}
+    out = rd.output_npz("local", "tf-target-int8.tflite")
+    out.write_bytes(out.read_bytes())  # the same bytes, a new modification time: the inputs count as changed
+    msg = _cli_error(run, "--families", "NR")
+    assert str(rd.results("local")) in msg and "SR, MR rows were computed from other inputs" in msg
+    assert "compleak attack" in msg and "--force" in msg
+    assert {p: p.read_bytes() for p in rd.attacks_dir("local").iterdir()} == files  # the run is as it was
+    (rd.attacks_dir("local") / "state.json").unlink()  # rows from before state.json existed
+    assert "predate attacks/<device>/state.json" in _cli_error(run, "--families", "SR")
+    res = CliRunner().invoke(app, ["attack", str(run)])  # every family: nothing to drop
+    assert res.exit_code == 0, res.output
+    assert {r["family"] for r in _rows_by_key(run).values()} == {"NR", "SR", "MR", "baseline"}
+
+
+def test_a_family_the_config_no_longer_lists_is_replaced_with_a_note(run: Path) -> None:
+    attack_run(run, families=None, console=_quiet())
+    exp = RunDir(run).experiment
+    exp.write_text(exp.read_text() + 'families = ["NR"]\n')
+    res = CliRunner().invoke(app, ["attack", str(run)])
+    assert res.exit_code == 0, res.output
+    assert "rows replaced: the run's [attack] families are now NR" in res.output
+    assert {r["family"] for r in _rows_by_key(run).values()} == {"NR", "baseline"}

@@ -37,6 +37,7 @@ from devices.native.bundle import (
     BundleError,
     build_bundle,
     find_bundle,
+    launch_argv,
     read_bundle_manifest,
 )
 from devices.ondevice import compleak_runner as cr
@@ -95,6 +96,11 @@ def test_bundle_is_self_contained(bundle: Path) -> None:
                                       env={"PATH": "/usr/bin:/bin"}, timeout=60).stdout)
     assert probe["runner"] == "native" and probe["errors"] == {}
     assert probe["runtimes"] == manifest["runtimes"] and sorted(probe["formats"]) == ["pte", "tflite"]
+    # as a device starts it: through the bundled loader, told where its files are (/proc/self/exe names the loader)
+    assert manifest["loader"] == "bundled" and manifest["loader_file"] in manifest["files"]
+    via = subprocess.run([*launch_argv(str(bundle), manifest), "--probe"], capture_output=True, text=True,
+                         env={"PATH": "/usr/bin:/bin"}, timeout=60)
+    assert json.loads(via.stdout) == probe, via.stderr
 
 
 def test_native_and_python_runners_agree_on_every_format(bundle: Path, tiny_run: Path, tmp_path: Path) -> None:

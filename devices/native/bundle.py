@@ -7,9 +7,12 @@ Its sources ship in this package (this folder, ``devices/native/``: CMake projec
     <cache>/runners/<arch>/<key>/compleak-runner/
         bin/compleak-runner          RUNPATH $ORIGIN/../lib
         lib/libcompleak_executorch.so, libexecutorch*.so, libLiteRt.so
+        lib/ld-linux-*.so.*, libc.so.6, libm.so.6, libstdc++.so.6, libgcc_s.so.1, ...   the glibc loader and the C/C++
+                                     runtime every ELF file above needs (from the compiler's sysroot), so the
+                                     runner starts through ``lib/ld-linux-*`` on a device without (a new enough) glibc
         manifest.json                arch, versions, formats, sha256 of every file (checked by the host before it
                                      pushes the bundle and by the binary itself when it starts)
-    <cache>/runners/<arch>/<key>/compleak-runner-linux-<arch>.tar.gz
+    <cache>/runners/<arch>/<key>/compleak-runner-linux-<arch>.tar.gz      byte-identical for the same inputs
 
 ``<cache>`` is :func:`devices.known_devices.cache_dir`; ``<key>`` hashes the sources, the runtime versions and the
 build options, so a changed source or wheel gives a fresh bundle and :func:`find_bundle` finds the current one
@@ -31,7 +34,6 @@ import subprocess
 import tarfile
 import tempfile
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -70,6 +72,16 @@ MAX_MANIFEST_BYTES = 1 << 20
 
 #: the ExecuTorch wheel's libraries the plugin needs (the rest of lib/ is not bundled)
 _ET_LIB_PREFIX = "libexecutorch"
+
+
+#: how the bundle is laid out (part of the bundle key: this module is not among the hashed sources); 2: the loader
+#: and C library travel in lib/
+BUNDLE_LAYOUT = 2
+
+
+#: the Debian packages that hold each architecture's C/C++ runtime (for the error when one is missing)
+_RUNTIME_PACKAGES = {"amd64": "libc6, libstdc++6, libgcc-s1", "arm64": "g++-aarch64-linux-gnu (libc6-arm64-cross, "
+                     "libstdc++6-arm64-cross, libgcc-s1-arm64-cross)"}
 
 
 class BundleError(DeviceError):
@@ -150,8 +162,8 @@ def _runner_version() -> str:
 
 def _bundle_key(arch: str, sources: dict[str, Any], cmake_args: Sequence[str]) -> str:
     h = hashlib.sha256()
-    for part in (arch, _sources_digest(), _runner_version(), str(sources["executorch_root"]), sources["executorch"],
-                 str(sources["litert_lib"]), sources["litert"], *cmake_args):
+    for part in (arch, BUNDLE_LAYOUT, _sources_digest(), _runner_version(), str(sources["executorch_root"]),
+                 sources["executorch"], str(sources["litert_lib"]), sources["litert"], *cmake_args):
         h.update(str(part).encode() + b"\0")
     return h.hexdigest()[:16]
 
@@ -235,7 +247,9 @@ def read_bundle_manifest(bundle: Path) -> dict[str, Any]:
     if not isinstance(files, dict) or BINARY not in files or not all(
         isinstance(k, str) and k.count("/") == 1 and k.split("/")[0] in ("bin", "lib")
         and k.split("/")[1] not in ("", ".", "..") for k in files
-    ):
+    ) or (manifest.get("loader") == "bundled" and not (
+        isinstance(manifest.get("loader_file"), str) and manifest["loader_file"].startswith("lib/")
+        and manifest["loader_file"] in files)):
         raise BundleError(f"{bundle}: not a compleak-runner bundle (missing or invalid manifest.json); "
                           f"rebuild it with `compleak runners build`")
     return manifest
@@ -252,6 +266,19 @@ def _run(argv: list[str], log: Path, cwd: Path | None = None) -> None:
         last = " ".join((errs[-1] if errs else "").split())[:200]
         raise BundleError(f"building the native runner failed ({Path(argv[0]).name} exited {res.returncode}: "
                           f"{last}); full log: {log}")
+
+
+def launch_argv(root: str, manifest: dict[str, Any]) -> list[str]:
+    """The command that starts the runner of the bundle at ``root`` on a device (arguments such as ``--serve``
+    follow): through the bundle's own loader when it has one (``"loader": "bundled"``), so neither the device's
+    C library nor ``/proc/self/exe`` matters, else the binary itself. ``--root`` / ``--loader`` tell the runner
+    where its files are and how to start itself again (its load checks)."""
+    root = root.rstrip("/") or "/"
+    binary = f"{root}/{BINARY}"
+    if manifest.get("loader") != "bundled":
+        return [binary]
+    loader = f"{root}/{manifest['loader_file']}"
+    return [loader, "--inhibit-cache", "--library-path", f"{root}/lib", binary, "--root", root, "--loader", loader]
 
 
 def _needed(lib: Path) -> list[str]:
@@ -345,25 +372,103 @@ def _collect_libraries(plan: _BuildPlan) -> list[str]:
     return formats
 
 
-def _write_manifest(plan: _BuildPlan, formats: list[str]) -> dict[str, str]:
-    """Write the staged bundle's ``manifest.json`` (the sha256 of every staged file among it); returns those files."""
+def _interpreter(binary: Path) -> str:
+    """The ELF program interpreter (``PT_INTERP``) of ``binary``, e.g. ``/lib64/ld-linux-x86-64.so.2``."""
+    res = subprocess.run(["readelf", "-l", str(binary)], capture_output=True, text=True)
+    found = re.search(r"Requesting program interpreter: ([^\]]+)\]", res.stdout)
+    if not found:
+        raise BundleError(f"{binary}: no program interpreter (not a dynamically linked executable); cannot bundle "
+                          f"its loader")
+    return found.group(1).strip()
+
+
+def _compiler(plan: _BuildPlan) -> str:
+    """The C++ compiler the build used (CMake's ``CMakeFiles/<version>/CMakeCXXCompiler.cmake``: the toolchain
+    file's compiler for a cross build, which CMakeCache.txt does not record)."""
+    for found in sorted((plan.build / "CMakeFiles").glob("*/CMakeCXXCompiler.cmake")):
+        named = re.search(r'set\(CMAKE_CXX_COMPILER "([^"]+)"\)', found.read_text(errors="replace"))
+        if named:
+            return named.group(1)
+    raise BundleError(f"{plan.build}: CMake recorded no C++ compiler; rebuild with --force")
+
+
+def _system_library(compiler: str, name: str, arch: str) -> Path:
+    """Where the compiler's sysroot holds the shared library ``name`` (``<compiler> -print-file-name=NAME``: the
+    host's /lib/<triplet> for a native build, /usr/aarch64-linux-gnu/lib for Debian's cross compiler)."""
+    res = subprocess.run([compiler, f"-print-file-name={name}"], capture_output=True, text=True)
+    path = Path(res.stdout.strip())
+    if res.returncode != 0 or not path.is_absolute() or not path.is_file():
+        raise BundleError(f"{name}, which the {arch} runner needs, is not in {Path(compiler).name}'s sysroot; install "
+                          f"{_RUNTIME_PACKAGES.get(arch, 'the C library of the target')} (Debian)")
+    return path.resolve()
+
+
+def _is_elf(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        return fh.read(4) == b"\x7fELF"
+
+
+def _bundle_system_libraries(plan: _BuildPlan) -> dict[str, str]:
+    """Copy the dynamic loader and every shared library the staged ELF files need, transitively, that the bundle
+    does not hold yet (libc, libm, libstdc++, libgcc_s, libdl, ...) from the compiler's sysroot into ``lib/``;
+    returns the manifest fields ``loader``, ``loader_file``, ``libc`` and ``glibc`` (the bundled glibc's version)."""
+    lib = plan.stage / "lib"
+    compiler = _compiler(plan)
+    loader_name = Path(_interpreter(plan.stage / BINARY)).name
+    todo = [loader_name]
+    for path in sorted([*(plan.stage / "bin").iterdir(), *lib.iterdir()]):
+        if path.is_file() and _is_elf(path):
+            todo += _needed(path)
+    while todo:
+        name = todo.pop()
+        if (lib / name).exists():
+            continue
+        if "/" in name or name in ("", ".", ".."):
+            raise BundleError(f"an ELF file of the bundle needs {name!r}, not a library name; rebuild the bundle")
+        shutil.copyfile(_system_library(compiler, name, plan.arch), lib / name)
+        os.chmod(lib / name, 0o755)
+        todo += _needed(lib / name)
+    glibc = re.search(rb"release version (\d+\.\d+)", (lib / "libc.so.6").read_bytes()) if (
+        lib / "libc.so.6").is_file() else None
+    if glibc is None:
+        raise BundleError(f"{lib / 'libc.so.6'}: not bundled or not a glibc (no release version); the runner is "
+                          f"built for glibc: install {_RUNTIME_PACKAGES.get(plan.arch, 'its C library')}")
+    return {"loader": "bundled", "loader_file": f"lib/{loader_name}", "libc": "gnu", "glibc": glibc.group(1).decode()}
+
+
+def _write_manifest(plan: _BuildPlan, formats: list[str], runtime: dict[str, str]) -> dict[str, str]:
+    """Write the staged bundle's ``manifest.json`` (the sha256 of every staged file among it, the bundled C runtime's
+    fields ``runtime`` from :func:`_bundle_system_libraries`); returns those files. Nothing in it depends on when or
+    in which scratch folder it was built, so the same inputs give the same bytes."""
     stage, sources = plan.stage, plan.sources
     files = {str(p.relative_to(stage)): sha256_file(p) for p in sorted(stage.rglob("*")) if p.is_file()}
     manifest = {
         "name": BUNDLE_NAME, "arch": plan.arch, "machine": MACHINE_OF_ARCH[plan.arch], "protocol": 1,
         "runner_version": _runner_version(), "formats": formats,
         "runtimes": {"executorch": sources["executorch"], "litert": sources["litert"]},
-        "binary": BINARY, "files": files, "key": plan.key, "sources_sha256": _sources_digest(),
-        "built": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "binary": BINARY, "files": files, "key": plan.key, "sources_sha256": _sources_digest(), **runtime,
     }
     (stage / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     return files
 
 
 def _write_tarball(plan: _BuildPlan) -> None:
-    """``compleak-runner-linux-<arch>.tar.gz`` beside the staged bundle: the same folder as one file."""
-    with tarfile.open(plan.work / f"{BUNDLE_NAME}-linux-{plan.arch}.tar.gz", "w:gz") as tar:
-        tar.add(plan.stage, arcname=BUNDLE_NAME)
+    """``compleak-runner-linux-<arch>.tar.gz`` beside the staged bundle: the same folder as one file, reproducible
+    (entries sorted, owner root, mode 755/644, mtime 0, and a gzip header without name or time)."""
+    import gzip
+
+    def normalized(info: tarfile.TarInfo) -> tarfile.TarInfo:
+        info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
+        info.mode = 0o755 if info.isdir() or info.mode & 0o111 else 0o644
+        return info
+
+    paths = [plan.stage, *sorted(plan.stage.rglob("*"))]
+    with open(plan.work / f"{BUNDLE_NAME}-linux-{plan.arch}.tar.gz", "wb") as raw, \
+            gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz, \
+            tarfile.open(fileobj=gz, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        for path in paths:
+            arcname = str(Path(BUNDLE_NAME) / path.relative_to(plan.stage)) if path != plan.stage else BUNDLE_NAME
+            tar.add(path, arcname=arcname, recursive=False, filter=normalized)
 
 
 def _install(plan: _BuildPlan, root: Path) -> None:
@@ -397,7 +502,8 @@ def build_bundle(arch: str | None = None, *, force: bool = False, jobs: int = 2,
         log: called with one line per step.
 
     Steps: configure and compile (:func:`_configure_and_build`), stage the binary and its libraries
-    (:func:`_collect_libraries`), write the manifest and the tarball, move the bundle into place, prune old ones.
+    (:func:`_collect_libraries`) with the loader and C/C++ runtime they need (:func:`_bundle_system_libraries`),
+    write the manifest and the tarball, move the bundle into place, prune old ones.
     """
     say = log or (lambda _msg: None)
     arch = _check_build_host(arch, toolchain_file)
@@ -417,7 +523,8 @@ def build_bundle(arch: str | None = None, *, force: bool = False, jobs: int = 2,
     plan = _BuildPlan(arch, sources, extra, key, work)
     try:
         _configure_and_build(plan, jobs, say)
-        files = _write_manifest(plan, _collect_libraries(plan))
+        formats = _collect_libraries(plan)
+        files = _write_manifest(plan, formats, _bundle_system_libraries(plan))
         _write_tarball(plan)
         _install(plan, root)
         say(f"bundle: {bundle} ({sum((bundle / f).stat().st_size for f in files) >> 20} MiB)")

@@ -9,6 +9,7 @@ else Android's binary runners (``benchmark_model`` / ``executor_runner``) or the
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from devices.base import Device, DeviceProperties
 from devices.errors import DeviceError
@@ -47,7 +48,8 @@ def usable_runners(props: DeviceProperties) -> dict[str, str]:
     Each line starts with its state: ``ready:`` (what it would run with), ``not built:`` (the native bundle for the
     device's architecture is missing; the line names the command that builds it), ``unusable:`` or
     ``unavailable:`` (why not). The native runner is ready when a bundle for the device's ``uname -m`` exists and
-    the device's C library is glibc (or unknown); see :func:`choose_runner` for how one is picked.
+    can start there: it carries its own loader and C library (``"loader": "bundled"``, any Linux device), or it is
+    built for the device's C library (an NDK bundle on Android); see :func:`choose_runner` for how one is picked.
     """
     out: dict[str, str] = {}
     if props.python and props.numpy:
@@ -72,21 +74,31 @@ def _native_status(props: DeviceProperties) -> str:
         manifest = read_bundle_manifest(bundle) if bundle is not None else None
     except DeviceError as exc:
         return f"unavailable: {exc}"
-    if props.libc and props.libc != (manifest or {}).get("libc", "gnu"):
-        return f"unavailable: {_libc_mismatch(props.libc, (manifest or {}).get('libc', 'gnu'))}"
     if bundle is None or manifest is None:
         return f"not built: compleak runners build --arch {arch}"
+    if not _libc_fits(props.libc, manifest):
+        return f"unavailable: {_libc_mismatch(props.libc, manifest.get('libc', 'gnu'))}"
     rts = ", ".join(f"{k} {v}" for k, v in sorted((manifest.get("runtimes") or {}).items()) if v)
-    return f"ready: {arch} bundle ({rts}; formats {', '.join(manifest.get('formats') or [])}) {bundle}"
+    own = f"; its own glibc {manifest.get('glibc')}" if manifest.get("loader") == "bundled" else ""
+    return f"ready: {arch} bundle ({rts}; formats {', '.join(manifest.get('formats') or [])}{own}) {bundle}"
+
+
+def _libc_fits(libc: str | None, manifest: dict[str, Any]) -> bool:
+    """Whether a bundle with ``manifest`` starts on a device whose C library is ``libc`` (None: unknown): always
+    when it carries its own loader and C library (``"loader": "bundled"``: started through ``lib/ld-linux-*``, the
+    device's C library is never used), else when it is built for that C library (or the device's is unknown)."""
+    return manifest.get("loader") == "bundled" or not libc or libc == manifest.get("libc", "gnu")
 
 
 def _libc_mismatch(libc: str | None, bundle_libc: str = "gnu") -> str:
-    """Why a bundle for C library ``bundle_libc`` cannot run on a device whose C library is ``libc``."""
+    """Why a bundle without its own loader, built for C library ``bundle_libc``, cannot run on a device whose C
+    library is ``libc``."""
+    fix = ("rebuild it with `compleak runners build --force` (bundles now carry their own loader and C library), use "
+           "the NDK build (.github/workflows/native-runner-android.yml, COMPLEAK_NATIVE_BUNDLE=its folder)")
     if libc == "bionic":
-        return ("the device is Android (bionic libc); the bundles built here need glibc: use the NDK build of "
-                "compleak-runner (.github/workflows/native-runner-android.yml, COMPLEAK_NATIVE_BUNDLE=its folder) "
-                "or the Android runners")
-    return f"the device's C library is {libc}, the bundle is built for {bundle_libc}"
+        return (f"the device is Android (bionic libc) and this bundle has no loader of its own: {fix} or the Android "
+                f"runners")
+    return f"the device's C library is {libc}, the bundle is built for {bundle_libc} without its own loader: {fix}"
 
 
 def native_runner_for(device: Device, props: DeviceProperties, fmt: str, bundle: Path | str | None = None,
@@ -96,14 +108,9 @@ def native_runner_for(device: Device, props: DeviceProperties, fmt: str, bundle:
     the device's ``uname -m``; a server runner where the transport keeps a command running, else the one-shot
     runner (``devices.runners.native_oneshot``: one runner command per chunk, files in and out). One-line
     :class:`DeviceError` when it cannot run there (architecture, C library, no bundle, no runtime for ``fmt``)."""
-    try:
-        path = bundle_for(props.arch, Path(bundle) if bundle else None)
-    except DeviceError:
-        if props.libc not in (None, "gnu"):
-            raise DeviceError(f"{device.id}: no native runner: {_libc_mismatch(props.libc)}") from None
-        raise
+    path = bundle_for(props.arch, Path(bundle) if bundle else None)
     manifest = read_bundle_manifest(path)
-    if props.libc and props.libc != manifest.get("libc", "gnu"):  # an NDK bundle says "libc": "bionic"
+    if not _libc_fits(props.libc, manifest):  # an NDK bundle says "libc": "bionic"; older bundles had no loader
         raise DeviceError(f"{device.id}: no native runner: {_libc_mismatch(props.libc, manifest.get('libc', 'gnu'))} "
                           f"({path})")
     machine = manifest.get("machine")

@@ -1,6 +1,7 @@
 """The native runner on the host side: :class:`NativeRunnerServer` pushes the bundle (built by
 :mod:`devices.native.bundle`) into the job workspace once per collection and spawns ``bin/compleak-runner --serve``;
-it is a :class:`~devices.runners.server.RunnerServer` (same framing, same checks of every reply byte), so
+(through the bundle's own loader, :func:`~devices.native.bundle.launch_argv`, so the device's C library does not
+matter); it is a :class:`~devices.runners.server.RunnerServer` (same framing, same checks of every reply byte), so
 ``collect``, resumability and provenance are unchanged. :class:`NativeRunner` is the
 :class:`~devices.runners.base.Runner` that uses it (provenance ``runner: native``). See docs/native.md.
 """
@@ -20,6 +21,7 @@ from devices.native.bundle import (
     NATIVE_FORMATS,
     RUNTIME_OF_FORMAT,
     BundleError,
+    launch_argv,
     read_bundle_manifest,
 )
 from devices.runners.base import Infer
@@ -41,8 +43,9 @@ def check_bundle_files(bundle: Path, manifest: dict[str, Any]) -> None:
                               f"rebuild the bundle with `compleak runners build --force`")
 
 
-def push_bundle(device: Device, bundle: Path, workspace: str) -> str:
-    """Copy the bundle's files into ``<workspace>/runner/`` on ``device``; return the remote binary's path.
+def push_bundle(device: Device, bundle: Path, workspace: str) -> list[str]:
+    """Copy the bundle's files into ``<workspace>/runner/`` on ``device``; return the command that starts the runner
+    there (:func:`~devices.native.bundle.launch_argv`: through the bundled loader when the bundle has one).
 
     Every file is checked against its sha256 in the manifest first (:func:`check_bundle_files`); only the files the
     manifest lists are sent, each to ``runner/bin`` or ``runner/lib`` (names checked by :func:`read_bundle_manifest`),
@@ -57,13 +60,16 @@ def push_bundle(device: Device, bundle: Path, workspace: str) -> str:
     for rel in manifest["files"]:
         device.put(Path(bundle) / rel, f"{remote}/{rel}")
     device.put(Path(bundle) / "manifest.json", f"{remote}/manifest.json")
-    binary = f"{remote}/{BINARY}"
-    device.run(["chmod", "755", "--", binary], timeout=60).check(device.id, "making the runner executable")
-    return binary
+    executables = [f"{remote}/{BINARY}"]
+    if manifest.get("loader") == "bundled":  # lib/ld-linux-*: the program the device starts
+        executables.append(f"{remote}/{manifest['loader_file']}")
+    device.run(["chmod", "755", "--", *executables], timeout=60).check(device.id, "making the runner executable")
+    return launch_argv(remote, manifest)
 
 
 class NativeRunnerServer(RunnerServer):
-    """``bin/compleak-runner --serve`` on ``device``: the bundle is pushed into the job workspace at :meth:`start`.
+    """``bin/compleak-runner --serve`` on ``device`` (through the bundled loader when the bundle has one): the bundle
+    is pushed into the job workspace at :meth:`start`.
 
     Everything after the start (hello, load, infer, the checks of every reply) is :class:`RunnerServer`'s.
     """
@@ -79,12 +85,12 @@ class NativeRunnerServer(RunnerServer):
         try:
             self.workspace = self._stack.enter_context(self.device.workspace())
             t0 = time.perf_counter()
-            binary = push_bundle(self.device, self.bundle, self.workspace)
+            command = push_bundle(self.device, self.bundle, self.workspace)
             self.upload_seconds = time.perf_counter() - t0
             if "runner" in getattr(self, "bytes_sent", {}):  # the bundle stands where the Python runner's source does
                 self.bytes_sent["runner"] += sum((self.bundle / rel).stat().st_size
                                                  for rel in [*self.manifest["files"], "manifest.json"])
-            self._proc = self.device.spawn([binary, "--serve"], label=BUNDLE_NAME)
+            self._proc = self.device.spawn([*command, "--serve"], label=BUNDLE_NAME)
         except DeviceError as exc:  # reported when the runner is first needed, as the Python runner's start
             self._start_error = exc if isinstance(exc, BundleError) else DeviceError(
                 f"{self.device.id}: cannot start the native runner: {exc}")

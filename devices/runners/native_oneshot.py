@@ -94,7 +94,7 @@ class NativeOneShotRunner(NativeRunner):
         with tempfile.TemporaryDirectory(prefix="compleak-native-") as tmp, device.workspace() as ws:
             t0 = time.perf_counter()
             try:
-                binary = push_bundle(device, self.bundle, ws)
+                command = push_bundle(device, self.bundle, ws)
             except DeviceError as exc:
                 why = error_detail(exc, device.id)
                 raise DeviceError(f"{where}: cannot install the native runner: {why}") from None
@@ -112,7 +112,7 @@ class NativeOneShotRunner(NativeRunner):
                 calls[0] += 1
                 first = calls[0] == 1
                 try:
-                    values, prov = self._one_shot(device, artifact, Path(tmp), ws, binary, remote_model, x, layout)
+                    values, prov = self._one_shot(device, artifact, Path(tmp), ws, command, remote_model, x, layout)
                 except DeviceError as exc:
                     raise DeviceError(f"{where}: {error_detail(exc, device.id)}") from None
                 prov["upload_seconds"] += model_s if first else 0.0
@@ -124,9 +124,10 @@ class NativeOneShotRunner(NativeRunner):
 
             yield infer
 
-    def _one_shot(self, device: Device, artifact: ArtifactRecord, tmp: Path, ws: str, binary: str,
+    def _one_shot(self, device: Device, artifact: ArtifactRecord, tmp: Path, ws: str, command: list[str],
                   remote_model: str, x: np.ndarray, layout: str) -> tuple[np.ndarray, dict[str, Any]]:
-        """One chunk: request file up, one runner command, reply file down, replies checked; (values, provenance)."""
+        """One chunk: request file up, one runner command (``command``: :func:`push_bundle`'s, through the bundled
+        loader when there is one), reply file down, replies checked; (values, provenance)."""
         started = utc_now()
         t0 = time.perf_counter()
         m = len(x)
@@ -144,7 +145,7 @@ class NativeOneShotRunner(NativeRunner):
             device.put(local_req, remote_req)
         t_up = time.perf_counter() - t0
         q = shlex.quote
-        script = (f"cd {q(ws)} && {q(binary)} --serve <req.bin >rep.bin; r=$?; "
+        script = (f"cd {q(ws)} && {' '.join(q(a) for a in command)} --serve <req.bin >rep.bin; r=$?; "
                   f'echo "rep_bytes=$(wc -c <rep.bin 2>/dev/null)"; exit $r')
         timeout = self.timeout_s + self.per_query_timeout_s * m
         res = device.run(["sh", "-c", script], timeout=timeout)

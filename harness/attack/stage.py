@@ -30,6 +30,7 @@ from rich.table import Table
 
 from compleak.engine import AttackConfig, FittedAttacks, check_inputs, fit_attacks
 from compleak.samia import PerturbedBatch, load_perturbed, perturbed_path
+from harness.attack.resume import families_after, plan_resume, write_state
 from harness.config import AttackSection, load_experiment
 from harness.errors import HarnessError, esc
 from harness.execution import ExecEvents, Executor, SerialExecutor, Unit
@@ -399,10 +400,15 @@ def attack_run(
     console: Console | None = None,
     fits: FitCache | None = None,
     executor: Executor | None = None,
+    force: bool = False,
 ) -> dict[str, list[ResultRow]]:
-    """Run the attacks on every collected device (or only ``device``); write ``attacks/<device>/results.json``
-    and ``scores.npz``. ``executor``: where the attack groups are fitted (a Ray executor fans them out as tasks;
-    None: in this process).
+    """Run the attacks on every collected device (or only ``device``); write ``attacks/<device>/results.json``,
+    ``scores.npz`` and ``state.json``. ``executor``: where the attack groups are fitted (a Ray executor fans them
+    out as tasks; None: in this process).
+
+    Results are never lost (:mod:`harness.attack.resume`): a device whose inputs and families are unchanged is
+    skipped (``force``: recompute); a subset of the families computed before is merged into the rows of the others;
+    a subset that would drop rows computed from other inputs is refused in one line, before anything is written.
 
     ``families``: subset of NR, SR, MR; empty or None takes ``[attack] families`` of ``RUN/experiment.toml``
     (all three when there is no config). Every device's inputs are checked first; each distinct attack group is
@@ -422,15 +428,30 @@ def attack_run(
         devices = [d for d, _ in rd.collected_devices()]
         if not devices:
             raise HarnessError(f"{rd.root / 'outputs'}: no collected outputs; run 'compleak collect {rd.root}' first")
-    groups = [g for dev in devices for g in _plan_device(rd, dev, splits, manifest, cfg, fams, console)]
-    fits = fits if fits is not None else FitCache()
-    done = _fit_and_score(splits, groups, cfg, fits, console, executor)
+    explicit = bool(families)
+    plans = {dev: plan_resume(rd, dev, fams, force, explicit, load_scores) for dev in devices}  # refusals first
     results: dict[str, list[ResultRow]] = {}
     for dev in devices:
+        if plans[dev].skip:
+            results[dev] = plans[dev].keep_rows
+            console.print(f"attack {esc(dev)}: up to date ({len(results[dev])} rows in {esc(rd.results(dev))}; "
+                          "--force recomputes)", highlight=False)
+    todo = [dev for dev in devices if not plans[dev].skip]
+    groups = [g for dev in todo for g in _plan_device(rd, dev, splits, manifest, cfg, fams, console)]
+    fits = fits if fits is not None else FitCache()
+    done = _fit_and_score(splits, groups, cfg, fits, console, executor) if todo else {}
+    for dev in todo:
+        plan = plans[dev]
+        if plan.note:
+            console.print(f"[yellow]note[/] {esc(dev)}: {esc(plan.note)}", highlight=False)
         rows, scores = done.get(dev, ([], {}))
-        save_results(rd.results(dev), rows)
+        rows, scores = rows + plan.keep_rows, {**scores, **plan.keep_scores}
         save_scores(rd, dev, splits, scores)
+        save_results(rd.results(dev), rows)
+        write_state(rd, dev, plan.fingerprint, families_after(rd, dev, fams, plan))
         console.print(results_table(dev, rows))
-        console.print(f"results: {esc(rd.results(dev))}, per-example scores: {esc(scores_path(rd, dev))}")
+        kept = f" ({len(plan.keep_rows)} rows of {', '.join(sorted({r.family for r in plan.keep_rows}))} kept)" \
+            if plan.keep_rows else ""  # fmt: skip
+        console.print(f"results: {esc(rd.results(dev))}{kept}, per-example scores: {esc(scores_path(rd, dev))}")
         results[dev] = rows
     return results

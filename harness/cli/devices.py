@@ -161,3 +161,31 @@ def probe_device(
             table.add_row(esc(key), esc(value))
     console.print(table)
     return props.to_dict()
+
+
+def device_up(name: str, runtimes: list[str], engine: str | None, port: int | None, console: Console,
+              notes: Console) -> str:
+    """Start device ``name`` (a phone-shaped device for ``phone-*``, else an edge container); return its URI.
+    Progress notes of a phone build go to ``notes`` (stderr), so that stdout holds only the URI."""
+    if name.startswith("phone-"):
+        from harness.errors import HarnessError
+        from harness.toolchain.phone import phone_up
+
+        if runtimes or engine:
+            raise HarnessError(f"{name} has no Python and no container: --runtime / --engine do not apply")
+        return phone_up(name, port=port, console=notes)
+    from harness.toolchain.edge import edge_up
+
+    return edge_up(name, runtimes=runtimes, engine=engine, port=port, console=console)
+
+
+def device_down(name: str, engine: str | None, console: Console, notes: Console) -> None:
+    """Stop device ``name`` started by :func:`device_up`."""
+    if name.startswith("phone-"):
+        from harness.toolchain.phone import phone_down
+
+        phone_down(name, console=notes)
+        return
+    from harness.toolchain.edge import edge_down
+
+    edge_down(name, engine=engine, console=console)

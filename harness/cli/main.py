@@ -381,15 +381,17 @@ def attack(
     ),
     families: list[str] = typer.Option(
         [], "--families", metavar="FAMILIES",
-        help="subset of NR,SR,MR (default: the families of the run's config's [attack] section)" + LIST_HELP,
+        help="subset of NR,SR,MR (default: the families of the run's config's [attack] section); merged into the "
+        "rows of the other families" + LIST_HELP,
     ),
+    force: bool = typer.Option(False, "--force", help="recompute even when the inputs did not change"),
 ) -> None:
-    """Run the CompLeak attacks and baselines on collected outputs."""
+    """Run the CompLeak attacks and baselines on collected outputs (skipped when nothing changed)."""
     from harness.attack.stage import FitCache, attack_run
 
     fits = FitCache()  # several --device: each attack group is fitted once
     for one in _split(device) or [None]:
-        attack_run(run, device=one, families=_split(families) or [], console=console, fits=fits)
+        attack_run(run, device=one, families=_split(families) or [], console=console, fits=fits, force=force)
 
 
 # --------------------------------------------------------------------------- report
@@ -615,32 +617,34 @@ def devices_probe(
 @friendly
 def devices_up(
     name: str = typer.Argument(
-        ..., help="edge-arm64 | edge-amd64 | edge-arm64-native | edge-amd64-native (no Python)"
+        ..., help="edge-arm64 | edge-amd64 | edge-arm64-native | edge-amd64-native (no Python) | phone-arm64 | "
+        "phone-x86_64 (phone-shaped, not Android: adb, no glibc, no Python, uid 2000)"
     ),
     runtime: list[str] = typer.Option([], "--runtime", help="pip requirement for the device runtime; repeat"),
     engine: Optional[str] = typer.Option(None, "--engine", help=ENGINE_HELP),
-    port: Optional[int] = typer.Option(None, "--port", help="loopback port for ssh (default: a free one)"),
+    port: Optional[int] = typer.Option(None, "--port", help="loopback port for ssh / adb (default: a free one)"),
 ) -> None:
-    """Start an emulated edge device container as an SSH device and print its ssh:// URI."""
-    from harness.toolchain.edge import edge_up
+    """Start an emulated device and print its URI: an edge container as an SSH device (ssh://), or a phone-shaped
+    device (phone-shaped, NOT Android: static Debian tools, mksh, uid 2000, no SELinux/bionic/ART) served by the
+    project's adbd on loopback (adb://)."""
+    from harness.cli.devices import device_up
 
-    uri = edge_up(name, runtimes=runtime, engine=engine, port=port, console=console)
-    console.print(uri, markup=False, highlight=False)
+    console.print(device_up(name, runtime, engine, port, console, err_console), markup=False, highlight=False)
 
 
 @devices_app.command("down")
 @friendly
 def devices_down(
     name: str = typer.Argument(
-        ..., help="the edge device 'devices up' started: edge-arm64 | edge-amd64 | edge-arm64-native | "
-        "edge-amd64-native"
+        ..., help="the device 'devices up' started: edge-arm64 | edge-amd64 | edge-arm64-native | "
+        "edge-amd64-native | phone-arm64 | phone-x86_64"
     ),
     engine: Optional[str] = typer.Option(None, "--engine", help=ENGINE_HELP),
 ) -> None:
-    """Stop an edge device container started by 'devices up'."""
-    from harness.toolchain.edge import edge_down
+    """Stop a device started by 'devices up' (an edge container, or a phone-shaped device's adbd)."""
+    from harness.cli.devices import device_down
 
-    edge_down(name, engine=engine, console=console)
+    device_down(name, engine, console, err_console)
 
 
 # --------------------------------------------------------------------------- images

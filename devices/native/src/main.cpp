@@ -7,6 +7,12 @@
 //   compleak-runner --check-model FD PATH RUNTIME THREADS
 //                               (internal) the contained load check of --serve: verify, load and run PATH once,
 //                               one line ("ok" or "error: ...") to file descriptor FD; see check_contained()
+//
+// Each may be preceded by `--root DIR [--loader LOADER]`: DIR is the bundle (bin/, lib/, manifest.json) and LOADER
+// the dynamic loader the runner was started through (the bundle's own, `LOADER --library-path DIR/lib
+// DIR/bin/compleak-runner --root DIR --loader LOADER --serve`; docs/native.md, "The bundled loader"). Then
+// /proc/self/exe names the loader, not the runner, so the runner finds its files from DIR and starts its load
+// checks through LOADER. Without --root the runner is where /proc/self/exe says.
 #include <dlfcn.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -53,7 +59,15 @@ namespace compleak {
 constexpr int kProtocol = 1;
 constexpr const char* kEtPlugin = "libcompleak_executorch.so";
 
+constexpr const char* kBinaryName = "compleak-runner";
+
+//! The bundle folder given with --root ("" when the runner was started directly).
+static std::string g_root;
+//! The dynamic loader given with --loader ("" when the runner was started directly).
+static std::string g_loader;
+
 static std::string exe_path() {
+  if (!g_root.empty()) return g_root + "/bin/" + kBinaryName;
   char buf[PATH_MAX];
   ssize_t n = readlink("/proc/self/exe", buf, sizeof(buf) - 1);
   if (n <= 0) return "";
@@ -228,6 +242,14 @@ static int check_model_main(int fd, const std::string& path, const std::string& 
   _exit(0);  // no destructors: a runtime that crashes on unload must not turn a good answer into a crash
 }
 
+//! The command that starts this runner again: the binary itself, or (started through a loader with --root and
+//! --loader) `LOADER --library-path ROOT/lib ROOT/bin/compleak-runner --root ROOT --loader LOADER`.
+static std::vector<std::string> self_argv() {
+  if (g_loader.empty() || g_root.empty()) return {exe_path()};
+  return {g_loader, "--inhibit-cache", "--library-path", g_root + "/lib", exe_path(), "--root", g_root,
+          "--loader", g_loader};
+}
+
 //! Seconds a contained load check may take (verify, load, one inference) before it is stopped.
 constexpr int kCheckSeconds = 300;
 
@@ -244,8 +266,11 @@ static void check_contained(const std::string& path, const std::string& fmt, con
   fcntl(fds[0], F_SETFD, FD_CLOEXEC);
   const std::string exe = exe_path(), fd_arg = std::to_string(fds[1]), threads_arg = std::to_string(threads);
   const std::string runtime_arg = runtime.empty() ? "-" : runtime;
-  std::vector<const char*> argv{exe.c_str(), "--check-model", fd_arg.c_str(), path.c_str(), runtime_arg.c_str(),
-                                threads_arg.c_str(), nullptr};
+  std::vector<std::string> args = self_argv();
+  for (const std::string& a : {std::string("--check-model"), fd_arg, path, runtime_arg, threads_arg}) args.push_back(a);
+  std::vector<const char*> argv;
+  for (const std::string& a : args) argv.push_back(a.c_str());
+  argv.push_back(nullptr);
   const pid_t parent = getpid();
   pid_t pid = fork();
   if (pid == 0) {
@@ -254,7 +279,10 @@ static void check_contained(const std::string& path, const std::string& fmt, con
     int devnull = open("/dev/null", O_RDONLY);
     if (devnull >= 0) dup2(devnull, 0);  // the protocol's stdin stays the parent's
     dup2(2, 1);                          // library output goes to stderr, as in --serve
-    if (!exe.empty()) execv(exe.c_str(), const_cast<char* const*>(argv.data()));
+    if (!exe.empty()) execv(argv[0], const_cast<char* const*>(argv.data()));
+    std::fprintf(stderr, "compleak-runner: cannot start the load check as a fresh process (%s: %s); checking in the "
+                 "forked child\n", exe.empty() ? "no path to this runner" : argv[0],
+                 exe.empty() ? "/proc/self/exe unreadable" : std::strerror(errno));
     check_model_main(fds[1], path, runtime, threads);
   }
   close(fds[1]);
@@ -884,8 +912,29 @@ static int probe() {
 
 }  // namespace compleak
 
+//! Take the leading `--root DIR [--loader LOADER]` off the arguments (see the head of this file); false when they are
+//! malformed (a missing or empty value).
+static bool take_location(int* argc, char*** argv) {
+  for (const char* opt : {"--root", "--loader"}) {
+    if (*argc < 2 || std::strcmp((*argv)[1], opt) != 0) continue;
+    if (*argc < 3 || !*(*argv)[2]) return false;
+    (std::strcmp(opt, "--root") == 0 ? compleak::g_root : compleak::g_loader) = (*argv)[2];
+    (*argv)[2] = (*argv)[0];
+    *argv += 2;
+    *argc -= 2;
+  }
+  return compleak::g_loader.empty() || !compleak::g_root.empty();
+}
+
 int main(int argc, char** argv) {
   signal(SIGPIPE, SIG_IGN);  // a vanished host ends the loop through a failed write
+  if (!take_location(&argc, &argv)) {
+    std::fprintf(stderr, "error: --root needs the bundle folder and --loader the loader's path (--loader only with "
+                 "--root)\n");
+    return 2;
+  }
+  while (!compleak::g_root.empty() && compleak::g_root.size() > 1 && compleak::g_root.back() == '/')
+    compleak::g_root.pop_back();
   std::string arg = argc == 2 ? argv[1] : "";
   try {
     if (argc == 6 && std::strcmp(argv[1], "--check-model") == 0) {
@@ -905,6 +954,6 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "error: %s\n", compleak::one_line(exc.what()).c_str());
     return 3;
   }
-  std::fprintf(stderr, "usage: compleak-runner --serve | --probe | --version\n");
+  std::fprintf(stderr, "usage: compleak-runner [--root DIR [--loader LOADER]] --serve | --probe | --version\n");
   return arg == "--help" || arg == "-h" ? 0 : 2;
 }
