@@ -375,3 +375,112 @@ def print_outcome(outcome: GateOutcome, console: Console) -> None:
         )
     for note in outcome.notes:
         console.print(f"[yellow]note[/]: {esc(note)}", highlight=False)
+
+
+# --------------------------------------------------------------------------- machine-readable verdicts
+
+FORMATS = ("text", "json", "github")
+
+
+def _trip_fields(t: Trip) -> dict[str, object]:
+    row, extra = t.result.row, t.result.row.model_extra or {}
+    art = extra.get("artifact_id", extra.get("artifact", ""))
+    return {"rule": t.rule.text, "device": t.result.device, "seed": t.result.seed, "family": row.family,
+            "method": row.method, "variant": row.variant, "artifact": art, "metric": t.rule.metric_name,
+            "value": t.value, "op": t.rule.op, "threshold": t.rule.threshold}  # fmt: skip
+
+
+def outcome_json(outcome: GateOutcome) -> dict[str, object]:
+    """The verdict as one JSON object: passed, exit_status, every rule with the rows it judged and tripped, every
+    tripped row (rule, device, seed, family, method, variant, artifact, metric, value, op, threshold), notes."""
+    tripped: dict[str, int] = {}
+    for t in outcome.trips:
+        tripped[t.rule.text] = tripped.get(t.rule.text, 0) + 1
+    return {
+        "passed": outcome.passed, "exit_status": outcome.exit_code, "result_rows": outcome.n_rows,
+        "rules": [{"rule": r.text, "judged": outcome.judged.get(r.text, 0), "tripped": tripped.get(r.text, 0)}
+                  for r in outcome.rules],
+        "trips": [_trip_fields(t) for t in outcome.trips], "notes": list(outcome.notes),
+    }  # fmt: skip
+
+
+def _gh(text: object, prop: bool = False) -> str:
+    """Escape a value for a GitHub workflow command (data, or a property when ``prop``)."""
+    s = str(text).replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+    return s.replace(":", "%3A").replace(",", "%2C") if prop else s
+
+
+def github_annotations(outcome: GateOutcome, max_rows: int = MAX_TABLE_ROWS) -> list[str]:
+    """GitHub Actions workflow commands: one ``::error`` per tripped row (the furthest over first, at most
+    ``max_rows``, then one counting the rest), ``::warning`` per note, ``::notice`` when every rule held."""
+    lines = []
+    order = {r.text: i for i, r in enumerate(outcome.rules)}
+    trips = sorted(outcome.trips, key=lambda t: (order.get(t.rule.text, 0), -abs(t.value - t.rule.threshold)))
+    for t in trips[:max_rows]:
+        f = _trip_fields(t)
+        variant = " + ".join(f["variant"]) if isinstance(f["variant"], list) else f["variant"]  # type: ignore[arg-type]
+        lines.append(f"::error title={_gh('compleak gate: ' + t.rule.text, prop=True)}::"
+                     + _gh(f"{f['family']} {f['method']} on {f['device']} ({variant}): {f['metric']} = "
+                           f"{_fmt(t.value)} {t.rule.op} {_fmt(t.rule.threshold)}"))  # fmt: skip
+    if len(trips) > max_rows:
+        lines.append(f"::error title=compleak gate::… and {len(trips) - max_rows} more rows over the thresholds "
+                     "(all of them: compleak check RUN --format json)")  # fmt: skip
+    lines += [f"::warning title=compleak gate::{_gh(n)}" for n in outcome.notes]
+    if outcome.passed:
+        held = "; ".join(f"{r.text} on {outcome.judged.get(r.text, 0)} rows" for r in outcome.rules)
+        lines.append(f"::notice title=compleak gate::{_gh('gate passed: ' + held)}")
+    return lines
+
+
+def _md(text: object) -> str:
+    """A run's string made inert in a Markdown table cell (no HTML, no cell breaks, no code spans)."""
+    import html
+
+    return html.escape(str(text)).replace("|", "\\|").replace("`", "&#96;").replace("\n", " ")
+
+
+def step_summary(outcome: GateOutcome, max_rows: int = MAX_TABLE_ROWS) -> str:
+    """The verdict as Markdown for a GitHub job summary: the verdict line, each rule with its judged and tripped
+    rows, then the tripped rows (at most ``max_rows``)."""
+    data = outcome_json(outcome)
+    head = "**compleak gate passed**" if outcome.passed else f"**compleak gate failed** (exit status {EXIT_TRIPPED})"
+    out = [head, "", "| rule | rows judged | rows over |", "|---|---|---|"]
+    out += [f"| {_md(r['rule'])} | {r['judged']} | {r['tripped']} |" for r in data["rules"]]  # type: ignore[index]
+    if outcome.trips:
+        out += ["", "| rule | device | family | method | variant | value |", "|---|---|---|---|---|---|"]
+        for t in outcome.trips[:max_rows]:
+            f = _trip_fields(t)
+            variant = " + ".join(f["variant"]) if isinstance(f["variant"], list) else f["variant"]  # type: ignore
+            out.append(f"| {_md(t.rule.text)} | {_md(f['device'])} | {_md(f['family'])} | {_md(f['method'])} | "
+                       f"{_md(variant)} | {_fmt(t.value)} {_md(t.rule.op)} {_fmt(t.rule.threshold)} |")  # fmt: skip
+        if len(outcome.trips) > max_rows:
+            out.append(f"\n… and {len(outcome.trips) - max_rows} more rows (compleak check RUN --format json)")
+    out += [f"\n> note: {_md(n)}" for n in outcome.notes]
+    return "\n".join(out) + "\n"
+
+
+def check_format(fmt: str) -> str:
+    """``fmt`` lower-cased when it is one of :data:`FORMATS`, else a one-line error."""
+    if fmt.lower() not in FORMATS:
+        raise HarnessError(f"--format {fmt[:40]!r}: choose one of {', '.join(FORMATS)}")
+    return fmt.lower()
+
+
+def print_verdict(outcome: GateOutcome, fmt: str, console: Console) -> None:
+    """Print the verdict as ``text`` (:func:`print_outcome`), ``json`` (:func:`outcome_json`, on standard output)
+    or ``github`` (:func:`github_annotations`, and :func:`step_summary` appended to ``$GITHUB_STEP_SUMMARY`` when
+    that file is set, as in a GitHub Actions step)."""
+    import json
+    import os
+    import sys
+
+    if fmt == "json":
+        sys.stdout.write(json.dumps(outcome_json(outcome), indent=1) + "\n")
+    elif fmt == "github":
+        sys.stdout.write("".join(line + "\n" for line in github_annotations(outcome)))
+        summary = os.environ.get("GITHUB_STEP_SUMMARY")
+        if summary:
+            with open(summary, "a", encoding="utf-8") as fh:
+                fh.write(step_summary(outcome))
+    else:
+        print_outcome(outcome, console)

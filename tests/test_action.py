@@ -173,7 +173,8 @@ class Runner:
             out = self.workspace / f".github-output-{sid}"
             out.write_text("")
             env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root"), "GITHUB_OUTPUT": str(out),
-                   "RUNNER_TEMP": str(self.workspace / ".runner-temp"), "COLUMNS": "160"}  # fmt: skip
+                   "RUNNER_TEMP": str(self.workspace / ".runner-temp"), "COLUMNS": "160",
+                   "GITHUB_STEP_SUMMARY": str(self.workspace / ".github-step-summary.md")}  # fmt: skip
             env |= {k: self._resolve(v) for k, v in step.get("env", {}).items()}
             proc = subprocess.run(["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", step["run"]],
                                   cwd=self.workspace, env=env, capture_output=True, text=True, timeout=900)  # fmt: skip
@@ -208,11 +209,14 @@ def _gate_run(tmp_path: Path, run: Path, **inputs: str) -> Runner:
 
 def test_gate_step_trips_and_the_action_exits_3(attacked_run: Path, tmp_path: Path) -> None:
     run = copy_run(attacked_run, tmp_path / "run")
-    r = _gate_run(tmp_path, run, **{"fail-on": "\n  auc_lo>0.55  \nMR:auc>2\n\n"})
+    r = _gate_run(tmp_path, run, **{"fail-on": "\n  auc_lo>0.55  \nMR:auc_lo>0.9999\n\n"})
     assert r.rc["gate"] == 0, r.logs["gate"]
     assert r.outputs["gate"] == {"exit-code": "3", "gate": "failed"}
     assert "gate failed:" in r.logs["gate"] and "over 1 of 2 rules" in r.logs["gate"]
     assert "::error::compleak: a --fail-on rule tripped" in r.logs["gate"]
+    assert "::error title=compleak gate%3A auc_lo>0.55::" in r.logs["gate"]  # annotations on the run
+    summary = (r.workspace / ".github-step-summary.md").read_text()
+    assert summary.startswith("**compleak gate failed** (exit status 3)") and "| auc_lo&gt;0.55 | " in summary
     assert (run / "report" / "results.csv").is_file()  # exported next to the report for the upload
     assert r.rc["status"] == 3 and r.outputs["status"] == {"exit-code": "3", "gate": "failed"}
     soft = _gate_run(tmp_path, run, **{"fail-on": "auc_lo>0.55", "fail-job": "false"})

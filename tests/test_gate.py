@@ -308,3 +308,46 @@ def test_audit_fail_on_exits_3_after_the_report(tiny_run: Path, tmp_path: Path) 
     again = cli(["audit", str(tiny), "--out", str(run), "--no-ray", "--fail-on", "auc>0.999"])
     assert again.exit_code == 0, again.output
     assert "gate passed: 1 rule held" in again.output and f"auc>0.999: on {n} of {n} result rows" in again.output
+
+
+# --------------------------------------------------------------------------- machine-readable verdicts
+
+
+def test_check_format_json_counts_what_each_rule_judged(synthetic_run: Path) -> None:
+    res = cli(["check", str(synthetic_run), "--format", "json", "--fail-on", "MR:auc>0.8", "--fail-on", "auc>0.99"])
+    assert res.exit_code == EXIT_TRIPPED, res.output
+    got = json.loads(res.stdout)
+    rows = _json_rows(synthetic_run)
+    n_mr = sum(1 for _, r in rows if r["family"] == "MR")
+    over = [(d, r) for d, r in rows if r["family"] == "MR" and r["auc"] > 0.8]
+    assert got["passed"] is False and got["exit_status"] == 3 and got["result_rows"] == len(rows)
+    assert got["rules"] == [{"rule": "MR:auc>0.8", "judged": n_mr, "tripped": len(over)},
+                            {"rule": "auc>0.99", "judged": len(rows), "tripped": 0}]
+    assert len(over) == len(got["trips"]) > 0
+    assert {(t["family"], t["method"], t["metric"], t["op"], t["threshold"]) for t in got["trips"]} == {
+        ("MR", r["method"], "auc", ">", 0.8) for _, r in over}
+    assert sorted(t["value"] for t in got["trips"]) == sorted(r["auc"] for _, r in over)
+    ok = cli(["check", str(synthetic_run), "-f", "json", "--fail-on", "auc>0.99"])
+    assert ok.exit_code == 0 and json.loads(ok.stdout)["passed"] is True
+
+
+def test_check_format_github_annotates_and_writes_the_job_summary(synthetic_run: Path, tmp_path: Path) -> None:
+    summary = tmp_path / "summary.md"
+    res = cli(["check", str(synthetic_run), "--format", "github", "--fail-on", "MR:auc>0.8"],
+              env={"GITHUB_STEP_SUMMARY": str(summary)})
+    assert res.exit_code == EXIT_TRIPPED, res.output
+    lines = res.stdout.splitlines()
+    assert lines and all(line.startswith("::error title=compleak gate%3A MR%3Aauc>0.8::") for line in lines)
+    assert any("MR fusion-mlp on " in line and "auc = 0.81 > 0.8" in line for line in lines)
+    md = summary.read_text()
+    assert md.startswith("**compleak gate failed** (exit status 3)") and "| MR:auc&gt;0.8 | " in md
+    assert "<script>alert" in res.stdout  # a hostile run string: annotations are plain text to GitHub
+    assert "<script" not in md and "&lt;script&gt;alert" in md  # the summary is Markdown with HTML: escaped
+    ok = cli(["check", str(synthetic_run), "-f", "github", "--fail-on", "auc>0.999"], env={"GITHUB_STEP_SUMMARY": ""})
+    assert ok.exit_code == 0 and ok.stdout.startswith("::notice title=compleak gate::gate passed: auc>0.999 on ")
+
+
+def test_check_refuses_an_unknown_format(synthetic_run: Path) -> None:
+    res = cli(["check", str(synthetic_run), "--format", "xml", "--fail-on", "auc>0.6"])
+    assert res.exit_code == 2 and "--format 'xml': choose one of text, json, github" in res.output
+    assert "Traceback" not in res.output

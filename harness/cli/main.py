@@ -456,12 +456,13 @@ FAIL_ON_HELP = (
 )
 
 
-def _gate(run: Path, rules: Sequence[object]) -> None:
-    """Evaluate parsed ``--fail-on`` rules over RUN, print the verdict, exit 3 when a rule trips."""
-    from harness.gate import check_run, print_outcome
+def _gate(run: Path, rules: Sequence[object], fmt: str = "text") -> None:
+    """Evaluate parsed ``--fail-on`` rules over RUN, print the verdict (text, json or github), exit 3 when a rule
+    trips."""
+    from harness.gate import check_run, print_verdict
 
     outcome = check_run(run, rules)
-    print_outcome(outcome, console)
+    print_verdict(outcome, fmt, console)
     if not outcome.passed:
         raise typer.Exit(outcome.exit_code)
 
@@ -471,12 +472,14 @@ def _gate(run: Path, rules: Sequence[object]) -> None:
 def check(
     run: Path = typer.Argument(..., help="run directory with attack results (audit, or attack + report)"),
     fail_on: list[str] = typer.Option(..., "--fail-on", metavar="EXPR", help=FAIL_ON_HELP),
+    fmt: str = typer.Option("text", "--format", "-f", metavar="FORMAT",
+                            help="text | json (one object) | github (annotations, and the job summary)"),
 ) -> None:
     """CI gate on a finished run: exit 0 when every --fail-on rule holds, 3 when a result row trips one, 2 on bad
     input. Prints the offending rows."""
-    from harness.gate import parse_rules
+    from harness.gate import check_format, parse_rules
 
-    _gate(run, parse_rules(fail_on))
+    _gate(run, parse_rules(fail_on), check_format(fmt))
 
 
 @app.command("export")
