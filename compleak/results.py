@@ -54,6 +54,7 @@ class RunResult:
     seed: int | None  # the seed of RUN/seeds/<seed>/ it belongs to; None for the run itself
     row: ResultRow
     source: Path  # the results.json it was read from
+    baseline: ResultRow | None = None  # the same attack in a baseline run (``compleak diff``): delta_* metrics
 
 
 def seed_dirs(run: Path | str) -> list[tuple[int, Path]]:

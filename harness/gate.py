@@ -36,6 +36,7 @@ from rich.console import Console
 from rich.table import Table
 
 from compleak.results import RunResult, eps_of, result_rows, tpr_at
+from rundir.results import ResultRow
 from harness.errors import HarnessError, esc
 from rundir.vocabulary import ROW_FAMILIES
 
@@ -43,6 +44,9 @@ MAX_TABLE_ROWS = 40  # tripped rows printed; the rest are counted (a CI log stay
 EXIT_TRIPPED = 3  # the exit status of `compleak check` / `audit --fail-on` when a rule trips
 SCOPE_KEYS = ("family", "method", "variant", "device", "framework", "format", "artifact", "seed")
 METRICS = ("auc", "auc_lo", "auc_hi", "bacc", "eps", "tpr@FPR")
+_BASE = ("auc", "auc_lo", "auc_hi", "bacc", "eps", "tpr")
+#: ``compleak diff`` only: the row's metric minus the same attack's in the baseline run
+DELTA = "delta_"
 _ALIASES = {"balanced_accuracy": "bacc", "eps_lower_bound": "eps"}
 OPS: dict[str, Callable[[float, float], bool]] = {
     ">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt,
@@ -52,6 +56,8 @@ RANGES: dict[str, tuple[float, float]] = {
     "auc": (0.0, 1.0), "auc_lo": (0.0, 1.0), "auc_hi": (0.0, 1.0), "bacc": (0.0, 1.0), "tpr": (0.0, 1.0),
     "eps": (0.0, math.inf),
 }  # fmt: skip
+RANGES |= {DELTA + k: (-hi, hi) for k, (_lo, hi) in list(RANGES.items())}
+RANGES[DELTA + "eps"] = (-math.inf, math.inf)
 GRAMMAR = "[SCOPE:]METRIC OP NUMBER, e.g. 'auc>0.6', 'tpr@0.01>=0.05' or 'NR,device=local:auc_lo>0.55' (docs/ci.md)"
 _COND = re.compile(r"^\s*([A-Za-z_]+)(?:@([^<>=\s]*))?\s*(>=|<=|>|<|==|=|!=)?\s*(.*?)\s*$")
 
@@ -93,28 +99,43 @@ class Rule:
 
     @property
     def metric_name(self) -> str:
-        return f"tpr@{self.level:g}" if self.metric == "tpr" else self.metric
+        return f"{self.metric}@{self.level:g}" if self.level is not None else self.metric
+
+    @property
+    def is_delta(self) -> bool:
+        return self.metric.startswith(DELTA)
 
     def in_scope(self, r: RunResult) -> bool:
         return all(s.matches(r) for s in self.scope)
 
     def value(self, r: RunResult) -> tuple[float | None, bool]:
-        """(the row's value of this rule's metric or None, whether the row resolves it)."""
-        row = r.row
-        if self.metric == "tpr":
-            assert self.level is not None
-            return tpr_at(row, self.level)
-        ci = list(row.auc_ci) + [None, None]
-        v = {"auc": row.auc, "auc_lo": ci[0], "auc_hi": ci[1], "bacc": row.balanced_accuracy,
-             "eps": eps_of(row)}[self.metric]  # fmt: skip
-        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-        return (float(v) if ok else None), True  # type: ignore[arg-type]
+        """(the row's value of this rule's metric or None, whether the row resolves it); a ``delta_`` metric is
+        the row's value minus its baseline row's (``RunResult.baseline``, set by ``compleak diff``)."""
+        if not self.is_delta:
+            return _metric(r.row, self.metric, self.level)
+        if r.baseline is None:
+            return None, True
+        (new, ok_new), (old, ok_old) = (_metric(row, self.metric[len(DELTA):], self.level)
+                                        for row in (r.row, r.baseline))  # fmt: skip
+        return (new - old if new is not None and old is not None else None), ok_new and ok_old
 
     def trips(self, value: float) -> bool:
         return OPS[self.op](value, self.threshold)
 
     def __str__(self) -> str:
         return self.text
+
+
+def _metric(row: ResultRow, metric: str, level: float | None) -> tuple[float | None, bool]:
+    """(``row``'s value of a base metric or None, whether its sample resolves it)."""
+    if metric == "tpr":
+        assert level is not None
+        return tpr_at(row, level)
+    ci = list(row.auc_ci) + [None, None]
+    v = {"auc": row.auc, "auc_lo": ci[0], "auc_hi": ci[1], "bacc": row.balanced_accuracy,
+         "eps": eps_of(row)}[metric]  # fmt: skip
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    return (float(v) if ok else None), True  # type: ignore[arg-type]
 
 
 def _bad(text: str, why: str) -> HarnessError:
@@ -162,12 +183,15 @@ def parse_rule(text: str) -> Rule:
     if not m or not m.group(1):
         raise _bad(text, f"expected METRIC OP NUMBER after the scope, got {cond.strip()!r}")
     name, level_text, op, num = m.group(1).lower(), m.group(2), m.group(3), m.group(4)
-    name = _ALIASES.get(name, name)
-    if name not in ("auc", "auc_lo", "auc_hi", "bacc", "eps", "tpr"):
-        hint = " (the FPR goes after '@': tpr@0.001)" if name.startswith("tpr") else ""
-        raise _bad(text, f"unknown metric {m.group(1)!r}{hint}; metrics are {', '.join(METRICS)}")
+    delta = DELTA if name.startswith(DELTA) else ""
+    base = _ALIASES.get(name[len(delta):], name[len(delta):])
+    name = delta + base
+    if base not in _BASE:
+        hint = " (the FPR goes after '@': tpr@0.001)" if base.startswith("tpr") else ""
+        raise _bad(text, f"unknown metric {m.group(1)!r}{hint}; metrics are {', '.join(METRICS)} (and "
+                         f"{DELTA}METRIC in compleak diff)")  # fmt: skip
     level = None
-    if name == "tpr":
+    if base == "tpr":
         if not level_text:
             raise _bad(text, "tpr needs its false-positive rate: tpr@0.001 or tpr@0.01")
         try:
@@ -177,7 +201,7 @@ def parse_rule(text: str) -> Rule:
         if not 0.0 < level <= 1.0:
             raise _bad(text, f"tpr@{level_text}: the false-positive rate must be in (0, 1], e.g. tpr@0.001")
     elif level_text is not None:
-        raise _bad(text, f"only tpr takes '@FPR', not {name}")
+        raise _bad(text, f"only {delta}tpr takes '@FPR', not {name}")
     if op is None:
         raise _bad(text, f"no comparison after {m.group(1)!r}; use one of > >= < <=")
     if op not in OPS:
@@ -202,8 +226,8 @@ def _check_range(text: str, name: str, level: float | None, op: str, threshold: 
     """Refuse a threshold outside the metric's range, or one no value in the range can cross (the rule could never
     trip, so the gate would pass by mistake)."""
     lo, hi = RANGES[name]
-    metric = f"tpr@{level:g}" if name == "tpr" else name
-    span = f"[{lo:g}, {hi:g}]" if math.isfinite(hi) else f"at least {lo:g}"
+    metric = f"{name}@{level:g}" if level is not None else name
+    span = f"[{lo:g}, {hi:g}]" if math.isfinite(hi) else f"at least {lo:g}" if math.isfinite(lo) else "any number"
     if not lo <= threshold <= hi:
         hint = f" (for {threshold:g}% write {threshold / 100:g} or {typed.strip()}%)" if 1 < threshold <= 100 and \
             not typed.strip().endswith("%") and hi == 1.0 else ""  # fmt: skip
@@ -261,6 +285,9 @@ def evaluate_gate(results: list[RunResult], rules: Sequence[Rule]) -> GateOutcom
         raise HarnessError("no attack results to check; run 'compleak attack RUN' (or 'compleak audit') first")
     out = GateOutcome(list(rules), len(results))
     for rule in rules:
+        if rule.is_delta and not any(r.baseline is not None for r in results):
+            raise HarnessError(f"--fail-on {rule.text!r}: {DELTA}metrics compare a run with a baseline run; use "
+                               f"compleak diff BASELINE_RUN RUN --fail-on '{rule.text}'")  # fmt: skip
         scoped = [r for r in results if rule.in_scope(r)]
         if not scoped:
             raise HarnessError(f"--fail-on {rule.text!r}: no result row matches the scope "

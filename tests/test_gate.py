@@ -351,3 +351,66 @@ def test_check_refuses_an_unknown_format(synthetic_run: Path) -> None:
     res = cli(["check", str(synthetic_run), "--format", "xml", "--fail-on", "auc>0.6"])
     assert res.exit_code == 2 and "--format 'xml': choose one of text, json, github" in res.output
     assert "Traceback" not in res.output
+
+
+# --------------------------------------------------------------------------- compleak diff: a regression gate
+
+
+def _bumped(run: Path, dest: Path, by: float, family: str = "NR") -> tuple[Path, int]:
+    """A copy of ``run`` whose ``family`` rows on the host have AUC + ``by`` (and CI moved with it)."""
+    new = copy_run(run, dest)
+    res = new / "attacks" / "local" / "results.json"
+    rows = json.loads(res.read_text())
+    n = 0
+    for r in rows:
+        if r["family"] == family:
+            r["auc"] = min(1.0, r["auc"] + by)
+            r["auc_ci"] = [min(1.0, x + by) for x in r["auc_ci"]]
+            n += 1
+    res.write_text(json.dumps(rows))
+    return new, n
+
+
+def test_diff_gates_the_change_from_a_baseline_run(synthetic_run: Path, tmp_path: Path) -> None:
+    new, n_nr = _bumped(synthetic_run, tmp_path / "new", 0.05)
+    total = len(_json_rows(synthetic_run))
+    same = cli(["diff", str(synthetic_run), str(synthetic_run)])
+    assert same.exit_code == 0, same.output
+    assert f"{total} attacks in both, 0 only in the run, 0 only in the baseline" in " ".join(same.output.split())
+    res = cli(["diff", str(synthetic_run), str(new), "--fail-on", "delta_auc>0.02", "--format", "json"])
+    assert res.exit_code == EXIT_TRIPPED, res.output
+    got = json.loads(res.stdout)
+    assert got["matched"] == total and got["gate"]["rules"] == [{"rule": "delta_auc>0.02", "judged": total,
+                                                                  "tripped": n_nr}]  # fmt: skip
+    assert all(t["family"] == "NR" and t["metric"] == "delta_auc" for t in got["gate"]["trips"])
+    moved = [r for r in got["rows"] if r["family"] == "NR" and r["device"] == "local"]
+    assert all(abs(r["delta_auc"] - (r["auc_now"] - r["auc_before"])) < 1e-12 for r in got["rows"])
+    assert len(moved) == n_nr and all(r["delta_auc"] > 0 and r["seed"] is None for r in moved)
+    assert all(r["delta_auc"] == 0 for r in got["rows"] if r not in moved)
+    ok = cli(["diff", str(synthetic_run), str(new), "--fail-on", "SR:delta_auc>0.02"])
+    assert ok.exit_code == 0 and "gate passed: 1 rule held" in ok.output, ok.output
+    text = cli(["diff", str(synthetic_run), str(new), "--fail-on", "NR:delta_auc>0.02"])
+    assert text.exit_code == 3 and "gate failed:" in text.output and "largest AUC changes" in text.output
+
+
+def test_diff_counts_unmatched_rows_and_refuses_what_it_cannot_compare(synthetic_run: Path, tmp_path: Path) -> None:
+    new = copy_run(synthetic_run, tmp_path / "new")
+    res = new / "attacks" / "local" / "results.json"
+    rows = json.loads(res.read_text())
+    rows.append(dict(rows[0], method="a-new-attack"))
+    res.write_text(json.dumps(rows))
+    out = cli(["diff", str(synthetic_run), str(new), "--fail-on", "delta_auc>0.5"])
+    assert out.exit_code == 0, out.output
+    assert "1 result rows only in" in " ".join(out.output.split())  # counted, never paired or dropped silently
+    check_one = cli(["check", str(new), "--fail-on", "delta_auc>0.02"])
+    assert check_one.exit_code == 2 and "use compleak diff BASELINE_RUN RUN" in check_one.output
+    for rule, why in (("delta_auc>2", "delta_auc lies in [-1, 1]"), ("delta_auc<-1", "could never trip"),
+                      ("delta_tpr>0.1", "tpr needs its false-positive rate")):
+        bad = cli(["diff", str(synthetic_run), str(new), "--fail-on", rule])
+        assert bad.exit_code == 2 and why in bad.output and "Traceback" not in bad.output, (rule, bad.output)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    nothing = cli(["diff", str(synthetic_run), str(empty)])
+    assert nothing.exit_code == 2 and "no attack results" in nothing.output
+    missing = cli(["diff", str(tmp_path / "nope"), str(new)])
+    assert missing.exit_code == 2 and "no such run directory" in missing.output

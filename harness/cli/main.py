@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Callable, Optional, Sequence, TypeVar
 import typer
 from rich.console import Console
 
+from harness.cli.gate import FAIL_ON_HELP, register_gate
 from harness.errors import Terminated, esc, on_sigterm, user_errors
 
 if TYPE_CHECKING:
@@ -449,11 +450,6 @@ def compare(
 
 # --------------------------------------------------------------------------- check / export (docs/ci.md)
 
-FAIL_ON_HELP = (
-    "fail (exit status 3) when a result row crosses this threshold; repeat. [SCOPE:]METRIC OP NUMBER, METRIC one of "
-    "auc, auc_lo, auc_hi, bacc, eps, tpr@FPR; e.g. 'auc>0.6', 'tpr@0.01>0.05', 'NR,device=local:auc_lo>0.55' "
-    "(docs/ci.md)"
-)
 
 
 def _gate(run: Path, rules: Sequence[object], fmt: str = "text") -> None:
@@ -465,21 +461,6 @@ def _gate(run: Path, rules: Sequence[object], fmt: str = "text") -> None:
     print_verdict(outcome, fmt, console)
     if not outcome.passed:
         raise typer.Exit(outcome.exit_code)
-
-
-@app.command()
-@friendly
-def check(
-    run: Path = typer.Argument(..., help="run directory with attack results (audit, or attack + report)"),
-    fail_on: list[str] = typer.Option(..., "--fail-on", metavar="EXPR", help=FAIL_ON_HELP),
-    fmt: str = typer.Option("text", "--format", "-f", metavar="FORMAT",
-                            help="text | json (one object) | github (annotations, and the job summary)"),
-) -> None:
-    """CI gate on a finished run: exit 0 when every --fail-on rule holds, 3 when a result row trips one, 2 on bad
-    input. Prints the offending rows."""
-    from harness.gate import check_format, parse_rules
-
-    _gate(run, parse_rules(fail_on), check_format(fmt))
 
 
 @app.command("export")
@@ -691,6 +672,7 @@ def images_build(
 from harness.cli.runners import register_runners  # noqa: E402 - needs friendly/console above
 
 register_runners(app, friendly, console)
+register_gate(app, friendly, console)
 
 
 def main() -> None:  # console-script entry point
