@@ -97,10 +97,11 @@ def test_probe_over_adb_reports_native_runner(dev) -> None:
 
 
 @pytest.mark.parametrize("aid", ARTIFACTS)
-def test_native_bundle_over_adb_equals_host_runtime(dev, records, aid: str) -> None:
+def test_native_bundle_over_adb_equals_host_runtime(dev, bundle, records, aid: str) -> None:
     """The bundle deploys through adb push and runs one-shot; outputs equal the host's runtime bit for bit."""
     from devices.ondevice.compleak_runner import load_model
     from devices.runners.choose import choose_runner
+    from devices.runners.native import install_bundle
     from devices.runners.native_oneshot import NativeOneShotRunner
 
     path, rec = records[aid]
@@ -117,7 +118,9 @@ def test_native_bundle_over_adb_equals_host_runtime(dev, records, aid: str) -> N
     assert prov["runner"] == "native" and prov["runtime"] == ("litert" if rec.format == "tflite" else "executorch")
     assert prov["transfer"].startswith("one-shot") and prov["batch_sizes"] == [32, 8]
     assert prov["bundle_upload_seconds"] > 0 and "bundle_upload_seconds" not in prov2
-    assert dev.run(["sh", "-c", "ls /data/local/tmp/compleak | wc -l"], timeout=30).text.strip() == "0"
+    assert isinstance(prov["bundle_pushed"], bool) and "bundle_pushed" not in prov2
+    assert install_bundle(dev, bundle)[1] is False  # installed once per device: checked by sha256, not pushed again
+    assert dev.run(["sh", "-c", "ls /data/local/tmp/compleak"], timeout=30).text.split() == ["runners"]
 
 
 def test_no_python_on_adb_device_chooses_native(dev, records) -> None:
@@ -175,8 +178,9 @@ def test_corrupt_model_and_tampered_bundle_one_line_over_adb(dev, records, bundl
     assert "\n" not in msg and "cannot install the native runner" in msg, msg
     assert "lib/libLiteRt.so does not match its sha256 in manifest.json" in msg
     monkeypatch.setattr("devices.runners.native.check_bundle_files", lambda *_: None)
+    monkeypatch.setattr("devices.runners.native._device_digests", lambda *_: None)  # no sha256sum: pushed, unchecked
     with pytest.raises(DeviceError) as exc:
         runner.run(dev, path, rec, _queries(4))
     msg = str(exc.value)
     assert "\n" not in msg and "the runner bundle is not intact: lib/libLiteRt.so does not match" in msg, msg
-    assert dev.run(["sh", "-c", "ls /data/local/tmp/compleak | wc -l"], timeout=30).text.strip() == "0"
+    assert dev.run(["sh", "-c", "ls /data/local/tmp/compleak"], timeout=30).text.split() == ["runners"]

@@ -207,6 +207,67 @@ def test_probe_reports_abi_no_python_not_glibc(phone):
     assert js["arch"] == ("aarch64" if phone.kind == "phone-arm64" else "x86_64")
 
 
+def test_only_the_authorised_adb_key_gets_in(phone, tmp_path):
+    """RSA auth is on: `devices up` made the adb server's key (adb keygen in the fresh HOME) and authorised it;
+    an adb server signing with another key sees the device as `unauthorized` and gets no shell."""
+    assert phone.sh("getprop ro.adb.secure").strip() == "1"
+    pub = Path(phone.cli.env["HOME"]) / ".android" / "adbkey.pub"
+    authorised = (phone.folder / "root" / "data" / "misc" / "adb" / "adb_keys").read_text().split()
+    assert pub.read_text().split()[0] in authorised
+    other = dict(phone.cli.env, HOME=str(tmp_path / "other"), ANDROID_ADB_SERVER_PORT=str(free_port()))
+    (tmp_path / "other").mkdir()
+
+    def adb(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([ADB, *args], env=other, capture_output=True, text=True, timeout=60)
+
+    try:
+        adb("connect", phone.serial)
+        listed = ""
+        end = time.monotonic() + 20
+        while time.monotonic() < end and "unauthorized" not in listed:
+            listed = adb("devices").stdout
+            time.sleep(0.3)
+        assert f"{phone.serial}\tunauthorized" in listed, listed
+        refused = adb("-s", phone.serial, "shell", "echo in")
+        assert refused.returncode != 0 and "in" not in refused.stdout.split(), refused
+        stranger = (tmp_path / "other" / ".android" / "adbkey.pub").read_text().split()[0]
+        assert stranger not in authorised
+        assert stranger in (phone.folder / "pending_keys").read_text()  # offered, not accepted
+    finally:
+        adb("kill-server")
+    assert phone.sh("echo still").strip() == "still"  # the authorised server is unaffected
+
+
+def _descendants(pid: int) -> list[tuple[int, str]]:
+    """``(pid, state)`` of every process below ``pid`` (scanning /proc)."""
+    parent, state = {}, {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            fields = stat[stat.rfind(")") + 2 :].split()
+            parent[int(entry.name)], state[int(entry.name)] = int(fields[1]), fields[0]
+    found, todo = [], [pid]
+    while todo:
+        kids = [p for p, pp in parent.items() if pp == todo[-1]]
+        todo.pop()
+        found += [(k, state[k]) for k in kids]
+        todo += kids
+    return found
+
+
+def test_orphans_inside_the_device_are_reaped(phone):
+    """A process orphaned inside the device (its shell exited first) is reaped by the device's PID 1, not left as
+    a zombie."""
+    assert phone.sh("(sleep 1 &); echo started").strip() == "started"
+    time.sleep(4)  # the orphan's second has passed: it exited, and its parent is now the device's PID 1
+    zombies = [p for p, st in _descendants(_pid(phone)) if st == "Z"]
+    assert not zombies, zombies
+    assert phone.sh("echo alive").strip() == "alive"
+
+
 def test_down_stops_it_and_leaves_no_process(phone):
     pid = _pid(phone)
     port = int(phone.serial.rsplit(":", 1)[1])

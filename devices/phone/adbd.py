@@ -90,6 +90,19 @@ def parse_adb_public_key(line: str):
     return RSAPublicNumbers(e, n).public_key()
 
 
+def adb_public_key_line(private_key, comment: str = "") -> str:
+    """The ``adbkey.pub`` line of an RSA private key (what adb writes next to ``adbkey``): base64 of Android's
+    RSAPublicKey struct (the layout :func:`parse_adb_public_key` reads), then a space and ``comment``."""
+    numbers = private_key.public_key().public_numbers()
+    n, e = numbers.n, numbers.e
+    words = (n.bit_length() + 31) // 32
+    n0inv = (-pow(n, -1, 1 << 32)) % (1 << 32)
+    rr = pow(2, 64 * words, n)
+    blob = (struct.pack("<II", words, n0inv) + n.to_bytes(4 * words, "little") + rr.to_bytes(4 * words, "little")
+            + struct.pack("<I", e))
+    return base64.b64encode(blob).decode("ascii") + (f" {comment}" if comment else "")
+
+
 def verify_token_signature(key, token: bytes, signature: bytes) -> bool:
     """adbd's check: RSA PKCS#1 v1.5 over the 20-byte token taken as a SHA-1 digest."""
     from cryptography.exceptions import InvalidSignature
@@ -311,9 +324,12 @@ class Connection:
             line = data.rstrip(b"\0").decode("ascii", "replace").strip()
             with self.daemon.lock:
                 pending = self.daemon.pending_keys
-                old = pending.read_text() if pending.exists() else ""
-                if line not in old.splitlines():
-                    pending.write_text(old + line + "\n")
+                try:
+                    old = pending.read_text() if pending.exists() else ""
+                    if line not in old.splitlines() and len(old) < 1 << 20:
+                        pending.write_text(old + line + "\n")
+                except OSError:
+                    pass  # nowhere to record it: the host stays unauthorised all the same
 
     # -------------------------------------------------------------- services
 

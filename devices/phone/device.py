@@ -5,11 +5,12 @@ PID namespaces of its own (``unshare --mount --pid --fork``; :func:`main` re-exe
 builds the device's view of its root file system there (:func:`mount_view`): the root bound read-only (nosuid,
 nodev), ``/data/local/tmp`` bound writable and executable, ``/sdcard`` writable but noexec, a ``proc`` of the
 namespace's own processes, the host's ``/dev/null``, ``zero``, ``random``, ``urandom``, and for arm64 the phone's
-``/proc/cpuinfo``. Every ``shell:`` command and every ``sync:`` operation then runs through
+``/proc/cpuinfo`` (its ``/sys/devices/system/cpu`` lists are files of the root file system; x86_64 gets the host's). Every ``shell:`` command and every ``sync:`` operation then runs through
 ``unshare --root ROOT --wd /data/local/tmp --setuid 2000 --setgid 2000`` (no supplementary groups, no
 capabilities) with the device's ``/system/bin/sh``, so file permissions, read-only and noexec mounts are the
-kernel's answer, not the daemon's. arm64 programs run through qemu-user (binfmt_misc). When the daemon exits the
-kernel kills every process left in its PID namespace.
+kernel's answer, not the daemon's. arm64 programs run through qemu-user (binfmt_misc). PID 1 of the namespace is a
+small init (:func:`_reap_as_init`) that reaps every orphaned process of the device and passes SIGTERM to the daemon,
+its child; when the daemon exits, init exits and the kernel kills every process left in the namespace.
 
 Run: ``python -m devices.phone.device --rootfs ROOT --port PORT`` (``compleak devices up`` does, detached).
 """
@@ -27,7 +28,17 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from devices.phone.adbd import SYNC_DATA_MAX, AdbDaemon, OpenFailed
-from devices.phone.layout import DATA_LOCAL_TMP, DEV_NODES, SDCARD, SHELL_ENV, SHELL_GID, SHELL_UID, read_build_prop
+from devices.phone.layout import (
+    DATA_LOCAL_TMP,
+    DEV_NODES,
+    SDCARD,
+    SHELL_ENV,
+    SHELL_GID,
+    SHELL_UID,
+    SYS_CPU,
+    SYS_CPU_LISTS,
+    read_build_prop,
+)
 
 #: at most this many bytes of a sync helper's stdout (STAT, LIST) or stderr are read
 HELPER_OUTPUT_MAX = 16 << 20
@@ -53,6 +64,8 @@ def mount_view(root: Path, cpuinfo: bool) -> None:
     steps += [["-t", "proc", "-o", "nosuid,nodev,noexec,hidepid=2", "proc", f"{r}/proc"]]
     if cpuinfo:
         steps += [["--bind", f"{r}/system/etc/cpuinfo", f"{r}/proc/cpuinfo"]]
+    else:  # the host's CPUs: its /sys CPU lists too
+        steps += [["--bind", f"/{SYS_CPU}/{n}", f"{r}/{SYS_CPU}/{n}"] for n in SYS_CPU_LISTS]
     steps += [["-o", "remount,bind,ro,nosuid,nodev", r]]
     for args in steps:
         res = subprocess.run(["mount", *args], capture_output=True, text=True)
@@ -138,7 +151,11 @@ class PhoneAdbd(AdbDaemon):
         self.root = Path(root).resolve()
         props = read_build_prop(self.root / "system" / "build.prop")
         adb = self.root / "data" / "misc" / "adb"
-        super().__init__(props, adb / "adb_keys", adb / "pending_keys", host="127.0.0.1", port=port)
+        # RSA authentication always on (ro.adb.secure=1): only host keys listed in /data/misc/adb/adb_keys (written
+        # by `compleak devices up`, read-only inside the device) get a shell; keys offered and refused are recorded
+        # beside the root file system (the root is mounted read-only here)
+        super().__init__(props, adb / "adb_keys", self.root.parent / "pending_keys", host="127.0.0.1", port=port,
+                         require_auth=True)
         self.env = dict(SHELL_ENV, **({"QEMU_CPU": qemu_cpu} if qemu_cpu else {}))
         self.unshare = shutil.which("unshare") or "/usr/bin/unshare"  # the host's, found on the host's PATH
 
@@ -212,6 +229,26 @@ def _reexec_in_namespaces(argv: list[str]) -> None:
                        sys.executable, "-m", "devices.phone.device", *argv])
 
 
+def _reap_as_init(daemon_pid: int) -> int:
+    """PID 1 of the device: every process orphaned inside it becomes this one's child, so reap them all (as init
+    does) while the daemon (``daemon_pid``) runs; SIGTERM/SIGINT are passed on to it. Returns its exit status."""
+    def pass_on(signum: int, _frame: object) -> None:
+        try:
+            os.kill(daemon_pid, signum)
+        except ProcessLookupError:
+            pass  # already gone: the wait below returns
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, pass_on)
+    while True:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            return 1
+        if pid == daemon_pid:
+            return os.waitstatus_to_exitcode(status) & 0xFF
+
+
 def main(argv: list[str] | None = None) -> int:
     """Mount the device's view, serve adb on 127.0.0.1:PORT until SIGTERM; print one line when listening."""
     argv = sys.argv[1:] if argv is None else argv
@@ -222,6 +259,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if os.getpid() != 1:
         _reexec_in_namespaces(argv)
+    child = os.fork()
+    if child:
+        return _reap_as_init(child)
     root = args.rootfs.resolve()
     try:
         mount_view(root, cpuinfo=(root / "system" / "etc" / "cpuinfo").is_file())

@@ -23,6 +23,12 @@ SDCARD = "/sdcard"
 #: device files bound from the host into the root file system's ``/dev`` (empty files there are the mount points)
 DEV_NODES = ("null", "zero", "random", "urandom")
 
+#: CPU lists of ``/sys/devices/system/cpu`` (``0-7``), which XNNPACK's cpuinfo reads on arm64 (without them LiteRT
+#: "cannot compile this model"); plain files of the root file system where the device has its own ``/proc/cpuinfo``,
+#: else the host's, bound over empty files
+SYS_CPU = "sys/devices/system/cpu"
+SYS_CPU_LISTS = ("possible", "present", "online")
+
 #: busybox applets NOT linked into ``/system/bin``: the shell is mksh, as on Android
 SKIP_APPLETS = frozenset({"sh", "ash", "hush", "busybox"})
 
@@ -81,6 +87,11 @@ class PhoneKind:
     qemu_cpu: str | None  # CPU qemu-user emulates (None: runs natively on an x86_64 host)
     cpuinfo: str | None  # mounted over /proc/cpuinfo (None: the host's)
 
+    def cpu_list(self) -> str:
+        """The ``/sys/devices/system/cpu`` lists of its own cpuinfo (``0-7``); "" when it shows the host's."""
+        n = self.cpuinfo.count("processor\t:") if self.cpuinfo else 0
+        return f"0-{n - 1}\n" if n else ""
+
     def props(self) -> dict[str, str]:
         """The device's ``build.prop`` (what ``getprop`` answers)."""
         return {
@@ -100,7 +111,7 @@ class PhoneKind:
             "ro.hardware": "compleak_phone",
             "ro.soc.manufacturer": "CompLeak",
             "ro.soc.model": f"phone-shaped-{self.abi}" + (f" (qemu {self.qemu_cpu})" if self.qemu_cpu else ""),
-            "ro.adb.secure": "0",
+            "ro.adb.secure": "1",
             "sys.boot_completed": "1",
         }
 

@@ -43,8 +43,8 @@ def check_bundle_files(bundle: Path, manifest: dict[str, Any]) -> None:
                               f"rebuild the bundle with `compleak runners build --force`")
 
 
-def push_bundle(device: Device, bundle: Path, workspace: str) -> list[str]:
-    """Copy the bundle's files into ``<workspace>/runner/`` on ``device``; return the command that starts the runner
+def push_bundle(device: Device, bundle: Path, workspace: str, subfolder: str = "runner") -> list[str]:
+    """Copy the bundle's files into ``<workspace>/runner/`` (``<workspace>/<subfolder>``) on ``device``; return the command that starts the runner
     there (:func:`~devices.native.bundle.launch_argv`: through the bundled loader when the bundle has one).
 
     Every file is checked against its sha256 in the manifest first (:func:`check_bundle_files`); only the files the
@@ -54,7 +54,7 @@ def push_bundle(device: Device, bundle: Path, workspace: str) -> list[str]:
     """
     manifest = read_bundle_manifest(bundle)
     check_bundle_files(bundle, manifest)
-    remote = f"{workspace.rstrip('/')}/runner"
+    remote = f"{workspace.rstrip('/')}/{subfolder}" if subfolder else workspace.rstrip("/")
     device.run(["mkdir", "-p", "--", f"{remote}/bin", f"{remote}/lib"], timeout=60).check(
         device.id, "creating the runner folder in the workspace")
     for rel in manifest["files"]:
@@ -65,6 +65,67 @@ def push_bundle(device: Device, bundle: Path, workspace: str) -> list[str]:
         executables.append(f"{remote}/{manifest['loader_file']}")
     device.run(["chmod", "755", "--", *executables], timeout=60).check(device.id, "making the runner executable")
     return launch_argv(remote, manifest)
+
+
+def _device_digests(device: Device, folder: str, names: list[str]) -> dict[str, str] | None:
+    """``{name: sha256}`` of the files ``names`` under ``folder`` as the device's ``sha256sum`` computes them (empty
+    when the folder is missing or a file unreadable); None when the device has no ``sha256sum``."""
+    script = ('command -v sha256sum >/dev/null 2>&1 || { echo no-sha256sum; exit 0; }; '
+              'cd -- "$1" 2>/dev/null && shift && exec sha256sum -- "$@"')
+    res = device.run(["sh", "-c", script, "sh", folder, *names], timeout=120)
+    if res.text.strip() == "no-sha256sum":
+        return None
+    found = {}
+    for line in res.text.splitlines()[: len(names) + 10] if res.ok else []:
+        digest, _, name = line.strip().partition("  ")
+        if len(digest) == 64 and name in names:
+            found[name] = digest.lower()
+    return found
+
+
+def install_bundle(device: Device, bundle: Path) -> tuple[list[str], bool]:
+    """The bundle installed ONCE per device, in ``<workspace base>/runners/<arch>-<key>`` (``/data/local/tmp/compleak
+    /runners/...`` over ADB); returns (the command that starts it, whether it was pushed now).
+
+    An installed copy is reused only when the device's ``sha256sum`` of every file the manifest lists, and of
+    ``manifest.json``, equals the host's (a device without ``sha256sum`` gets the push every time); otherwise the
+    files are pushed (:func:`push_bundle`, host-side check first) into a fresh folder beside it, checked the same way
+    on the device, and moved into place (``mv`` of a folder: a collection running at the same time sees the old copy
+    or the new one, never half of one). The runner checks its files against ``manifest.json`` again when it starts.
+    """
+    manifest = read_bundle_manifest(bundle)
+    check_bundle_files(bundle, manifest)
+    want = dict(manifest["files"], **{"manifest.json": sha256_file(Path(bundle) / "manifest.json")})
+    names = sorted(want)
+    base = device.workspace_base().rstrip("/")
+    tag = f"{manifest.get('arch', 'native')}-{manifest.get('key', 'bundle')}"
+    final = f"{base}/runners/" + "".join(c for c in tag if c.isascii() and (c.isalnum() or c in "._-"))[:48]
+    executables = [BINARY] + ([manifest["loader_file"]] if manifest.get("loader") == "bundled" else [])
+    if _device_digests(device, final, names) == want:
+        device.run(["chmod", "755", "--", *(f"{final}/{e}" for e in executables)], timeout=60).check(
+            device.id, "making the runner executable")
+        return launch_argv(final, manifest), False
+    res = device.run(["sh", "-c", 'mkdir -p -- "$1" && exec mktemp -d "$1/.new.XXXXXXXX"', "sh", f"{base}/runners"],
+                     timeout=60)
+    res.check(device.id, f"creating a folder for the runner under {base}/runners")
+    fresh = res.text.strip().splitlines()[-1] if res.text.strip() else ""
+    if not fresh.startswith(f"{base}/runners/.new."):
+        raise DeviceError(f"{device.id}: mktemp returned {fresh!r}, outside {base}/runners")
+    try:
+        push_bundle(device, bundle, fresh, subfolder="")
+        got = _device_digests(device, fresh, names)
+        bad = [] if got is None else [n for n in names if got.get(n) != want[n]]  # None: the runner's check only
+        if bad:
+            raise DeviceError(f"{device.id}: {bad[0]} of the runner bundle has another sha256 on the device than on "
+                              f"the host after the push ({len(bad)} file(s)); is the device's storage full?")
+        device.run(["sh", "-c", 'rm -rf -- "$2" && mv -- "$1" "$2"', "sh", fresh, final], timeout=120).check(
+            device.id, f"moving the runner bundle into {final}")
+    finally:
+        try:
+            device.run(["rm", "-rf", "--", fresh], timeout=60)  # gone after the mv; a failed push's leftovers
+        except DeviceError:
+            pass  # the transport is gone; the error that got us here matters more
+    return launch_argv(final, manifest), True
 
 
 class NativeRunnerServer(RunnerServer):

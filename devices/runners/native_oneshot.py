@@ -6,9 +6,11 @@ workspace and pulls ``rep.bin``. The replies (hello, load, infer) are read back 
 :class:`~devices.runners.server.RunnerServer`'s own bounded reader over the recorded bytes, so every check of a
 reply (sizes, shapes, types, protocol version, one-line errors, crashes named as such) is the server path's.
 
-The bundle and the model are pushed once per session (artifact); the model is loaded again for each chunk (a
-command cannot outlive its chunk on such a transport). The bundle's files are checked against ``manifest.json`` by
-:func:`~devices.runners.native.push_bundle` before the push and by the binary itself at every start (it refuses in
+The bundle is installed once per device (:func:`~devices.runners.native.install_bundle`: kept in
+``<workspace base>/runners/``, reused while the device's sha256 of every file equals the host's); the model is pushed
+once per session (artifact) and loaded again for each chunk (a command cannot outlive its chunk on such a
+transport). The bundle's files are checked against ``manifest.json`` on the host before a push, with the device's
+``sha256sum`` after it and before every reuse, and by the binary itself at every start (it refuses in
 one line instead of its hello), and every load is verified and contained on the device as in server mode
 (docs/native.md, "What is verified and contained").
 """
@@ -29,7 +31,7 @@ from devices.errors import DeviceError
 from devices.native.bundle import BUNDLE_NAME
 from devices.ondevice.compleak_runner import frame
 from devices.runners.base import Infer, error_detail, output_classes, utc_now
-from devices.runners.native import NativeRunner, push_bundle
+from devices.runners.native import NativeRunner, install_bundle
 from devices.runners.server import MAX_HEADER_BYTES, MAX_PAYLOAD_BYTES, RunnerServer
 from rundir import ArtifactRecord
 
@@ -94,7 +96,7 @@ class NativeOneShotRunner(NativeRunner):
         with tempfile.TemporaryDirectory(prefix="compleak-native-") as tmp, device.workspace() as ws:
             t0 = time.perf_counter()
             try:
-                command = push_bundle(device, self.bundle, ws)
+                command, pushed = install_bundle(device, self.bundle)
             except DeviceError as exc:
                 why = error_detail(exc, device.id)
                 raise DeviceError(f"{where}: cannot install the native runner: {why}") from None
@@ -119,6 +121,7 @@ class NativeOneShotRunner(NativeRunner):
                 prov["wall_seconds"] += model_s if first else 0.0
                 if first:
                     prov["bundle_upload_seconds"] = bundle_s
+                    prov["bundle_pushed"] = pushed
                 prov["bytes_sent"]["model"] = Path(artifact_file).stat().st_size if first else 0
                 return values, prov
 
@@ -126,7 +129,7 @@ class NativeOneShotRunner(NativeRunner):
 
     def _one_shot(self, device: Device, artifact: ArtifactRecord, tmp: Path, ws: str, command: list[str],
                   remote_model: str, x: np.ndarray, layout: str) -> tuple[np.ndarray, dict[str, Any]]:
-        """One chunk: request file up, one runner command (``command``: :func:`push_bundle`'s, through the bundled
+        """One chunk: request file up, one runner command (``command``: :func:`install_bundle`'s, through the bundled
         loader when there is one), reply file down, replies checked; (values, provenance)."""
         started = utc_now()
         t0 = time.perf_counter()

@@ -25,6 +25,8 @@ from devices.phone.layout import (
     SHELL_GID,
     SHELL_UID,
     SKIP_APPLETS,
+    SYS_CPU,
+    SYS_CPU_LISTS,
     PhoneKind,
     build_prop_text,
 )
@@ -148,6 +150,8 @@ def _lay_out(root: Path, kind: PhoneKind, mksh: Path, busybox: Path) -> None:
     for d in DEV_NODES:
         _write(root / "dev" / d, "")
     (root / "proc").mkdir()
+    for name in SYS_CPU_LISTS:
+        _write(root / SYS_CPU / name, kind.cpu_list())
     (root / "data" / "misc" / "adb").mkdir(parents=True)
     for folder, mode in ((DATA_LOCAL_TMP, 0o771), (SDCARD, 0o770)):
         path = root / folder.lstrip("/")
@@ -161,7 +165,8 @@ def _lay_out(root: Path, kind: PhoneKind, mksh: Path, busybox: Path) -> None:
 def ensure_phone_rootfs(kind: PhoneKind, folder: Path) -> Path:
     """``folder/root``, built from the Debian packages when it is not there yet; returns it."""
     root = folder / "root"
-    if (root / "system" / "bin" / "sh").is_file() and (root / "system" / "build.prop").is_file():
+    laid_out = [root / "system" / "bin" / "sh", root / "system" / "build.prop", root / SYS_CPU / SYS_CPU_LISTS[-1]]
+    if all(p.is_file() for p in laid_out):
         return root
     if os.geteuid() != 0:
         raise HarnessError(f"{kind.name}: building and serving a phone-shaped device needs root (chroot, mounts, "
