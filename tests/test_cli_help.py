@@ -53,6 +53,12 @@ def test_every_command_and_option_has_help() -> None:
     assert len(_commands()) >= 15  # build, import, collect, attack, report, audit, demo, devices *, images *, ...
 
 
+def test_dash_h_is_help_on_every_command() -> None:
+    for path, _cmd in _commands():
+        res = CliRunner().invoke(app, [*path.split(), "-h"] if path else ["-h"])
+        assert res.exit_code == 0 and res.output.startswith("Usage: "), (path, res.output[-500:])
+
+
 def test_version() -> None:
     res = CliRunner().invoke(app, ["--version"])
     assert res.exit_code == 0

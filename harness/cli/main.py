@@ -48,6 +48,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
     rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},  # every subcommand inherits -h
 )
 devices_app = typer.Typer(help="List, probe, start and stop devices.", no_args_is_help=True, rich_markup_mode=None)
 images_app = typer.Typer(
