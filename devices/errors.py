@@ -13,3 +13,8 @@ class UnreachableDevice(DeviceError):
 
 class IncompatibleArtifact(DeviceError):
     """The artifact needs something the device's runtime lacks (e.g. a newer TF-Lite op version)."""
+
+
+class NoRunnerError(DeviceError):
+    """Nothing on the device can run this artifact's format (no runtime for it, and the native runner does not
+    take it): a collect of the whole run skips such artifacts with a note; one asked for by id fails."""

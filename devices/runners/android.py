@@ -38,7 +38,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from devices.base import Device, DeviceProperties
-from devices.errors import DeviceError
+from devices.errors import DeviceError, NoRunnerError
 from devices.known_devices import cache_dir
 from devices.ondevice.compleak_runner import channels_first
 from devices.runners.base import Infer, Runner, utc_now
@@ -359,6 +359,6 @@ def choose_android_runner(device: Device, artifact: ArtifactRecord, binaries: Pa
     if artifact.format == "pte":
         path, abi = find_binary("executor_runner", abis, binaries)
         return ExecutorRunner(path, abi, batch_size=batch_size, threads=threads)
-    raise DeviceError(f"{device.id}: {artifact.format} artifact {artifact.id} needs Python on the device (e.g. Termux "
-                      f"with numpy and {'onnxruntime' if artifact.format == 'onnx' else 'torch'}); there is no native "
-                      f"runner for {artifact.format}")
+    runtime = "onnxruntime" if artifact.format == "onnx" else "torch"
+    raise NoRunnerError(f"{device.id}: {artifact.format} artifact {artifact.id} needs Python on the device (e.g. "
+                        f"Termux with numpy and {runtime}); there is no native runner for {artifact.format}")

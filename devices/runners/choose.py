@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from devices.base import Device, DeviceProperties
-from devices.errors import DeviceError
+from devices.errors import DeviceError, NoRunnerError
 from devices.native.bundle import ARCH_OF_MACHINE, bundle_for, find_bundle, read_bundle_manifest
 from devices.ondevice.compleak_runner import RUNTIMES_BY_FORMAT
 from devices.runners.android import choose_android_runner
@@ -23,6 +23,9 @@ from devices.runners.python import PythonRunner
 from devices.runners.server import RunnerServerPool
 from devices.spec import RUNNER_KINDS
 from rundir import ArtifactRecord
+
+#: the formats the native runner (compleak-runner) takes
+NATIVE_FORMATS = ("pte", "tflite")
 
 
 def probe(device: Device) -> DeviceProperties:
@@ -181,7 +184,8 @@ def choose_runner(
         where += f"; probing Python failed: {props.extra['probe_error']}"
     native_hint = f"; the native runner: {native_error}" if native_error else (
         "; or --runner native (.pte/.tflite)" if runner == "auto" and fmt in ("pte", "tflite") else "")
-    raise DeviceError(
+    error = NoRunnerError if fmt not in NATIVE_FORMATS else DeviceError  # a native format: build the bundle
+    raise error(
         f"{device.id}: nothing can run {fmt} artifact {artifact.id}: "
         f"no {'/'.join(RUNTIMES_BY_FORMAT[fmt])} in {where}; "
         f"{INSTALL_HINT[fmt]} on the device"

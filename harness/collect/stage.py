@@ -40,6 +40,7 @@ from rich.console import Console
 from rich.progress import Progress
 
 from devices.base import Device, DeviceProperties
+from devices.errors import NoRunnerError
 from devices.runners.choose import choose_runner, probe
 from devices.runners.server import RunnerServerPool
 from devices.spec import DeviceSpec, as_spec
@@ -211,16 +212,32 @@ def collect_run(
     with device_session(plan, spec, console, device_dataset) as session, _progress(console) as bar:
         progress = CollectProgress(bar, bar.add_task(esc(device_id), total=plan.n_queries()))
         collector = _Collector(plan, session, batch_size, chunk_size, progress)
+        skipped: list[tuple[ArtifactRecord, str]] = []
         for rec in plan.order:  # an artifact's plain then perturbed (SAMIA) queries: the runner loads it once
-            runner = choose_runner(session.dev, rec, spec.binaries, props=session.props, batch_size=batch_size,
-                                   pool=session.pool, runner=spec.runner, bundle=spec.bundle)
+            try:
+                runner = choose_runner(session.dev, rec, spec.binaries, props=session.props, batch_size=batch_size,
+                                       pool=session.pool, runner=spec.runner, bundle=spec.bundle)
+            except NoRunnerError as exc:
+                if artifacts:  # asked for by id: the user must hear why it cannot be collected
+                    raise
+                skipped.append((rec, str(exc)))
+                copies = plan.perturbation.count if plan.perturbation is not None and rec in plan.perturb_todo else 0
+                plain = len(plan.ids_of[rec.id]) if rec in plan.todo else 0
+                progress.advance(plain + len(plan.perturb_ids.get(rec.id, ())) * copies)
+                continue
             if rec in plan.todo:
                 written[rec.id] = collector.plain(rec, runner)
             if rec in plan.perturb_todo:
                 assert plan.perturbation is not None
                 collector.perturbed(rec, runner, plan.perturbation)
         sent = session.pool.bytes_sent()
-    console.print(f"outputs of {len(plan.records)} artifact(s) on {esc(device_id)}: {esc(rd.outputs_dir(device_id))}")
+    if skipped:
+        formats = sorted({r.format for r, _ in skipped})
+        console.print(f"[yellow]note[/] {esc(device_id)}: {len(skipped)} artifact(s) skipped, nothing on the device "
+                      f"runs {', '.join(formats)} ({esc(skipped[0][1])}); collect them on another device or give a "
+                      "runtime", highlight=False)  # fmt: skip
+    done = len(plan.records) - len(skipped)
+    console.print(f"outputs of {done} artifact(s) on {esc(device_id)}: {esc(rd.outputs_dir(device_id))}")
     if any(sent.values()):
         console.print(f"host → {esc(device_id)}: {mb(sum(sent.values()))} sent to the runner (models "
                       f"{mb(sent['model'])}, query dataset {mb(sent['dataset'])}, queries {mb(sent['queries'])}"
