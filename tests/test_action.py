@@ -107,8 +107,14 @@ def test_android_workflow_uses_the_action() -> None:
     assert emu["arch"] == "x86_64" and emu["avd-name"] == "${{ env.AVD }}" and wf["env"]["AVD"]
     config_i = next(i for i, s in enumerate(steps) if "[[audit.devices]]" in s.get("run", ""))
     assert 'uri = "emulator://%s"' in steps[config_i]["run"] and '"$AVD"' in steps[config_i]["run"]
+    assert "binaries" not in steps[config_i]["run"]  # the emulator takes the native bundle by default
+    runs = "\n".join(s.get("run", "") for s in steps)
+    assert "benchmark_model" not in runs and "docker build" not in runs  # no NDK / Android tool build
+    bundle_i = next(i for i, s in enumerate(steps) if "runners build --arch amd64" in s.get("run", ""))
+    install_i = next(i for i, s in enumerate(steps) if "bash scripts/setup.sh" in s.get("run", ""))
     act_i = names.index("./.github/actions/compleak-audit")
-    assert act_i > max(emu_i, config_i)
+    assert install_i < bundle_i < act_i and act_i > max(emu_i, config_i)
+    assert steps[act_i]["with"]["compleak"] == "${{ env.COMPLEAK }}"  # the compleak that built the bundle
     given = steps[act_i]["with"]
     inputs = _action()["inputs"]
     assert set(given) <= set(inputs)
