@@ -222,6 +222,51 @@ def test_report_files_and_summary(synthetic_run: Path) -> None:
     assert "ai-edge-litert 2.3.0" in page and "00abababababababab"[:16] in page  # provenance: runtime, sha256
 
 
+def test_verdict_first_in_the_summary_last_in_the_terminal_on_top_of_the_page(synthetic_run: Path) -> None:
+    console = Console(record=True, width=160)
+    index = write_report(synthetic_run, console=console)
+    summary = json.loads((synthetic_run / "report" / "summary.json").read_text())
+    assert next(iter(summary)) == "verdict"
+    v, per = summary["verdict"], summary["best_per_target"]
+    assert v["targets"] == len(per)  # every target's outputs differ here: nothing collapses
+    assert v["leaking"] == sum(1 for p in per if p["auc_ci"][0] > 0.5) > 0
+    assert v["low_fpr"] == 0.01  # 150 non-members resolve 1%, not 0.1%
+    assert v["worst_by_auc"]["auc"] == max(p["auc"] for p in per)
+    orig = {p["device"]: p["test_accuracy"] for p in per if p["variant"] == "original"}
+    over = {(p["device"], p["variant"]) for p in per
+            if p["variant"] != "original" and orig[p["device"]] - p["test_accuracy"] > 0.02}
+    assert over and {(f["device"], f["variant"]) for f in v["accuracy_flagged"]} == over
+    for row in v["rows"]:
+        o = next(r for r in v["rows"] if r["device"] == row["device"] and r["variant"] == "original")
+        if row["variant"] == "original":
+            assert row["vs_original"] is None
+            continue
+        assert row["vs_original"]["delta_auc"] == pytest.approx(row["auc"] - o["auc"])
+        apart = row["auc_ci"][0] > o["auc_ci"][1] or row["auc_ci"][1] < o["auc_ci"][0]
+        assert (row["vs_original"]["change"] != "no significant change") == apart
+    text = console.export_text()
+    assert text.rindex("\nverdict: LEAKS: ") > text.rindex("\nthreat model")  # the last thing printed
+    page = index.read_text()
+    assert 'class="headline verdict"' in page and page.index("headline verdict") < page.index("Worst leakage")
+
+
+def test_identical_outputs_collapse_into_one_verdict_row(synthetic_run: Path) -> None:
+    from harness.report.verdict import build_verdict
+
+    rd = RunDir(synthetic_run)
+    per = [p for p in json.loads((synthetic_run / "report" / "summary.json").read_text())["best_per_target"]
+           if p["device"] == "local"] if (synthetic_run / "report" / "summary.json").is_file() else []
+    if not per:
+        write_report(synthetic_run, console=Console(quiet=True))
+        per = [p for p in json.loads((synthetic_run / "report" / "summary.json").read_text())["best_per_target"]
+               if p["device"] == "local"]
+    twin = dict(per[0], where="torch/ptl")  # another format whose outputs are the same bytes
+    v = build_verdict(rd, [*per, twin])
+    assert v["targets"] == len(per)
+    first = next(r for r in v["rows"] if r["variant"] == per[0]["variant"])
+    assert first["formats"] == [per[0]["where"], "torch/ptl"]
+
+
 def test_resolvable_rule() -> None:
     assert resolvable(1000, 0.001) and not resolvable(999, 0.001)
     assert resolvable(100, 0.01) and not resolvable(99, 0.01)

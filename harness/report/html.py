@@ -312,6 +312,7 @@ def render_html(
         nav=[("summary", "Summary"), ("results", "Results"), ("roc", "ROC curves"),
              ("strength", "Compression strength"), ("devices", "Host vs device"), ("per-class", "Per class"),
              ("threat", "Threat model"), ("provenance", "Provenance")],  # fmt: skip
+        verdict=(summary.get("verdict") or {}).get("sentence"),
         worst=_worst(summary.get("worst")),
         verdicts=_verdicts(summary.get("host_vs_device", {})),
         results=_results_rows(devices, manifest),

@@ -19,6 +19,7 @@ from harness.report.load import (
     resolvable,
     where_of,
 )
+from harness.report.verdict import build_verdict
 from rundir import Manifest, ResultRow, RunDir
 
 
@@ -109,10 +110,12 @@ def _best_per_target_rows(devices: list[DeviceResults], manifest: Manifest | Non
 def build_summary(
     rd: RunDir, devices: list[DeviceResults], manifest: Manifest | None, compare: dict[str, dict[str, Any]]
 ) -> dict[str, Any]:
-    """``report/summary.json``: worst leakage, best attack per target and device, divergence per device."""
+    """``report/summary.json``: the verdict first (:mod:`harness.report.verdict`), then worst leakage, best attack
+    per target and device, divergence per device."""
     per = _best_per_target_rows(devices, manifest)
     threat, threat_source = load_threat_model(rd)
     return {
+        "verdict": build_verdict(rd, per),
         "run": str(rd.root),
         "experiment": experiment_name(rd),
         "generated": generated_now(),

@@ -44,6 +44,8 @@ def print_terminal(summary: dict[str, Any], console: Console) -> None:
             highlight=False,
         )
     _print_threat(summary, console)
+    if summary.get("verdict"):
+        console.print(f"[bold]verdict[/]: {esc(summary['verdict']['sentence'])}", highlight=False)
 
 
 def _print_threat(summary: dict[str, Any], console: Console) -> None:
