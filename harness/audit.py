@@ -163,7 +163,7 @@ class _Audit:
         for d in self.devices:
             st.run(f"{r.label}attack {d.uri}", STAGE_WEIGHT["attack"],
                    lambda d=d: attack_run(run, device=d.device_id, families=stage.families, console=console,
-                                          fits=fits, executor=ex),
+                                          fits=fits, executor=ex, table=stage.all_rows),
                    skip=up_to_date(RunDir(run), d.device_id, self.families))  # fmt: skip
         st.run(f"{r.label}compare", STAGE_WEIGHT["compare"], lambda: compare_run(run, console=console, fits=fits))
         return Path(st.run(f"{r.label}report", STAGE_WEIGHT["report"],  # type: ignore[arg-type]
@@ -263,6 +263,7 @@ class StageOptions:
     force: bool = False
     container: str | None = None
     engine: str | None = None
+    all_rows: bool = False  # print every attack row (the attack stage's tables), not one line per device
 
 
 def audit_run(
@@ -316,7 +317,8 @@ def demo_config() -> Path:
 
 
 def demo_run(
-    out: Path, data_dir: Path | None = None, console: Console | None = None, execution: ExecOptions | None = None
+    out: Path, data_dir: Path | None = None, console: Console | None = None, execution: ExecOptions | None = None,
+    stage: StageOptions | None = None,
 ) -> Path:
     """The embedded default audit: Fashion-MNIST, ``cnn-small`` (TF-Lite and PyTorch/ExecuTorch variants) sized so
     the original overfits and leaks (300 members, 50 epochs, no regularisation), one shadow model, device ``local``,
@@ -336,6 +338,7 @@ def demo_run(
             f"the demo needs Fashion-MNIST, not found {where}; install it with "
             "'apt-get install dataset-fashion-mnist' (Debian) or pass --data-dir FOLDER holding the four IDX files"
         ) from None
-    index = _run_audit(config, exp, audit_devices(exp, []), Path(out), data_dir, console, execution)
+    index = _run_audit(config, exp, audit_devices(exp, []), Path(out), data_dir, console, execution,
+                       stage=stage)
     console.print(f"open the report in a browser: [bold]{esc(index.resolve().as_uri())}[/]", highlight=False)
     return index

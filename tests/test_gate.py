@@ -299,8 +299,14 @@ def test_audit_fail_on_exits_3_after_the_report(tiny_run: Path, tmp_path: Path) 
     tiny.write_text((Path(__file__).parent / "data" / "tiny.toml").read_text() + FAST_ATTACKS)
     run = copy_run(tiny_run, tmp_path / "run")
     shutil.rmtree(run / "report", ignore_errors=True)
-    res = cli(["audit", str(tiny), "--out", str(run), "--no-ray", "--fail-on", "auc>0.0", "--fail-on", "MR:auc_lo>0.9999"])
+    res = cli(["audit", str(tiny), "--out", str(run), "--no-ray", "--fail-on", "auc>0.0",
+               "--fail-on", "MR:auc_lo>0.9999"])  # fmt: skip
     assert res.exit_code == 3, res.output
+    flat = " ".join(res.output.split())
+    n_local = sum(1 for d, _ in _json_rows(run) if d == "local")
+    assert f"attack local: {n_local} rows, best AUC" in flat and "(every row: compleak export RUN, or --all)" in flat
+    assert "membership leakage on" not in res.output  # the per-attack table only with --all
+    assert "verdict: " in flat
     assert (run / "report" / "index.html").is_file() and (run / "report" / "summary.json").is_file()
     n = len(_json_rows(run))
     assert f"gate failed: {n} result rows over 1 of 2 rules (exit status 3)" in res.output

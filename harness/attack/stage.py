@@ -401,6 +401,7 @@ def attack_run(
     fits: FitCache | None = None,
     executor: Executor | None = None,
     force: bool = False,
+    table: bool = True,
 ) -> dict[str, list[ResultRow]]:
     """Run the attacks on every collected device (or only ``device``); write ``attacks/<device>/results.json``,
     ``scores.npz`` and ``state.json``. ``executor``: where the attack groups are fitted (a Ray executor fans them
@@ -409,6 +410,7 @@ def attack_run(
     Results are never lost (:mod:`harness.attack.resume`): a device whose inputs and families are unchanged is
     skipped (``force``: recompute); a subset of the families computed before is merged into the rows of the others;
     a subset that would drop rows computed from other inputs is refused in one line, before anything is written.
+    ``table``: print every row per device (``compleak attack``); False: one line per device (``audit``, ``demo``).
 
     ``families``: subset of NR, SR, MR; empty or None takes ``[attack] families`` of ``RUN/experiment.toml``
     (all three when there is no config). Every device's inputs are checked first; each distinct attack group is
@@ -449,7 +451,13 @@ def attack_run(
         save_scores(rd, dev, splits, scores)
         save_results(rd.results(dev), rows)
         write_state(rd, dev, plan.fingerprint, families_after(rd, dev, fams, plan))
-        console.print(results_table(dev, rows))
+        if table:
+            console.print(results_table(dev, rows))
+        else:
+            best = max(rows, key=lambda r: r.auc, default=None)
+            console.print(f"attack {esc(dev)}: {len(rows)} rows" + (
+                f", best AUC {best.auc:.3f} ({esc(best.family)} {esc(best.method)})" if best else "")
+                + " (every row: compleak export RUN, or --all)", highlight=False)  # fmt: skip
         kept = f" ({len(plan.keep_rows)} rows of {', '.join(sorted({r.family for r in plan.keep_rows}))} kept)" \
             if plan.keep_rows else ""  # fmt: skip
         console.print(f"results: {esc(rd.results(dev))}{kept}, per-example scores: {esc(scores_path(rd, dev))}")

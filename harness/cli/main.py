@@ -238,6 +238,7 @@ TRUST_HELP = "accept and record an unknown ssh host key (first contact only; a c
 ENGINE_HELP = "container engine: podman or docker (default: the one found)"
 RUNNER_HELP = ("on-device runner: auto (Python where the device has a usable one, else the native compleak-runner), "
                "python or native (docs/native.md)")
+ALL_HELP = "print every attack row per device (default: one line per device; compleak export has them all)"
 BUNDLE_HELP = "native runner bundle folder (default: the one `compleak runners build` made for the device's arch)"
 
 
@@ -526,6 +527,7 @@ def audit(
     ),
     runner: str = typer.Option("auto", "--runner", help=RUNNER_HELP),
     bundle: Optional[Path] = typer.Option(None, "--bundle", help=BUNDLE_HELP),
+    all_rows: bool = typer.Option(False, "--all", "-v", help=ALL_HELP),
 ) -> None:
     """build -> collect (every device) -> attack -> report, resumable at every stage."""
     from harness.audit import StageOptions, audit_run
@@ -539,7 +541,7 @@ def audit(
         data_dir=data_dir,
         console=console,
         execution=_execution(ray_address, workers, no_ray),
-        stage=StageOptions(_split(families), batch_size, force, container, engine),
+        stage=StageOptions(_split(families), batch_size, force, container, engine, all_rows),
         device_options=_device_options(identity, known_hosts, trust_new_host, runner, bundle),
         shadows_on_devices=shadows_on_devices,
     )
@@ -560,12 +562,14 @@ def demo(
     ),
     workers: Optional[int] = typer.Option(None, "--workers", help="at most N units at once (default: all CPUs)"),
     no_ray: bool = typer.Option(False, "--no-ray", help="run every unit serially in this process (debugging)"),
+    all_rows: bool = typer.Option(False, "--all", "-v", help=ALL_HELP),
 ) -> None:
     """The embedded default audit: Fashion-MNIST, cnn-small, on this host. Builds TF-Lite (.tflite) and PyTorch
     variants as ExecuTorch (.pte), PyTorch Mobile (.ptl) and ONNX (.onnx) artifacts, collects, attacks, reports."""
-    from harness.audit import demo_run
+    from harness.audit import StageOptions, demo_run
 
-    demo_run(out=out, data_dir=data_dir, console=console, execution=_execution(ray_address, workers, no_ray))
+    demo_run(out=out, data_dir=data_dir, console=console, execution=_execution(ray_address, workers, no_ray),
+             stage=StageOptions(all_rows=all_rows))
 
 
 # --------------------------------------------------------------------------- devices
