@@ -287,8 +287,9 @@ def bench_block(name: str) -> str:
     if name not in BENCHMARKS:
         raise SystemExit(f"unknown benchmark block {name!r} (known: {', '.join(BENCHMARKS)})")
     result = BENCH / f"{name}.json"
+    shown = result.relative_to(ROOT) if result.is_relative_to(ROOT) else result
     if not result.is_file():
-        raise SystemExit(f"no committed benchmark results {result.relative_to(ROOT)}")
+        raise SystemExit(f"no committed benchmark results {shown}")
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
         module = importlib.import_module(BENCHMARKS[name])
@@ -297,7 +298,7 @@ def bench_block(name: str) -> str:
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         module.print_result(json.loads(result.read_text()))
-    return f"```text\n$ .venv/bin/python benchmarks/{BENCHMARKS[name]}.py --show {result.relative_to(ROOT)}\n" \
+    return f"```text\n$ .venv/bin/python benchmarks/{BENCHMARKS[name]}.py --show {shown}\n" \
            f"{out.getvalue()}```\n"  # fmt: skip
 
 

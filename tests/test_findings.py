@@ -4,6 +4,8 @@ from docs/findings/, and every figure its prose quotes is in one of its tables."
 from __future__ import annotations
 
 import importlib.util
+
+import pytest
 import re
 import sys
 from pathlib import Path
@@ -59,3 +61,26 @@ def test_every_figure_in_the_prose_is_in_a_table() -> None:
     assert figures, "the prose quotes no figure at all; is the page empty?"
     missing = sorted({x for x in figures if x not in tables})
     assert not missing, f"figures in docs/findings.md's prose that no table holds: {missing}"
+
+
+def test_benchmark_blocks_render_what_the_benchmark_prints(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A ``<!-- table: bench/farm -->`` block is what ``benchmarks/scale.py --show FILE`` prints for the committed
+    JSON (here a --smoke result kept as test data: its figures are labelled not quotable)."""
+    import json
+    import shutil
+    import subprocess
+
+    f = _findings()
+    shutil.copy(ROOT / "tests" / "data" / "bench-farm-smoke.json", tmp_path / "farm.json")
+    monkeypatch.setattr(f, "BENCH", tmp_path)
+    block = f.bench_block("farm")
+    shown = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "scale.py"), "--show", str(tmp_path / "farm.json")],
+                           capture_output=True, text=True, check=True).stdout
+    assert block.startswith("```text\n$ .venv/bin/python benchmarks/scale.py --show ") and block.endswith(shown + "```\n")
+    assert "NOT A QUOTABLE FIGURE" in block
+    median = json.loads((tmp_path / "farm.json").read_text())["farm"]["seconds"]["sequential"]["median"]
+    assert f"{median:.1f} [" in block
+    doc = "intro\n<!-- table: bench/farm -->\nstale\n<!-- end table -->\n"
+    assert f.render(doc) == "intro\n<!-- table: bench/farm -->\n" + block + "<!-- end table -->\n"
+    with pytest.raises(SystemExit, match="no committed benchmark results"):
+        f.bench_block("attacks")  # none in tmp_path
