@@ -74,9 +74,11 @@ def test_benchmark_blocks_render_what_the_benchmark_prints(tmp_path, monkeypatch
     shutil.copy(ROOT / "tests" / "data" / "bench-farm-smoke.json", tmp_path / "farm.json")
     monkeypatch.setattr(f, "BENCH", tmp_path)
     block = f.bench_block("farm")
-    shown = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "scale.py"), "--show", str(tmp_path / "farm.json")],
+    script = ROOT / "benchmarks" / "scale.py"
+    shown = subprocess.run([sys.executable, str(script), "--show", str(tmp_path / "farm.json")],
                            capture_output=True, text=True, check=True).stdout
-    assert block.startswith("```text\n$ .venv/bin/python benchmarks/scale.py --show ") and block.endswith(shown + "```\n")
+    assert block.startswith("```text\n$ .venv/bin/python benchmarks/scale.py --show ")
+    assert block.endswith(shown + "```\n")
     assert "NOT A QUOTABLE FIGURE" in block
     median = json.loads((tmp_path / "farm.json").read_text())["farm"]["seconds"]["sequential"]["median"]
     assert f"{median:.1f} [" in block
