@@ -145,3 +145,24 @@ def test_bad_family_on_audit_is_one_line(tmp_path) -> None:
     cfg.write_text('[experiment]\nname = "x"\n[data]\ndataset = "digits"\n')
     cli_refuses(["audit", str(cfg), "--families", "NR,XX", "-o", str(tmp_path / "run")], "XX")
     assert not (tmp_path / "run").exists()
+
+
+def test_every_example_in_the_help_parses() -> None:
+    """Each ``compleak …`` line of the Examples blocks names real commands and options (``-h`` appended: click
+    refuses an unknown option or command before it prints the help)."""
+    import re
+    import shlex
+
+    from harness.cli.examples import EPILOG, EXAMPLES
+
+    lines = []
+    for block in [EXAMPLES, *EPILOG.values()]:
+        text = block.replace("\\\n", " ")
+        lines += [re.split(r"\s{2,}(?=[A-Za-z(])", ln.strip())[0] for ln in text.splitlines()
+                  if ln.strip().startswith("compleak ")]
+    assert len(lines) >= 20
+    for line in lines:
+        args = [a for a in shlex.split(line)[1:] if a not in ("|", "jq", ".[0]")]
+        args = args[: args.index("|")] if "|" in args else args
+        res = CliRunner().invoke(app, [*args, "-h"])
+        assert res.exit_code == 0 and res.output.startswith("Usage: "), (line, res.output[-400:])

@@ -10,6 +10,8 @@ from typing import Any, Callable
 
 import typer
 
+from harness.cli.examples import EPILOG
+
 FAIL_ON_HELP = (
     "fail (exit status 3) when a result row crosses this threshold; repeat. [SCOPE:]METRIC OP NUMBER, METRIC one of "
     "auc, auc_lo, auc_hi, bacc, eps, tpr@FPR; NUMBER a fraction or a percentage (5%); e.g. 'auc>0.6', "
@@ -21,7 +23,7 @@ FORMAT_HELP = "text | json (one object) | github (annotations, and the job summa
 def register_gate(app: typer.Typer, friendly: Callable[[Any], Any], console: Any) -> None:
     """Add ``check`` and ``diff`` to ``app``."""
 
-    @app.command()
+    @app.command(epilog=EPILOG["check"])
     @friendly
     def check(
         run: Path = typer.Argument(..., help="run directory with attack results (audit, or attack + report)"),
@@ -38,7 +40,7 @@ def register_gate(app: typer.Typer, friendly: Callable[[Any], Any], console: Any
         if not outcome.passed:
             raise typer.Exit(outcome.exit_code)
 
-    @app.command("diff")
+    @app.command("diff", epilog=EPILOG["diff"])
     @friendly
     def diff(
         baseline: Path = typer.Argument(..., metavar="BASELINE_RUN", help="the run to compare against"),

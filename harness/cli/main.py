@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Callable, Optional, Sequence, TypeVar
 import typer
 from rich.console import Console
 
+from harness.cli.examples import EPILOG, EXAMPLES
 from harness.cli.gate import FAIL_ON_HELP, register_gate
 from harness.errors import Terminated, esc, on_sigterm, user_errors
 
@@ -25,18 +26,6 @@ if TYPE_CHECKING:
     from devices.spec import DeviceSpec
     from harness.execution import ExecOptions
 
-EXAMPLES = """\b
-Examples:
-  compleak demo                                  the built-in audit on this host (Fashion-MNIST)
-  compleak audit exp.toml -d ssh://pi@board.lan:22 --fail-on 'auc>0.6'
-  compleak build exp.toml -o runs/exp            then, stage by stage:
-  compleak collect runs/exp -d adb://emulator-5554
-  compleak attack runs/exp --families NR,SR
-  compleak report runs/exp
-  compleak check runs/exp --fail-on 'tpr@0.001>0.01'
-  compleak devices list --json
-  compleak -v build exp.toml                     show library logs (else RUN/logs/<command>.log)
-"""
 
 # rich_markup_mode=None: plain click help, so '[attack]' in a help text prints as written and flags show no
 # '<bool>' metavar (Typer's rich help does both); tests/test_cli_help.py checks the rendered help
@@ -287,7 +276,7 @@ def build(
 # --------------------------------------------------------------------------- import
 
 
-@app.command("import")
+@app.command("import", epilog=EPILOG["import"])
 @friendly
 def import_(
     run: Path = typer.Argument(..., help="run directory to create or extend"),
@@ -336,7 +325,7 @@ def import_(
 # --------------------------------------------------------------------------- collect
 
 
-@app.command()
+@app.command(epilog=EPILOG["collect"])
 @friendly
 def collect(
     run: Path = typer.Argument(..., help="run directory"),
@@ -465,7 +454,7 @@ def _gate(run: Path, rules: Sequence[object], fmt: str = "text") -> None:
         raise typer.Exit(outcome.exit_code)
 
 
-@app.command("export")
+@app.command("export", epilog=EPILOG["export"])
 @friendly
 def export(
     run: Path = typer.Argument(..., help="run directory"),
@@ -488,7 +477,7 @@ def export(
 # --------------------------------------------------------------------------- audit / demo
 
 
-@app.command()
+@app.command(epilog=EPILOG["audit"])
 @friendly
 def audit(
     experiment: Path = typer.Argument(..., help="experiment.toml"),
