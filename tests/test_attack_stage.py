@@ -304,6 +304,9 @@ def test_a_subset_over_rows_of_other_inputs_is_refused_and_changes_nothing(run: 
     assert {p: p.read_bytes() for p in rd.attacks_dir("local").iterdir()} == files  # the run is as it was
     (rd.attacks_dir("local") / "state.json").unlink()  # rows from before state.json existed
     assert "predate attacks/<device>/state.json" in _cli_error(run, "--families", "SR")
+    forced = CliRunner().invoke(app, ["attack", str(run), "--families", "NR", "--force"])  # replace, and say so
+    assert forced.exit_code == 0 and "SR, MR rows of other inputs replaced (--force)" in " ".join(forced.output.split())
+    assert {r["family"] for r in _rows_by_key(run).values()} == {"NR", "baseline"}
     res = CliRunner().invoke(app, ["attack", str(run)])  # every family: nothing to drop
     assert res.exit_code == 0, res.output
     assert {r["family"] for r in _rows_by_key(run).values()} == {"NR", "SR", "MR", "baseline"}

@@ -5,10 +5,10 @@ were computed for and a fingerprint of every input (the outputs of the device an
 device may use; ``splits.npz``, ``manifest.json``, ``experiment.toml``) plus the stage's version. Before computing:
 
 - the same inputs and no family beyond those computed: **skip** (``--force`` recomputes);
-- a subset of the families computed from the same inputs: compute that subset and **keep** the other families'
-  rows and scores (a merge, never a silent drop);
+- a subset of the families computed from the same inputs (with or without ``--force``): compute that subset and
+  **keep** the other families' rows and scores (a merge, never a silent drop);
 - a subset when the inputs changed (or the rows predate ``state.json``): **refuse** in one line naming the rows it
-  would drop and the two ways on (every family, or ``--force`` to replace them). When the families are the run's
+  would drop and the two ways on (every family, or ``--force`` to replace them, which a note then says). When the families are the run's
   configured ones (no explicit subset: ``audit``, ``attack`` without ``--families``), rows of a family the config
   no longer lists are replaced, and a note says so.
 """
@@ -99,9 +99,9 @@ def plan_resume(rd: RunDir, device: str, fams: list[str], force: bool, explicit:
     :class:`HarnessError` (one line) when computing ``fams`` would drop rows it cannot keep."""
     fp = fingerprint(rd, device)
     results = rd.results(device)
-    if force or not results.is_file():
+    if not results.is_file():
         return Resume(False, fp)
-    if up_to_date(rd, device, fams):
+    if not force and up_to_date(rd, device, fams):
         return Resume(True, fp, keep_rows=load_results(results))
     state = _load_state(rd, device)
     same = state is not None and state.fingerprint == fp
@@ -113,6 +113,8 @@ def plan_resume(rd: RunDir, device: str, fams: list[str], force: bool, explicit:
     if not same and not explicit:
         return Resume(False, fp, note=f"{n} {', '.join(dropped)} rows replaced: the run's [attack] families are now "
                                       f"{', '.join(fams)}")
+    if not same and force:
+        return Resume(False, fp, note=f"{n} {', '.join(dropped)} rows of other inputs replaced (--force)")
     if not same:
         why = "were computed from other inputs" if state is not None else "predate attacks/<device>/state.json"
         raise HarnessError(
