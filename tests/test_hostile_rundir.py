@@ -298,7 +298,7 @@ def test_a_variant_name_in_mathtext_prints_literally_in_the_plots(tmp_path: Path
             a["variant"] = hostile
     rd.manifest.write_text(json.dumps(m))
     site = make_site(rd.root)
-    check(["attack", str(rd.root), "--families", "NR,SR"], site=site, status=0, errors=0,
+    check(["attack", str(rd.root), "--families", "NR,SR", "--force"], site=site, status=0, errors=0,
           writes=("attacks", "logs"), why="a variant name is data, not a refusal: attack writes its results only")
     check(["report", str(rd.root), "--no-compare"], site=site, status=0, errors=0, writes=("report", "logs"),
           why="a variant name is data, not a refusal: the report is written (into report/ only)")
