@@ -358,12 +358,17 @@ def _fmt(v: float) -> str:
     return f"{v:.4f}".rstrip("0").rstrip(".") if abs(v) < 1e4 else f"{v:.3g}"
 
 
+def ordered_trips(outcome: GateOutcome) -> list[Trip]:
+    """The tripped rows in rule order, per rule the furthest over its threshold first."""
+    order = {r.text: i for i, r in enumerate(outcome.rules)}
+    return sorted(outcome.trips, key=lambda t: (order.get(t.rule.text, 0), -abs(t.value - t.rule.threshold)))
+
+
 def gate_table(outcome: GateOutcome, max_rows: int = MAX_TABLE_ROWS) -> Table:
     """The tripped rows as a rich table, per rule the furthest over its threshold first, at most ``max_rows`` (a
     caption counts the rest); every string from the run escaped."""
     seeds = any(t.result.seed is not None for t in outcome.trips)
-    order = {r.text: i for i, r in enumerate(outcome.rules)}
-    trips = sorted(outcome.trips, key=lambda t: (order.get(t.rule.text, 0), -abs(t.value - t.rule.threshold)))
+    trips = ordered_trips(outcome)
     left = len(trips) - max_rows
     table = Table(title="rows over the --fail-on thresholds", title_justify="left",
                   caption=f"… and {left} more (all of them: compleak export RUN)" if left > 0 else None,
@@ -441,8 +446,7 @@ def github_annotations(outcome: GateOutcome, max_rows: int = MAX_TABLE_ROWS) -> 
     """GitHub Actions workflow commands: one ``::error`` per tripped row (the furthest over first, at most
     ``max_rows``, then one counting the rest), ``::warning`` per note, ``::notice`` when every rule held."""
     lines = []
-    order = {r.text: i for i, r in enumerate(outcome.rules)}
-    trips = sorted(outcome.trips, key=lambda t: (order.get(t.rule.text, 0), -abs(t.value - t.rule.threshold)))
+    trips = ordered_trips(outcome)
     for t in trips[:max_rows]:
         f = _trip_fields(t)
         variant = " + ".join(f["variant"]) if isinstance(f["variant"], list) else f["variant"]  # type: ignore[arg-type]

@@ -4,18 +4,8 @@
 No Android system image (nor emulator) can be fetched on the machines that run this project's tests, so the
 ADB transport is tested against this daemon instead: the REAL ``adb`` client and server (Debian's ``adb``)
 ``adb connect`` to it over loopback TCP and talk the real ADB wire protocol to it. It is not a phone: there is
-no Android userland, no SELinux, no package manager. What it does implement, byte for byte as AOSP's
-``protocol.txt`` / ``SERVICES.TXT`` / ``SYNC.TXT`` describe them:
-
-* messages: 24-byte little-endian header ``command, arg0, arg1, data_length, data_check, magic`` with
-  ``magic == command ^ 0xffffffff``; ``CNXN`` (version / max-payload negotiation and the device banner),
-  ``AUTH`` (TOKEN / SIGNATURE / RSAPUBLICKEY, verified against an ``adb_keys`` file exactly as adbd does, so an
-  unknown host key leaves the device "unauthorized"), ``OPEN``, ``OKAY`` (per-stream flow control: one ``WRTE``
-  in flight per stream), ``WRTE``, ``CLSE``.
-* services: ``shell:CMD`` (the legacy raw shell: stdout and stderr interleaved on one stream and no exit status,
-  because the banner does not advertise ``shell_v2`` and the client falls back to it) and ``sync:`` with
-  ``STAT`` (v1), ``LIST`` (v1), ``SEND`` (``DATA`` chunks, ``DONE`` with mtime), ``RECV`` and ``QUIT``.
-  The banner advertises no feature flags, so the client uses only these.
+no Android userland, no SELinux, no package manager. The wire protocol it speaks (messages, AUTH against
+``adb_keys``, ``shell:`` and ``sync:``) is the product's, described in :mod:`devices.phone.adbd`.
 
 The device's file system is a SANDBOX directory. Device paths under ``/data/local/tmp`` and ``/sdcard`` map to
 ``SANDBOX/data/local/tmp`` and ``SANDBOX/sdcard``; sync requests for any other path fail with "permission

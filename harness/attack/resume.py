@@ -8,9 +8,9 @@ device may use; ``splits.npz``, ``manifest.json``, ``experiment.toml``) plus the
 - a subset of the families computed from the same inputs (with or without ``--force``): compute that subset and
   **keep** the other families' rows and scores (a merge, never a silent drop);
 - a subset when the inputs changed (or the rows predate ``state.json``): **refuse** in one line naming the rows it
-  would drop and the two ways on (every family, or ``--force`` to replace them, which a note then says). When the families are the run's
-  configured ones (no explicit subset: ``audit``, ``attack`` without ``--families``), rows of a family the config
-  no longer lists are replaced, and a note says so.
+  would drop and the two ways on (every family, or ``--force`` to replace them, which a note then says). When
+  the families are the run's configured ones (no explicit subset: ``audit``, ``attack`` without ``--families``),
+  rows of a family the config no longer lists are replaced, and a note says so.
 """
 
 from __future__ import annotations
@@ -85,11 +85,13 @@ def _row_families(fams: list[str]) -> set[str]:
     return {*fams, BASELINE}
 
 
+def _current(state: AttackState | None, fp: str, fams: list[str]) -> bool:
+    return state is not None and state.fingerprint == fp and set(fams) <= set(state.families)
+
+
 def up_to_date(rd: RunDir, device: str, fams: list[str]) -> bool:
     """True when ``device``'s rows were computed from the inputs of now and hold every family of ``fams``."""
-    state = _load_state(rd, device)
-    return (rd.results(device).is_file() and state is not None and state.fingerprint == fingerprint(rd, device)
-            and set(fams) <= set(state.families))
+    return rd.results(device).is_file() and _current(_load_state(rd, device), fingerprint(rd, device), fams)
 
 
 def plan_resume(rd: RunDir, device: str, fams: list[str], force: bool, explicit: bool,
@@ -101,9 +103,9 @@ def plan_resume(rd: RunDir, device: str, fams: list[str], force: bool, explicit:
     results = rd.results(device)
     if not results.is_file():
         return Resume(False, fp)
-    if not force and up_to_date(rd, device, fams):
-        return Resume(True, fp, keep_rows=load_results(results))
     state = _load_state(rd, device)
+    if not force and _current(state, fp, fams):
+        return Resume(True, fp, keep_rows=load_results(results))
     same = state is not None and state.fingerprint == fp
     old = load_results(results)
     dropped = sorted({r.family for r in old} - _row_families(fams), key=ROW_FAMILIES.index)
@@ -131,7 +133,7 @@ def plan_resume(rd: RunDir, device: str, fams: list[str], force: bool, explicit:
     return Resume(False, fp, keep_rows=keep, keep_scores={k: scores[k] for k in keys})
 
 
-def families_after(rd: RunDir, device: str, fams: list[str], resume: Resume) -> list[str]:
+def families_after(fams: list[str], resume: Resume) -> list[str]:
     """The families ``state.json`` records after computing ``fams`` and keeping ``resume.keep_rows``."""
     kept = {r.family for r in resume.keep_rows}
     return [f for f in ROW_FAMILIES if f != BASELINE and (f in fams or f in kept)]

@@ -450,7 +450,7 @@ def attack_run(
         rows, scores = rows + plan.keep_rows, {**scores, **plan.keep_scores}
         save_scores(rd, dev, splits, scores)
         save_results(rd.results(dev), rows)
-        write_state(rd, dev, plan.fingerprint, families_after(rd, dev, fams, plan))
+        write_state(rd, dev, plan.fingerprint, families_after(fams, plan))
         if table:
             console.print(results_table(dev, rows))
         else:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any, Callable
 
 import typer
@@ -20,6 +21,17 @@ FAIL_ON_HELP = (
 FORMAT_HELP = "text | json (one object) | github (annotations, and the job summary)"
 
 
+def gate_exit(run: Path, rules: Sequence[Any], fmt: str, console: Any) -> None:
+    """Evaluate parsed ``--fail-on`` rules over RUN (``check``, ``audit --fail-on``), print the verdict (text, json
+    or github), exit 3 when a rule trips."""
+    from harness.gate import check_run, print_verdict
+
+    outcome = check_run(run, rules)
+    print_verdict(outcome, fmt, console)
+    if not outcome.passed:
+        raise typer.Exit(outcome.exit_code)
+
+
 def register_gate(app: typer.Typer, friendly: Callable[[Any], Any], console: Any) -> None:
     """Add ``check`` and ``diff`` to ``app``."""
 
@@ -32,13 +44,9 @@ def register_gate(app: typer.Typer, friendly: Callable[[Any], Any], console: Any
     ) -> None:
         """CI gate on a finished run: exit 0 when every --fail-on rule holds, 3 when a result row trips one, 2 on
         bad input. Prints the offending rows."""
-        from harness.gate import check_format, check_run, parse_rules, print_verdict
+        from harness.gate import check_format, parse_rules
 
-        fmt, rules = check_format(fmt), parse_rules(fail_on)
-        outcome = check_run(run, rules)
-        print_verdict(outcome, fmt, console)
-        if not outcome.passed:
-            raise typer.Exit(outcome.exit_code)
+        gate_exit(run, parse_rules(fail_on), check_format(fmt), console)
 
     @app.command("diff", epilog=EPILOG["diff"])
     @friendly

@@ -19,7 +19,7 @@ import typer
 from rich.console import Console
 
 from harness.cli.examples import EPILOG, EXAMPLES
-from harness.cli.gate import FAIL_ON_HELP, register_gate
+from harness.cli.gate import FAIL_ON_HELP, gate_exit, register_gate
 from harness.errors import Terminated, esc, on_sigterm, user_errors
 
 if TYPE_CHECKING:
@@ -443,17 +443,6 @@ def compare(
 
 
 
-def _gate(run: Path, rules: Sequence[object], fmt: str = "text") -> None:
-    """Evaluate parsed ``--fail-on`` rules over RUN, print the verdict (text, json or github), exit 3 when a rule
-    trips."""
-    from harness.gate import check_run, print_verdict
-
-    outcome = check_run(run, rules)
-    print_verdict(outcome, fmt, console)
-    if not outcome.passed:
-        raise typer.Exit(outcome.exit_code)
-
-
 @app.command("export", epilog=EPILOG["export"])
 @friendly
 def export(
@@ -535,7 +524,7 @@ def audit(
         shadows_on_devices=shadows_on_devices,
     )
     if rules:
-        _gate(Path(index).parent.parent, rules)  # RUN/report/index.html -> RUN
+        gate_exit(Path(index).parent.parent, rules, "text", console)  # RUN/report/index.html -> RUN
 
 
 @app.command()
